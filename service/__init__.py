@@ -1,0 +1,1 @@
+"""aecluster online service: loads model bundles and answers cluster queries."""

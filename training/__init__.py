@@ -1,0 +1,1 @@
+"""aecluster offline training: data sources, autoencoders, k-means, evaluation, export."""
