@@ -1,0 +1,296 @@
+"""Command line: ``python -m training {train,evaluate,to-tfrecord}`` (also ``aecluster-train``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+DESCRIPTION = """\
+Train an autoencoder on images, cluster its embeddings with k-means and export a model
+bundle (encoder and decoder SavedModels, joblib centroids, manifest) that aecluster's
+service serves. Example:
+
+  python -m training train --dataset fashion-mnist --model conv --latent 10 \\
+      --clusters 20 --epochs 10 --out models/fashion/1
+  python -m training evaluate --bundle models/fashion/1 --dataset fashion-mnist
+"""
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 28 or 32x48") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1 or max(values) > 4096:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 28 or 32x48 (1..4096)")
+    return values[0], values[1]
+
+
+def _clusters(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor 'auto'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--clusters must be at least 1, got {value}")
+    return value
+
+
+def _k_range(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(p) for p in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a range such as 2-20") from None
+    return low, high
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"--val-fraction must be in [0, 1), got {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a value >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _add_data_options(parser: argparse.ArgumentParser, *, for_training: bool) -> None:
+    from training.data import SOURCE_HELP
+
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default="digits", metavar="SPEC",
+                       help=f"where the images come from (default: digits). {SOURCE_HELP}")
+    group.add_argument("--data-dir", type=Path, default=None,
+                       help="folder of the fashion-mnist IDX files "
+                            "(default: /usr/share/datasets/fashion-mnist)")
+    group.add_argument("--labels", type=Path, default=None, metavar="CSV",
+                       help="images:DIR only: CSV of 'path,label' lines giving the labels")
+    group.add_argument("--strict", action="store_true",
+                       help="images:DIR only: stop at a corrupt or non-image file instead of "
+                            "skipping it with a counted warning")
+    if for_training:
+        group.add_argument("--image-size", type=_image_size, default=None, metavar="HxW",
+                           help="resize every image to this size, e.g. 28 or 64x48 "
+                                "(default: the source's own size)")
+        group.add_argument("--color", choices=["gray", "rgb", "red"], default=None,
+                           help="colour mode: gray (luminance), rgb, or red (keep only the red "
+                                "channel, as for satellite chips); default: the source's own")
+        group.add_argument("--val-fraction", type=_fraction, default=0.1,
+                           help="held-out share for sources without their own test split "
+                                "(default: 0.1)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="progress is logged at INFO on stderr (default: INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train, cluster, evaluate and export a bundle",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_data_options(train, for_training=True)
+    model = train.add_argument_group("model")
+    model.add_argument("--model", choices=["dense", "conv", "vae"], default="conv",
+                       help="dense: fully connected; conv: strided convolutions; "
+                            "vae: variational (the served embedding is the mean)")
+    model.add_argument("--latent", type=_positive_int, default=10,
+                       help="size of the bottleneck embedding")
+    model.add_argument("--loss", choices=["mse", "bce", "perceptual"], default="mse",
+                       help="reconstruction loss; perceptual first trains a small classifier on "
+                            "the labels (needs labels; recorded in the manifest)")
+    model.add_argument("--kl-weight", type=_non_negative, default=1.0,
+                       help="weight of the KL term (vae only)")
+    model.add_argument("--denoise", type=_non_negative, default=0.0, metavar="SIGMA",
+                       help="add Gaussian noise of this standard deviation to the inputs only")
+    model.add_argument("--augment-flip", action="store_true",
+                       help="random horizontal flips of training images")
+    fit = train.add_argument_group("fitting")
+    fit.add_argument("--epochs", type=int, default=10, help="autoencoder epochs")
+    fit.add_argument("--batch-size", type=_positive_int, default=64, help="batch size")
+    fit.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
+    fit.add_argument("--classifier-epochs", type=_positive_int, default=3,
+                     help="epochs of the feature classifier (perceptual loss only)")
+    fit.add_argument("--seed", type=int, default=0,
+                     help="seed of the split, shuffling, initialisation and k-means")
+    fit.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
+                     help="write TensorBoard logs here")
+    fit.add_argument("--device", default="auto",
+                     help="auto (all GPUs if any, else CPU), cpu, gpu, or gpu:0,1; with more "
+                          "than one GPU training uses tf.distribute.MirroredStrategy")
+    fit.add_argument("--no-memory-growth", action="store_true",
+                     help="let TensorFlow reserve all GPU memory up front")
+    clus = train.add_argument_group("clustering")
+    clus.add_argument("--clusters", type=_clusters, default=10, metavar="K|auto",
+                      help="number of k-means clusters, or auto to choose K by silhouette over "
+                           "--k-range (elbow and silhouette curves saved in the bundle's report/)")
+    clus.add_argument("--k-range", type=_k_range, default=(2, 20), metavar="LOW-HIGH",
+                      help="K values tried by --clusters auto")
+    clus.add_argument("--minibatch-threshold", type=_positive_int, default=100_000,
+                      help="use mini-batch k-means above this many embeddings")
+    out = train.add_argument_group("output")
+    out.add_argument("--out", type=Path, required=True, metavar="REPO/NAME/VERSION",
+                     help="version directory to create, e.g. models/fashion/1")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace an existing version at --out")
+
+    ev = sub.add_parser("evaluate", help="score a bundle on a labelled split; prints JSON",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ev.add_argument("--bundle", type=Path, required=True, metavar="REPO/NAME/VERSION",
+                    help="bundle version directory")
+    _add_data_options(ev, for_training=False)
+    ev.add_argument("--split", choices=["heldout", "train", "all"], default="heldout",
+                    help="which split: heldout is the source's test split, or the same "
+                         "--val-fraction split the bundle was trained with")
+    ev.add_argument("--batch-size", type=_positive_int, default=256, help="batch size")
+    ev.add_argument("--json", type=Path, default=None, metavar="FILE",
+                    help="also write the scores to this file")
+
+    tfr = sub.add_parser("to-tfrecord",
+                         help="write any dataset as TFRecord files of tf.train.Example",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_data_options(tfr, for_training=True)
+    tfr.add_argument("--out", type=Path, required=True, metavar="FILE",
+                     help="TFRecord file to write")
+    tfr.add_argument("--train-only", action="store_true",
+                     help="leave out the held-out split")
+    return parser
+
+
+def _data_options(args: argparse.Namespace) -> Any:
+    from training.data import DataOptions
+
+    return DataOptions(
+        data_dir=args.data_dir,
+        image_size=getattr(args, "image_size", None),
+        color=getattr(args, "color", None),
+        labels_file=args.labels,
+        val_fraction=getattr(args, "val_fraction", 0.1),
+        seed=getattr(args, "seed", 0),
+        strict=args.strict,
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.models import ModelConfig
+    from training.train import TrainJob, run_training
+
+    job = TrainJob(
+        dataset=args.dataset,
+        out=args.out,
+        data=_data_options(args),
+        model=ModelConfig(kind=args.model, latent_dim=args.latent, loss=args.loss,
+                          kl_weight=args.kl_weight, denoise_sigma=args.denoise,
+                          learning_rate=args.learning_rate, seed=args.seed),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        clusters=args.clusters,
+        k_range=args.k_range,
+        augment_flip=args.augment_flip,
+        classifier_epochs=args.classifier_epochs,
+        minibatch_threshold=args.minibatch_threshold,
+        overwrite=args.overwrite,
+        tensorboard_dir=args.tensorboard,
+        device=args.device,
+        memory_growth=not args.no_memory_growth,
+        seed=args.seed,
+    )
+    result = run_training(job)
+    manifest = result.manifest
+    summary = {
+        "bundle": str(result.out),
+        "model": manifest.name,
+        "version": manifest.version,
+        "n_clusters": manifest.n_clusters,
+        "seconds": manifest.training.seconds,
+        "final_losses": manifest.training.final_losses,
+        "evaluation": manifest.evaluation,
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_bundle
+
+    scores = evaluate_bundle(args.bundle, args.dataset, split=args.split,
+                             options=_data_options(args), batch_size=args.batch_size)
+    text = json.dumps(scores, indent=2)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(args.json)
+    print(text)
+    return 0
+
+
+def _to_tfrecord(args: argparse.Namespace) -> int:
+    from training.data import load_dataset, write_tfrecord
+
+    data = load_dataset(args.dataset, _data_options(args))
+    count = write_tfrecord(data, args.out, include_heldout=not args.train_only)
+    print(json.dumps({"out": str(args.out), "records": count, "source": data.source}))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    from service.bundle import BundleError
+    from training.errors import TrainingError
+
+    handlers = {"train": _train, "evaluate": _evaluate, "to-tfrecord": _to_tfrecord}
+    try:
+        return handlers[args.command](args)
+    except (TrainingError, BundleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: no bundle was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The training job: data -> autoencoder -> embeddings -> k-means -> evaluation -> bundle."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import bundle
+from training import clustering, evaluation, export
+from training.data import DataOptions, LoadedData, Split, batches, load_dataset
+from training.devices import configure_devices, select_strategy
+from training.embed import Embedded, TensorFn, embed, keras_fn
+from training.errors import ConfigError
+from training.fit import fit_autoencoder
+from training.models import ModelConfig, build_autoencoder, train_feature_classifier
+from training.plots import plot_history
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything one training run needs; built by the CLI, usable from Python."""
+
+    dataset: str
+    out: Path
+    data: DataOptions
+    model: ModelConfig
+    epochs: int = 10
+    batch_size: int = 64
+    clusters: int | None = 10  # None: choose K by silhouette over k_range
+    k_range: tuple[int, int] = (2, 20)
+    augment_flip: bool = False
+    classifier_epochs: int = 3
+    minibatch_threshold: int = 100_000
+    overwrite: bool = False
+    tensorboard_dir: Path | None = None
+    device: str = "auto"
+    memory_growth: bool = True
+    seed: int = 0
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings recorded in the manifest (paths left out: they are not portable)."""
+        model = dataclasses.asdict(self.model)
+        return {
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in model.items()},
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "clusters": self.clusters if self.clusters is not None else "auto",
+            "k_range": list(self.k_range),
+            "augment_flip": self.augment_flip,
+            "classifier_epochs": self.classifier_epochs if self.model.loss == "perceptual" else 0,
+            "minibatch_threshold": self.minibatch_threshold,
+            "val_fraction": self.data.val_fraction,
+            "image_size": list(self.data.image_size) if self.data.image_size else None,
+            "color": self.data.color,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class TrainResult:
+    manifest: bundle.Manifest
+    out: Path
+    history: dict[str, list[float]]
+
+
+def _check_job(job: TrainJob, data: LoadedData) -> None:
+    if job.epochs < 0:
+        raise ConfigError(f"--epochs must be >= 0, got {job.epochs}")
+    if job.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {job.batch_size}")
+    if job.clusters is not None and not 1 <= job.clusters <= data.train.size:
+        raise ConfigError(
+            f"--clusters {job.clusters} is not possible with {data.train.size} training images: "
+            f"choose 1..{data.train.size}"
+        )
+    low, high = job.k_range
+    if job.clusters is None and not 2 <= low <= high:
+        raise ConfigError(f"--k-range {low}-{high} must satisfy 2 <= low <= high")
+    if job.clusters is None and high > data.train.size:
+        raise ConfigError(f"--k-range goes up to {high} but there are {data.train.size} images")
+    if job.model.loss == "perceptual" and data.class_names is None:
+        raise ConfigError(
+            "--loss perceptual trains a classifier on labels first, and this dataset has "
+            "no labels; use --loss mse or bce"
+        )
+
+
+def _labelled(split: Split) -> Split:
+    return Split(size=split.size, dataset=split.dataset.filter(lambda x, y: y >= 0),
+                 in_memory=split.in_memory)
+
+
+def run_training(job: TrainJob) -> TrainResult:
+    """Train, cluster, evaluate and export; returns the written manifest."""
+    started = time.monotonic()
+    export.check_target(job.out, overwrite=job.overwrite)  # fail before hours of training
+    devices = configure_devices(job.device, memory_growth=job.memory_growth)
+    strategy = select_strategy(devices)
+    logger.info("devices: %s; strategy: %s", ", ".join(devices), type(strategy).__name__)
+
+    data = load_dataset(job.dataset, job.data)
+    _check_job(job, data)
+    shape = (data.height, data.width, data.channels)
+    logger.info(
+        "data: %s, %d train / %d held-out (%s), %dx%dx%d, %s",
+        data.source, data.train.size, data.heldout.size if data.heldout else 0,
+        data.heldout_kind, *shape, "labelled" if data.class_names else "unlabelled",
+    )
+
+    train_batches = batches(data.train, job.batch_size, shuffle=True, seed=job.seed,
+                            augment_flip=job.augment_flip)
+    heldout_batches = (
+        batches(data.heldout, job.batch_size, shuffle=False, seed=job.seed)
+        if data.heldout is not None else None
+    )
+
+    with strategy.scope():
+        extractor = None
+        if job.model.loss == "perceptual":
+            assert data.class_names is not None  # _check_job guarantees it
+            logger.info("perceptual loss: training the feature classifier on the labels")
+            extractor = train_feature_classifier(
+                batches(_labelled(data.train), job.batch_size, shuffle=True, seed=job.seed),
+                batches(_labelled(data.heldout), job.batch_size, shuffle=False, seed=job.seed)
+                if data.heldout is not None else None,
+                shape, len(data.class_names), epochs=job.classifier_epochs, seed=job.seed,
+            )
+        model = build_autoencoder(job.model, shape, feature_extractor=extractor)
+    history = fit_autoencoder(model, train_batches, heldout_batches, epochs=job.epochs,
+                              tensorboard_dir=job.tensorboard_dir)
+
+    # Embeddings of the training images, in a fixed order and without augmentation.
+    plain_train = batches(data.train, job.batch_size * 4, shuffle=False, seed=job.seed)
+    encode, decode = keras_fn(model.encoder), keras_fn(model.decoder)
+    train_emb = embed(encode, plain_train, total=data.train.size, decode=decode,
+                      what="embedding train")
+
+    report_writers: list[Callable[[Path], object]] = []
+    n_clusters = job.clusters
+    if n_clusters is None:
+        low, high = job.k_range
+        selection = clustering.select_k(train_emb.embeddings, list(range(low, high + 1)),
+                                        seed=job.seed)
+        n_clusters = selection.chosen_k
+        logger.info("k-means: chose K=%d by silhouette (elbow at K=%d)",
+                    selection.chosen_k, selection.elbow_k)
+        report_writers.append(lambda d: clustering.save_k_selection(selection, d))
+
+    result = clustering.fit_kmeans(train_emb.embeddings, n_clusters, seed=job.seed,
+                                   minibatch_threshold=job.minibatch_threshold)
+    train_ids, train_dist = bundle.assign(train_emb.embeddings, result.centroids)
+    stats = clustering.distance_stats(train_dist, train_ids, n_clusters)
+
+    class_names = data.class_names
+    label_map: dict[int, str] | None = None
+    if class_names is not None and train_emb.has_labels:
+        label_map = {
+            c: class_names[lab]
+            for c, lab in clustering.majority_label_map(train_ids, train_emb.labels,
+                                                        n_clusters).items()
+        }
+
+    scores = _evaluate(encode, decode, data, heldout_batches, train_emb, train_ids,
+                       result.centroids, seed=job.seed)
+    final_losses = {k: float(v[-1]) for k, v in history.items() if v}
+    info = bundle.TrainingInfo(
+        data_source=data.source,
+        model_kind=job.model.kind,
+        loss=job.model.loss,
+        labels_used=job.model.loss == "perceptual",
+        hyperparameters={**job.hyperparameters(), "clusters_chosen": n_clusters,
+                         "kmeans_algorithm": result.algorithm},
+        epochs=job.epochs,
+        final_losses=final_losses,
+        n_train=data.train.size,
+        n_heldout=data.heldout.size if data.heldout is not None else 0,
+        heldout_kind=data.heldout_kind,
+        seconds=round(time.monotonic() - started, 2),
+    )
+    report_writers.append(lambda d: (d / "history.json").write_text(json.dumps(history, indent=2)))
+    report_writers.append(lambda d: (d / "evaluation.json").write_text(json.dumps(scores, indent=2)))
+    if history.get("loss"):
+        report_writers.append(lambda d: plot_history(history, d / "training_curves.png"))
+    contents = export.BundleContents(
+        input=bundle.InputSpec(height=data.height, width=data.width, channels=data.channels,
+                               color_mode=data.color_mode),
+        centroids=result.centroids,
+        cluster_stats=stats,
+        training=info,
+        class_names=class_names,
+        label_map=label_map,
+        evaluation=scores,
+        report_writers=report_writers,
+    )
+    manifest = export.export_bundle(job.out, encoder=model.encoder, decoder=model.decoder,
+                                    contents=contents, overwrite=job.overwrite)
+    return TrainResult(manifest=manifest, out=job.out, history=history)
+
+
+def _evaluate(
+    encode: TensorFn,
+    decode: TensorFn,
+    data: LoadedData,
+    heldout_batches: Any,
+    train_emb: Embedded,
+    train_ids: np.ndarray,
+    centroids: np.ndarray,
+    *,
+    seed: int,
+) -> dict[str, Any]:
+    """Scores on the held-out split, or on the training split when there is none."""
+    if heldout_batches is not None and data.heldout is not None:
+        held = embed(encode, heldout_batches, total=data.heldout.size, decode=decode,
+                     what="embedding held-out")
+        ids, _ = bundle.assign(held.embeddings, centroids)
+        split = data.heldout_kind
+    else:
+        held, ids, split = train_emb, train_ids, "train"
+    labels = held.labels if held.has_labels else None
+    scores: dict[str, Any] = {"split": split}
+    scores.update(evaluation.clustering_scores(labels, ids, held.embeddings, seed=seed))
+    scores["reconstruction_mse"] = held.reconstruction_mse
+    scores["reconstruction_psnr"] = held.reconstruction_psnr
+    return scores
