@@ -68,9 +68,14 @@ class TrainJob:
 
 @dataclass
 class TrainResult:
+    """The exported manifest plus the in-memory objects it was made from (for tests/notebooks)."""
+
     manifest: bundle.Manifest
     out: Path
     history: dict[str, list[float]]
+    model: Any
+    kmeans: clustering.KMeansResult
+    data: LoadedData
 
 
 def _check_job(job: TrainJob, data: LoadedData) -> None:
@@ -204,7 +209,8 @@ def run_training(job: TrainJob) -> TrainResult:
     )
     manifest = export.export_bundle(job.out, encoder=model.encoder, decoder=model.decoder,
                                     contents=contents, overwrite=job.overwrite)
-    return TrainResult(manifest=manifest, out=job.out, history=history)
+    return TrainResult(manifest=manifest, out=job.out, history=history, model=model,
+                       kmeans=result, data=data)
 
 
 def _evaluate(

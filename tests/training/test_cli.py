@@ -1,0 +1,139 @@
+"""The command line: documented options, clear errors, non-zero exits, no partial bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_documents_every_train_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ["--dataset", "--data-dir", "--labels", "--strict", "--image-size", "--color",
+                   "--val-fraction", "--model", "--latent", "--loss", "--kl-weight", "--denoise",
+                   "--augment-flip", "--epochs", "--batch-size", "--learning-rate", "--seed",
+                   "--tensorboard", "--device", "--clusters", "--k-range", "--out",
+                   "--overwrite", "fashion-mnist", "idx:DIR", "images:DIR", "tfrecord:",
+                   "csv:FILE", "cifar10:DIR", "npz:FILE"]:
+        assert option in text, option
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--image-size", "big"], "is not a size"),
+        (["--clusters", "0"], "at least 1"),
+        (["--val-fraction", "1.5"], "must be in [0, 1)"),
+        (["--model", "gan"], "invalid choice"),
+    ],
+)
+def test_bad_option_values_exit_2(args: list[str], message: str, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--out", str(tmp_path / "m" / "1"), *args])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_more_clusters_than_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m" / "1"
+    code, _, err = _run(["train", "--dataset", "digits", "--clusters", "5000", "--epochs", "0",
+                         "--out", str(out)], capsys)
+    assert code == 2
+    assert "--clusters 5000 is not possible with" in err
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_existing_version_refused_before_training(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m" / "1"
+    out.mkdir(parents=True)
+    (out / "manifest.json").write_text("{}")
+    started = time.monotonic()
+    code, _, err = _run(["train", "--dataset", "digits", "--out", str(out)], capsys)
+    assert code == 2 and "already holds a version; pass --overwrite" in err
+    assert time.monotonic() - started < 30  # refused up front, not after fitting
+    assert (out / "manifest.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(
+    "dataset",
+    ["images:/nonexistent/folder", "npz:/nonexistent.npz", "idx:/nonexistent", "nope:x"],
+)
+def test_missing_dataset_is_a_clear_error(dataset: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["train", "--dataset", dataset, "--out", str(tmp_path / "m" / "1")],
+                        capsys)
+    assert code == 2
+    assert err.startswith("error: ")
+    assert "Traceback" not in err
+
+
+def test_perceptual_needs_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    npz = tmp_path / "unlabelled.npz"
+    np.savez(npz, x=np.random.default_rng(0).integers(0, 255, (40, 8, 8), dtype=np.uint8))
+    code, _, err = _run(["train", "--dataset", f"npz:{npz}", "--loss", "perceptual",
+                         "--epochs", "1", "--clusters", "2", "--out",
+                         str(tmp_path / "m" / "1")], capsys)
+    assert code == 2 and "no labels" in err
+
+
+def test_to_tfrecord_then_train_on_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    record = tmp_path / "digits.tfrecord"
+    code, out, _ = _run(["to-tfrecord", "--dataset", "digits", "--out", str(record)], capsys)
+    assert code == 0
+    assert json.loads(out)["records"] == 1797
+    bundle_dir = tmp_path / "repo" / "tfr" / "1"
+    code, out, err = _run(["train", "--dataset", f"tfrecord:{record}", "--model", "dense",
+                           "--latent", "4", "--epochs", "1", "--clusters", "3",
+                           "--out", str(bundle_dir)], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["n_clusters"] == 3 and (bundle_dir / "manifest.json").is_file()
+
+
+def test_ctrl_c_during_training_leaves_no_bundle(tmp_path: Path) -> None:
+    out = tmp_path / "repo" / "digits" / "1"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training", "train", "--dataset", "digits", "--epochs", "500",
+         "--out", str(out)],
+        cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stderr is not None
+    seen = []
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:  # wait until fitting has really started
+        seen.append(line)
+        if "epoch" in line.lower() or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, rest = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert "interrupted: no bundle was written" in rest
+    assert not out.exists()
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
