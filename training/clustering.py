@@ -334,6 +334,7 @@ def select_k(
     seed: int,
     sample_size: int = 5000,
     n_init: int = 10,
+    minibatch_threshold: int = 100_000,
 ) -> KSelection:
     """Fit k-means for every K in ``k_values`` and measure how well each K fits.
 
@@ -341,8 +342,8 @@ def select_k(
     clusters): mean distance to the assigned centroid, inertia, and the silhouette on one
     seeded sample of at most ``sample_size`` embeddings (the same sample for every K).
     ``chosen_k`` has the best silhouette; ``elbow_k`` is the bend of the mean-distance
-    curve. Fits go through :func:`fit_kmeans` (so large sets use mini-batches). Logs one
-    INFO line per K.
+    curve. Fits go through :func:`fit_kmeans` with ``n_init`` and ``minibatch_threshold``
+    (so large sets use mini-batches). Logs one INFO line per K.
     """
     x = _as_embeddings(embeddings)
     if not k_values:
@@ -355,7 +356,8 @@ def select_k(
     silhouette: list[float] = []
     for i, k in enumerate(ks, start=1):
         start = time.perf_counter()
-        result = fit_kmeans(x, k, seed=seed, n_init=n_init)
+        result = fit_kmeans(x, k, seed=seed, n_init=n_init,
+                            minibatch_threshold=minibatch_threshold)
         dist = _distances(x, result.centroids, result.labels)
         score = sampled_silhouette(x, result.labels, sample_size=sample_size, seed=seed)
         mean_distance.append(float(np.mean(dist, dtype=np.float64)))

@@ -73,7 +73,9 @@ def plot_panels(
             ys = [v if math.isfinite(v) else math.nan for v in values]
             ax.plot(list(panel.x), ys, marker="o", markersize=3, label=name)
         for i, (name, x_mark) in enumerate(panel.marks.items()):
-            ax.axvline(x_mark, color=f"C{len(panel.series) + i}", linestyle="--", label=name)
+            # Distinct dash patterns: two marks at the same x stay distinguishable.
+            ax.axvline(x_mark, color=f"C{len(panel.series) + i}",
+                       linestyle=("--", ":", "-.")[i % 3], linewidth=1.5, label=name)
         ax.set_title(panel.title)
         ax.set_xlabel(panel.xlabel)
         ax.set_ylabel(panel.ylabel)
@@ -90,3 +92,38 @@ def plot_panels(
     fig.savefig(path, format="png", dpi=dpi)
     logger.info("wrote plot %s", path)
     return path
+
+
+def plot_history(
+    history: Mapping[str, Sequence[float]],
+    path: Path,
+    *,
+    panel_size: tuple[float, float] = (5.0, 4.0),
+    dpi: int = 100,
+) -> Path:
+    """Training curves from a Keras-style history (metric -> one value per epoch) as a PNG.
+
+    One panel per metric, its ``val_`` counterpart drawn in the same panel; epochs count
+    from 1. Panels whose values are all positive use a log scale, where loss curves are
+    easier to read. Series shorter than the longest are padded with gaps.
+    """
+    names = [name for name in history if history[name]]
+    if not names:
+        raise ValueError("plot_history needs at least one non-empty series")
+    bases: dict[str, list[str]] = {}
+    for name in names:
+        base = name.removeprefix("val_")
+        bases.setdefault(base, []).append(name)
+    panels = []
+    for base, members in bases.items():
+        length = max(len(history[m]) for m in members)
+        series = {
+            m: [float(v) for v in history[m]] + [math.nan] * (length - len(history[m]))
+            for m in sorted(members, key=lambda m: m.startswith("val_"))
+        }
+        finite = [v for values in series.values() for v in values if math.isfinite(v)]
+        panels.append(Panel(
+            title=base, x=list(range(1, length + 1)), series=series, xlabel="epoch",
+            ylabel=base, log_y=bool(finite) and min(finite) > 0, integer_x=True,
+        ))
+    return plot_panels(panels, path, title="Training curves", panel_size=panel_size, dpi=dpi)
