@@ -1,0 +1,1 @@
+"""Tests of training.data, one module per module."""
