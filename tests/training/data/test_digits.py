@@ -18,7 +18,7 @@ def test_digits_are_8x8_gray_scaled_by_16() -> None:
     assert data.heldout is not None and data.heldout_kind == "val-fraction"
     assert data.train.size + data.heldout.size == 1797 and data.heldout.size == 359
     x, y = to_numpy(data.train)
-    assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() == 1.0
+    assert x.dtype == np.float32 and x.min() >= 0.0 and x.max() == 1.0
     # Train keeps the original order of the images it holds.
     images = load_digits().images / 16.0
     matches = [int(np.argmin(np.abs(images - x[i, ..., 0]).sum(axis=(1, 2)))) for i in range(3)]

@@ -51,7 +51,7 @@ def test_csv_problems(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not a numeric table"):
         load_kaggle_csv(bad, DataOptions())
     bad.write_text("label,pixel0,pixel1,pixel2,pixel3\n1,0,0,300,0\n")
-    with pytest.raises(DataError, match="0..255"):
+    with pytest.raises(DataError, match=r"0\.\.255"):
         load_kaggle_csv(bad, DataOptions())
     bad.write_text("label,pixel0,pixel1,pixel2,pixel3\n")
     with pytest.raises(DataError, match="no image rows"):

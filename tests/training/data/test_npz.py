@@ -49,5 +49,5 @@ def test_npz_problems(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not a readable numpy"):
         load_npz(tmp_path / "junk.npz", DataOptions())
     np.savez(tmp_path / "obj.npz", x=np.zeros((2, 3, 3)), class_names=np.array([1, "a"], object))
-    with pytest.raises(DataError, match="obj.npz"):
+    with pytest.raises(DataError, match=r"obj\.npz"):
         load_npz(tmp_path / "obj.npz", DataOptions())

@@ -128,7 +128,7 @@ def test_flip_augmentation_is_seeded_and_only_flips() -> None:
     images = _rgb_images()
     split = array_split(images, np.arange(40), Target(6, 6, 3, "rgb"))
     data = batches(split, 40, shuffle=False, seed=1, augment_flip=True)
-    (x, y), = list(data.as_numpy_iterator())
+    (x, _), = list(data.as_numpy_iterator())
     flipped = [not np.allclose(x[i], images[i] / 255.0, atol=1e-6) for i in range(40)]
     for i in range(40):
         want = images[i, :, ::-1] if flipped[i] else images[i]
