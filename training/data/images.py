@@ -166,6 +166,7 @@ def load_image_folder(folder: Path, options: DataOptions) -> LoadedData:
     else:
         labels = _folder_labels(folder, files)
 
+    logger.info("checking %d image file(s) under %s", len(files), folder)
     good: list[Path] = []
     skipped: list[str] = []
     native: tuple[int, int] | None = None

@@ -11,7 +11,7 @@ from PIL import Image
 
 from training.data.base import DataOptions
 from training.data.images import check_image, list_image_files, load_image_folder
-from training.data.pipeline import to_numpy
+from training.data.pipeline import batches, to_numpy
 from training.errors import DataError
 
 
@@ -50,6 +50,18 @@ def test_sub_folders_give_labels_and_images_stream(tmp_path: Path) -> None:
     np.testing.assert_allclose(x[:, 0, 0, 0], np.array([0, 10, 20, 30, 100, 110, 120, 130]) / 255,
                                atol=1e-6)
     assert data.source == f"images:{tmp_path.resolve()}"
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_streamed_split_batches_shuffle_all_files(tmp_path: Path, cache: bool) -> None:
+    _classes(tmp_path)
+    data = load_image_folder(tmp_path, DataOptions(val_fraction=0.0, image_size=(8, 8)))
+    stream = batches(data.train, 3, shuffle=True, seed=0, cache=cache)
+    epochs = [[(round(float(x[0, 0, 0]) * 255), int(y)) for xb, yb in stream.as_numpy_iterator()
+               for x, y in zip(xb, yb, strict=True)] for _ in range(2)]
+    expected = [(v, 0) for v in (0, 10, 20, 30)] + [(v, 1) for v in (100, 110, 120, 130)]
+    assert sorted(epochs[0]) == expected and sorted(epochs[1]) == expected
+    assert epochs[0] != expected and epochs[0] != epochs[1]
 
 
 def test_held_out_split_is_a_seeded_share_of_the_files(tmp_path: Path) -> None:
