@@ -173,9 +173,10 @@ def to_numpy(split: Split, limit: int | None = None) -> tuple[np.ndarray, np.nda
         x[filled : filled + len(labels)] = images
         y[filled : filled + len(labels)] = labels
         filled += len(labels)
-    if filled != count:
-        # A split's size comes from a listing or a counting pass; the data moved since.
-        raise ConfigError(f"the split yielded {filled} items where {count} were expected")
+    if filled < count:
+        # A split whose dataset was filtered after loading keeps its old size; use what came.
+        logger.warning("the split yielded %d items where its size says %d", filled, count)
+        return x[:filled], y[:filled]
     return x, y
 
 
@@ -185,10 +186,9 @@ def _materialized(split: Split, batch_size: int, shuffle: bool, seed: int) -> tf
     x, y = to_numpy(split)
     logger.info("cached %d images (%.0f MB) in memory", len(y), x.nbytes / 2**20)
     images, labels = tf.constant(x), tf.constant(y)
-    del x, y
-    index = tf.data.Dataset.range(split.size)
+    index = tf.data.Dataset.range(len(y))
     if shuffle:
-        index = index.shuffle(split.size, seed=seed, reshuffle_each_iteration=True)
+        index = index.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
     return index.batch(batch_size).map(
         lambda i: (tf.gather(images, i), tf.gather(labels, i)), num_parallel_calls=AUTOTUNE
     )

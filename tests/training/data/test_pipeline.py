@@ -117,6 +117,15 @@ def test_batches_carry_images_with_their_labels() -> None:
     assert [len(y) for _, y in unshuffled.as_numpy_iterator()] == [16, 16, 8]
 
 
+def test_a_split_smaller_than_its_size_still_batches(caplog: pytest.LogCaptureFixture) -> None:
+    base = array_split(_rgb_images(), np.arange(40), Target(6, 6, 3, "rgb"))
+    filtered = Split(size=40, dataset=base.dataset.filter(lambda x, y: y % 2 == 0),
+                     in_memory=True)
+    labels = _epoch_labels(batches(filtered, 8, shuffle=True, seed=0))
+    assert sorted(labels) == list(range(0, 40, 2))
+    assert "yielded 20 items where its size says 40" in caplog.text
+
+
 def test_split_without_reader_shuffles_through_a_buffer() -> None:
     base = array_split(_rgb_images(), np.arange(40), Target(6, 6, 3, "rgb"))
     plain = Split(size=40, dataset=base.dataset, in_memory=False)
