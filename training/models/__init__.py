@@ -1,0 +1,20 @@
+"""Autoencoder models: configuration, networks, the trainable model, the feature classifier."""
+
+from __future__ import annotations
+
+from training.models.architectures import Networks, build_networks, conv_levels
+from training.models.autoencoder import Autoencoder, build_autoencoder
+from training.models.classifier import build_classifier, train_feature_classifier
+from training.models.config import ModelConfig, ModelKind
+
+__all__ = [
+    "Autoencoder",
+    "ModelConfig",
+    "ModelKind",
+    "Networks",
+    "build_autoencoder",
+    "build_classifier",
+    "build_networks",
+    "conv_levels",
+    "train_feature_classifier",
+]

@@ -1,0 +1,95 @@
+"""A small CNN classifier whose penultimate layer serves as the perceptual loss's features."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import tensorflow as tf
+
+from training.errors import ConfigError, DataError
+from training.fit import EpochLogger, check_image_batches, format_metrics
+
+logger = logging.getLogger(__name__)
+
+
+def build_classifier(input_shape: tuple[int, int, int], n_classes: int) -> keras.Model:
+    """Two 3x3 conv blocks, global average pooling, a 64-unit ``features`` layer, softmax.
+
+    Pooling is applied only while the map stays at least 2x2, so tiny images work too.
+    """
+    images = keras.Input(shape=input_shape, name="images")
+    x = images
+    height, width = input_shape[0], input_shape[1]
+    for i, filters in enumerate((32, 64), start=1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu",
+                                name=f"cls_conv_{i}")(x)
+        if min(height, width) >= 4:
+            x = keras.layers.MaxPooling2D(2, name=f"cls_pool_{i}")(x)
+            height, width = height // 2, width // 2
+    x = keras.layers.GlobalAveragePooling2D(name="cls_gap")(x)
+    features = keras.layers.Dense(64, activation="relu", name="features")(x)
+    probabilities = keras.layers.Dense(n_classes, activation="softmax",
+                                       name="class_probabilities")(features)
+    return keras.Model(images, probabilities, name="feature_classifier")
+
+
+def train_feature_classifier(train: tf.data.Dataset, heldout: tf.data.Dataset | None,
+                             input_shape: tuple[int, int, int], n_classes: int, *,
+                             epochs: int, seed: int) -> keras.Model:
+    """Train a classifier on labelled batches and return its frozen feature model.
+
+    Batches are ``(images [B,H,W,C] in [0, 1], labels [B])`` with every label in
+    ``[0, n_classes)``; a label outside raises :class:`DataError`. The returned model maps
+    images to the 64 features of the classifier's penultimate layer and has
+    ``trainable=False``. Build it inside the strategy scope the autoencoder uses.
+    """
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+        raise ConfigError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
+    shape = tuple(int(d) for d in input_shape)
+    for dataset, what in ((train, "training"), (heldout, "held-out")):
+        if dataset is None:
+            continue
+        check_image_batches(dataset, shape, what)
+        if not isinstance(dataset.element_spec, tuple) or len(dataset.element_spec) < 2:
+            raise DataError(f"the {what} dataset has no labels: the perceptual loss's feature "
+                            "classifier needs (images, labels) batches")
+
+    def checked(images: tf.Tensor, labels: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        labels = tf.cast(labels, tf.int64)
+        # Failing inside the pipeline names the problem; the loss would only say "out of range".
+        asserts = [
+            tf.debugging.assert_greater_equal(labels, tf.constant(0, tf.int64),
+                                              message="label_below_zero"),
+            tf.debugging.assert_less(labels, tf.constant(n_classes, tf.int64),
+                                     message="label_too_large"),
+        ]
+        with tf.control_dependencies(asserts):
+            return (tf.identity(images), tf.identity(labels), *rest)
+
+    keras.utils.set_random_seed(seed)
+    model = build_classifier(shape, n_classes)  # type: ignore[arg-type]
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    try:
+        history = model.fit(train.map(checked),
+                            validation_data=None if heldout is None else heldout.map(checked),
+                            epochs=epochs, callbacks=[EpochLogger("feature classifier", epochs)],
+                            verbose=0)
+    except tf.errors.InvalidArgumentError as exc:
+        if "label_below_zero" in str(exc) or "label_too_large" in str(exc):
+            raise DataError(
+                f"the feature classifier needs every label in [0, {n_classes}); some batch has "
+                "an unknown (-1) or larger label: use labelled data only for the perceptual loss"
+            ) from None
+        raise
+    final = {name: values[-1] for name, values in history.history.items()}
+    logger.info("feature classifier trained: %s", format_metrics(final))
+
+    extractor = keras.Model(model.input, model.get_layer("features").output,
+                            name="feature_extractor")
+    extractor.trainable = False
+    return extractor

@@ -1,0 +1,85 @@
+"""Hyperparameters of an autoencoder, validated when the config is made."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from training.errors import ConfigError
+from training.losses import LossKind
+
+ModelKind = Literal["dense", "conv", "vae"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What to build and how to train it.
+
+    ``dense_units`` are the hidden layers of the dense encoder (mirrored in its decoder);
+    ``conv_filters`` the filters of the conv/vae encoder's 3x3 stride-2 convolutions, of
+    which only as many are used as keep the feature map at least 2x2. ``denoise_sigma``
+    adds Gaussian noise to the training inputs only (targets stay clean). ``kl_weight``
+    scales the VAE's KL term, whose companion reconstruction term is summed per image.
+    """
+
+    kind: ModelKind = "conv"
+    latent_dim: int = 10
+    loss: LossKind = "mse"
+    kl_weight: float = 1.0
+    denoise_sigma: float = 0.0
+    learning_rate: float = 1e-3
+    dense_units: tuple[int, ...] = (128, 64)
+    conv_filters: tuple[int, ...] = (32, 32, 32)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in get_args(ModelKind):
+            raise ConfigError(f"unknown model kind {self.kind!r}: choose 'dense', 'conv' or 'vae'")
+        if self.loss not in get_args(LossKind):
+            raise ConfigError(f"unknown loss {self.loss!r}: choose 'mse', 'bce' or 'perceptual'")
+        if not _is_int(self.latent_dim) or self.latent_dim < 1:
+            raise ConfigError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        # `not x >= 0` rather than `x < 0` so NaN is rejected too.
+        if not _is_real(self.kl_weight) or not 0 <= self.kl_weight < float("inf"):
+            raise ConfigError(f"kl_weight must be a number >= 0, got {self.kl_weight!r}")
+        if not _is_real(self.denoise_sigma) or not 0 <= self.denoise_sigma <= 1:
+            raise ConfigError(
+                f"denoise_sigma must be in [0, 1] (pixel values are in [0, 1]), "
+                f"got {self.denoise_sigma!r}"
+            )
+        if not _is_real(self.learning_rate) or not 0 < self.learning_rate < float("inf"):
+            raise ConfigError(f"learning_rate must be a number > 0, got {self.learning_rate!r}")
+        for name in ("latent_dim", "seed"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("kl_weight", "denoise_sigma", "learning_rate"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        # Frozen dataclass: normalise lists from a CLI or JSON into tuples so configs hash.
+        object.__setattr__(self, "dense_units", _positive_ints("dense_units", self.dense_units))
+        filters = _positive_ints("conv_filters", self.conv_filters)
+        if not filters:
+            raise ConfigError("conv_filters must name at least one convolution, e.g. (32, 32)")
+        object.__setattr__(self, "conv_filters", filters)
+
+
+def _positive_ints(name: str, values: Iterable[Any]) -> tuple[int, ...]:
+    try:
+        items = tuple(values)
+    except TypeError:
+        raise ConfigError(f"{name} must be a sequence of positive integers, got {values!r}") \
+            from None
+    if not all(_is_int(v) and v > 0 for v in items):
+        raise ConfigError(f"{name} must be positive integers, got {values!r}")
+    return tuple(int(v) for v in items)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    # numbers.Integral admits numpy integers; bool is an int but never a sensible size.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
