@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 from training.errors import ConfigError, DataError
 
@@ -38,6 +39,39 @@ class EpochLogger(keras.callbacks.Callback):
         self.seconds.append(seconds)
         logger.info("%s epoch %d/%d: %s (%.1f s)", self.label, epoch + 1, self.epochs,
                     format_metrics(logs or {}), seconds)
+
+
+class EpochSummaries(keras.callbacks.Callback):
+    """Writes every epoch metric as a TensorBoard scalar under ``log_dir``.
+
+    Same layout as Keras' TensorBoard callback (``train/`` and ``validation/`` runs, tags
+    ``epoch_<metric>``), but written with TensorFlow's core summary op: Keras' callback
+    needs the separate ``tensorboard`` package for ``tf.summary.scalar``, which the
+    training image does not ship.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._writers: dict[str, Any] = {}
+        plugin = summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        self._metadata = summary_pb2.SummaryMetadata(plugin_data=plugin)
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._writers = {run: tf.summary.create_file_writer(str(self.log_dir / run))
+                         for run in ("train", "validation")}
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        for name, value in (logs or {}).items():
+            run = "validation" if name.startswith("val_") else "train"
+            with self._writers[run].as_default():
+                tf.summary.write(f"epoch_{name.removeprefix('val_')}",
+                                 tf.constant(float(value), tf.float32), step=epoch,
+                                 metadata=self._metadata)
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        for writer in self._writers.values():
+            writer.close()
 
 
 def format_metrics(logs: Mapping[str, Any]) -> str:
@@ -90,7 +124,7 @@ def fit_autoencoder(model: Autoencoder, train: tf.data.Dataset, heldout: tf.data
 
     The history has one value per epoch under ``loss`` and ``psnr`` (plus ``val_loss``
     and ``val_psnr`` when ``heldout`` is given; the VAE adds ``reconstruction_loss`` and
-    ``kl_loss``). ``tensorboard_dir`` receives TensorBoard event files. Raises
+    ``kl_loss``). ``tensorboard_dir`` receives the per-epoch metrics as TensorBoard scalars. Raises
     :class:`ConfigError` when training diverges (the loss becomes NaN or infinite).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -105,7 +139,7 @@ def fit_autoencoder(model: Autoencoder, train: tf.data.Dataset, heldout: tf.data
         keras.callbacks.TerminateOnNaN(),
     ]
     if tensorboard_dir is not None:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir)))
+        callbacks.append(EpochSummaries(tensorboard_dir))
     callbacks.extend(extra_callbacks or [])
 
     start = time.perf_counter()
