@@ -278,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # TensorFlow's Python logger repeats SavedModel chatter ("Assets written to") at INFO.
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     from service.bundle import BundleError
     from training.errors import TrainingError
 

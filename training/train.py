@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from service import bundle
 from training import clustering, evaluation, export
@@ -101,8 +102,11 @@ def _check_job(job: TrainJob, data: LoadedData) -> None:
 
 
 def _labelled(split: Split) -> Split:
-    return Split(size=split.size, dataset=split.dataset.filter(lambda x, y: y >= 0),
-                 in_memory=split.in_memory)
+    """The labelled images of ``split`` (image folders may label only some of them)."""
+    labelled = split.dataset.filter(lambda x, y: y >= 0)
+    count = int(split.dataset.reduce(np.int64(0), lambda n, item: n + tf.cast(item[1] >= 0,
+                                                                                 tf.int64)))
+    return Split(size=count, dataset=labelled, in_memory=split.in_memory)
 
 
 def run_training(job: TrainJob) -> TrainResult:
