@@ -116,7 +116,7 @@ class TrainingInfo(_Strict):
 class Manifest(_Strict):
     """Contents of ``manifest.json``; see the architecture page for the contract."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: str
     version: int = Field(gt=0)
     created_at: str
@@ -144,7 +144,8 @@ class Manifest(_Strict):
             raise ValueError(f"model name {self.name!r} is not a valid name")
         if len(self.cluster_stats) != self.n_clusters:
             raise ValueError(
-                f"cluster_stats has {len(self.cluster_stats)} entries for {self.n_clusters} clusters"
+                f"cluster_stats has {len(self.cluster_stats)} entries "
+                f"for {self.n_clusters} clusters"
             )
         if [s.cluster for s in self.cluster_stats] != list(range(self.n_clusters)):
             raise ValueError("cluster_stats must list clusters 0..K-1 in order")
@@ -267,7 +268,8 @@ def load_centroids(version_dir: Path, manifest: Manifest, *, verify: bool = True
     expected = (manifest.n_clusters, manifest.latent_dim)
     if centroids.shape != expected or centroids.dtype != np.float32:
         raise BundleError(
-            f"{CENTROIDS_FILE} holds {centroids.dtype} {centroids.shape}, expected float32 {expected}"
+            f"{CENTROIDS_FILE} holds {centroids.dtype} {centroids.shape}, "
+            f"expected float32 {expected}"
         )
     if not np.all(np.isfinite(centroids)):
         raise BundleError(f"{CENTROIDS_FILE} contains NaN or infinite values")
@@ -313,9 +315,9 @@ def list_versions(model_dir: Path) -> list[int]:
         return []
     versions = []
     for child in model_dir.iterdir():
-        if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
-            if (child / MANIFEST_FILE).is_file():
-                versions.append(int(child.name))
+        is_version = child.is_dir() and child.name.isdigit() and int(child.name) > 0
+        if is_version and (child / MANIFEST_FILE).is_file():
+            versions.append(int(child.name))
     return sorted(versions)
 
 

@@ -6,6 +6,6 @@ import sys
 # Before TensorFlow is imported anywhere: hide its C++ info/warning chatter.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from training.cli import main  # noqa: E402
+from training.cli import main
 
 sys.exit(main())

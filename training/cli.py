@@ -26,7 +26,7 @@ service serves. Example:
 
 
 def _image_size(text: str) -> tuple[int, int]:
-    parts = text.lower().replace("×", "x").split("x")
+    parts = text.lower().replace("\u00d7", "x").split("x")
     try:
         values = [int(p) for p in parts]
     except ValueError:

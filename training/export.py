@@ -84,7 +84,12 @@ def check_target(out_dir: Path, *, overwrite: bool) -> tuple[str, int]:
 
 
 def save_signature_model(
-    model: keras.Model, path: Path, *, input_name: str, output_name: str, input_shape: tuple[int, ...]
+    model: keras.Model,
+    path: Path,
+    *,
+    input_name: str,
+    output_name: str,
+    input_shape: tuple[int, ...],
 ) -> None:
     """Save ``model`` as a SavedModel whose ``serving_default`` maps input_name -> output_name."""
     archive = keras.export.ExportArchive()

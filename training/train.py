@@ -196,12 +196,13 @@ def run_training(job: TrainJob) -> TrainResult:
         heldout_kind=data.heldout_kind,
         seconds=round(time.monotonic() - started, 2),
     )
-    report_writers.append(lambda d: (d / "history.json").write_text(json.dumps(history, indent=2)))
-    report_writers.append(lambda d: (d / "evaluation.json").write_text(json.dumps(scores, indent=2)))
+    report_writers.append(lambda d: _write_json(d / "history.json", history))
+    report_writers.append(lambda d: _write_json(d / "evaluation.json", scores))
     if history.get("loss"):
         report_writers.append(lambda d: plot_history(history, d / "training_curves.png"))
     contents = export.BundleContents(
-        input=bundle.InputSpec(height=data.height, width=data.width, channels=data.channels,
+        input=bundle.InputSpec(height=data.height, width=data.width,
+                               channels=3 if data.color_mode == "rgb" else 1,
                                color_mode=data.color_mode),
         centroids=result.centroids,
         cluster_stats=stats,
@@ -215,6 +216,10 @@ def run_training(job: TrainJob) -> TrainResult:
                                     contents=contents, overwrite=job.overwrite)
     return TrainResult(manifest=manifest, out=job.out, history=history, model=model,
                        kmeans=result, data=data)
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
 
 
 def _evaluate(
@@ -233,7 +238,7 @@ def _evaluate(
         held = embed(encode, heldout_batches, total=data.heldout.size, decode=decode,
                      what="embedding held-out")
         ids, _ = bundle.assign(held.embeddings, centroids)
-        split = data.heldout_kind
+        split: str = data.heldout_kind
     else:
         held, ids, split = train_emb, train_ids, "train"
     labels = held.labels if held.has_labels else None
