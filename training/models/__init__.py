@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from training.models.architectures import Networks, build_networks, conv_levels
 from training.models.autoencoder import Autoencoder, build_autoencoder
-from training.models.classifier import build_classifier, train_feature_classifier
+from training.models.base import StepModel
+from training.models.classifier import FeatureClassifier, build_classifier, train_feature_classifier
 from training.models.config import ModelConfig, ModelKind
 
 __all__ = [
     "Autoencoder",
+    "FeatureClassifier",
     "ModelConfig",
     "ModelKind",
     "Networks",
+    "StepModel",
     "build_autoencoder",
     "build_classifier",
     "build_networks",

@@ -12,12 +12,13 @@ import tensorflow as tf
 from training.errors import ConfigError
 from training.losses import ReconstructionLoss, kl_divergence, psnr, reconstruction_loss
 from training.models.architectures import Networks, build_networks, conv_levels
+from training.models.base import StepModel
 from training.models.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
 
-class Autoencoder(keras.Model):
+class Autoencoder(StepModel):
     """An autoencoder trainable with ``model.fit(dataset)`` on ``(images, labels)`` batches.
 
     ``encoder`` (images -> embedding; for the VAE the posterior mean) and ``decoder``
@@ -78,9 +79,7 @@ class Autoencoder(keras.Model):
         inputs, targets = self.training_pair(images)
         with tf.GradientTape() as tape:
             terms = self._terms(inputs, targets, training=True)
-            loss = tf.reduce_mean(terms["loss"])
-            # Mirrored replicas sum their gradients; scale so the sum is the global mean.
-            loss = loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
+            loss = self.scale_for_replicas(tf.reduce_mean(terms["loss"]))
             scaled = self.optimizer.scale_loss(loss)
         weights = self.trainable_weights
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights, strict=True))
@@ -118,7 +117,7 @@ class Autoencoder(keras.Model):
     def _update_metrics(self, terms: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         for tracker in self._trackers:
             tracker.update_state(terms[tracker.name])
-        return {tracker.name: tracker.result() for tracker in self._trackers}
+        return self.step_logs(self._trackers)
 
 
 def _images_of(data: Any) -> tf.Tensor:
@@ -157,6 +156,7 @@ def build_autoencoder(config: ModelConfig, input_shape: tuple[int, int, int], *,
     keras.utils.set_random_seed(config.seed)
     model = Autoencoder(build_networks(config, shape), config, feature_extractor=feature_extractor)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate))
+    model.build_optimizer()
     if config.kind == "dense":
         layout = "dense " + "-".join(str(u) for u in config.dense_units)
     else:

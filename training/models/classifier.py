@@ -3,14 +3,65 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import keras
 import tensorflow as tf
 
 from training.errors import ConfigError, DataError
 from training.fit import EpochLogger, check_image_batches, format_metrics
+from training.models.base import StepModel
 
 logger = logging.getLogger(__name__)
+
+
+class FeatureClassifier(StepModel):
+    """Trains a functional classifier network with sparse cross-entropy; tracks accuracy.
+
+    Its own steps (rather than ``compile(loss=..., metrics=...)``) let it train under any
+    strategy, multi-worker included, like the autoencoder.
+    """
+
+    def __init__(self, network: keras.Model, **kwargs: Any) -> None:
+        super().__init__(name=kwargs.pop("name", "feature_classifier"), **kwargs)
+        self.network = network
+        self._trackers = [keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="accuracy")]
+        self.built = True
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        """The epoch-mean trackers: loss and accuracy."""
+        return list(self._trackers)
+
+    def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Class probabilities for a batch of images."""
+        return self.network(inputs, training=training)
+
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        """One optimiser step on labelled images."""
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            probabilities = self.network(images, training=True)
+            per_image = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+            scaled = self.optimizer.scale_loss(self.scale_for_replicas(tf.reduce_mean(per_image)))
+        weights = self.trainable_weights
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights, strict=True))
+        return self._update(labels, probabilities, per_image)
+
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
+        """Loss and accuracy of a labelled batch."""
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        probabilities = self.network(images, training=False)
+        per_image = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+        return self._update(labels, probabilities, per_image)
+
+    def _update(self, labels: tf.Tensor, probabilities: tf.Tensor,
+                per_image: tf.Tensor) -> dict[str, tf.Tensor]:
+        predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+        correct = tf.cast(tf.equal(predicted, tf.cast(labels, tf.int64)), tf.float32)
+        self._trackers[0].update_state(per_image)
+        self._trackers[1].update_state(correct)
+        return self.step_logs(self._trackers)
 
 
 def build_classifier(input_shape: tuple[int, int, int], n_classes: int) -> keras.Model:
@@ -42,7 +93,7 @@ def train_feature_classifier(train: tf.data.Dataset, heldout: tf.data.Dataset | 
     Batches are ``(images [B,H,W,C] in [0, 1], labels [B])`` with every label in
     ``[0, n_classes)``; a label outside raises :class:`DataError`. The returned model maps
     images to the 64 features of the classifier's penultimate layer and has
-    ``trainable=False``. Build it inside the strategy scope the autoencoder uses.
+    ``trainable=False``. Call it inside the strategy scope the autoencoder will use.
     """
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
         raise ConfigError(f"n_classes must be an integer >= 2, got {n_classes!r}")
@@ -70,15 +121,15 @@ def train_feature_classifier(train: tf.data.Dataset, heldout: tf.data.Dataset | 
             return (tf.identity(images), tf.identity(labels), *rest)
 
     keras.utils.set_random_seed(seed)
-    model = build_classifier(shape, n_classes)  # type: ignore[arg-type]
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    network = build_classifier(shape, n_classes)  # type: ignore[arg-type]
+    model = FeatureClassifier(network)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.build_optimizer()
     try:
         history = model.fit(train.map(checked),
                             validation_data=None if heldout is None else heldout.map(checked),
                             epochs=epochs, callbacks=[EpochLogger("feature classifier", epochs)],
-                            verbose=0)
+                            shuffle=False, verbose=0)
     except tf.errors.InvalidArgumentError as exc:
         if "label_below_zero" in str(exc) or "label_too_large" in str(exc):
             raise DataError(
@@ -89,7 +140,7 @@ def train_feature_classifier(train: tf.data.Dataset, heldout: tf.data.Dataset | 
     final = {name: values[-1] for name, values in history.history.items()}
     logger.info("feature classifier trained: %s", format_metrics(final))
 
-    extractor = keras.Model(model.input, model.get_layer("features").output,
+    extractor = keras.Model(network.input, network.get_layer("features").output,
                             name="feature_extractor")
     extractor.trainable = False
     return extractor
