@@ -89,24 +89,28 @@ def _conv_stack(images: keras.KerasTensor, filters: tuple[int, ...]) -> keras.Ke
 def _conv_decoder(config: ModelConfig, input_shape: tuple[int, int, int],
                   filters: tuple[int, ...]) -> keras.Model:
     height, width, channels = input_shape
-    # Mirror the encoder: its smallest feature map is ceil(size / 2**levels).
-    levels = len(filters)
-    h0, w0 = math.ceil(height / 2**levels), math.ceil(width / 2**levels)
+    # The encoder's feature-map sizes, image first: each 'same' stride-2 conv gives ceil(s/2).
+    sizes = [(height, width)]
+    for _ in filters:
+        sizes.append((math.ceil(sizes[-1][0] / 2), math.ceil(sizes[-1][1] / 2)))
     # With no conv level (images under 4 pixels) the decoder starts from the image size.
     start_filters = filters[-1] if filters else config.conv_filters[0]
+    h0, w0 = sizes[-1]
     embedding = keras.Input(shape=(config.latent_dim,), name="embedding")
     x = keras.layers.Dense(h0 * w0 * start_filters, activation="relu", name="dec_dense")(embedding)
     x = keras.layers.Reshape((h0, w0, start_filters), name="dec_reshape")(x)
+    # Transposed convolutions rather than UpSampling2D + Conv2D: same output size, but the
+    # kernel runs on the coarse grid (measured ~2x faster on CPU). Each level doubles the
+    # size; where the encoder rounded an odd size up, drop the extra row/column right there,
+    # on the small map, so the decoder mirrors the encoder and ends at exactly H x W
+    # (cropping the full-size map instead made its gradient the slowest op of a step).
     for i, n in enumerate(reversed(filters), start=1):
-        x = keras.layers.UpSampling2D(2, name=f"dec_up_{i}")(x)
-        x = keras.layers.Conv2D(n, 3, padding="same", activation="relu", name=f"dec_conv_{i}")(x)
-    # Upsampling overshoots odd sizes (e.g. 30x20 -> 32x24): crop back to exactly H x W.
-    extra_h, extra_w = h0 * 2**levels - height, w0 * 2**levels - width
-    if extra_h or extra_w:
-        x = keras.layers.Cropping2D(
-            ((extra_h // 2, extra_h - extra_h // 2), (extra_w // 2, extra_w - extra_w // 2)),
-            name="dec_crop",
-        )(x)
+        x = keras.layers.Conv2DTranspose(n, 3, strides=2, padding="same", activation="relu",
+                                         name=f"dec_deconv_{i}")(x)
+        target_h, target_w = sizes[len(filters) - i]
+        extra_h, extra_w = x.shape[1] - target_h, x.shape[2] - target_w
+        if extra_h or extra_w:
+            x = keras.layers.Cropping2D(((0, extra_h), (0, extra_w)), name=f"dec_crop_{i}")(x)
     reconstruction = keras.layers.Conv2D(channels, 3, padding="same", activation="sigmoid",
                                          name="reconstruction")(x)
     return keras.Model(embedding, reconstruction, name="decoder")
