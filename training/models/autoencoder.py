@@ -39,7 +39,7 @@ class Autoencoder(StepModel):
         self.decoder = networks.decoder
         self.posterior = networks.posterior
         self.config = config
-        # Tracked so its (frozen) weights live, and are mirrored, with the model's.
+        # An attribute, so Keras tracks it: its frozen weights are listed with the model's.
         self.feature_extractor = feature_extractor
         self._loss_fn: ReconstructionLoss = reconstruction_loss(
             config.loss, feature_extractor=feature_extractor,
