@@ -137,3 +137,35 @@ def test_ctrl_c_during_training_leaves_no_bundle(tmp_path: Path) -> None:
     assert "interrupted: no bundle was written" in rest
     assert not out.exists()
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("model", ["dense", "vae"])
+def test_every_model_kind_exports_a_servable_bundle(model: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from service import bundle
+
+    out = tmp_path / "repo" / model / "1"
+    code, _, err = _run(["train", "--dataset", "digits", "--model", model, "--latent", "6",
+                         "--epochs", "1", "--clusters", "4", "--denoise", "0.1",
+                         "--augment-flip", "--out", str(out)], capsys)
+    assert code == 0, err
+    manifest = bundle.read_manifest(out)
+    assert manifest.training.model_kind == model and manifest.latent_dim == 6
+    assert manifest.training.hyperparameters["denoise_sigma"] == 0.1
+    bundle.load_centroids(out, manifest)
+
+
+def test_clusters_auto_saves_the_k_curves(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from service import bundle
+
+    out = tmp_path / "repo" / "auto" / "1"
+    code, _, err = _run(["train", "--dataset", "digits", "--model", "dense", "--epochs", "1",
+                         "--clusters", "auto", "--k-range", "2-5", "--out", str(out)], capsys)
+    assert code == 0, err
+    manifest = bundle.read_manifest(out)
+    curves = json.loads((out / "report" / "k_selection.json").read_text())
+    assert curves["k_values"] == [2, 3, 4, 5]
+    assert manifest.n_clusters == curves["chosen_k"]
+    assert manifest.training.hyperparameters["clusters"] == "auto"
+    assert (out / "report" / "k_selection.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,90 @@
+"""One error hierarchy for every transport.
+
+Each class carries its HTTP status and the *name* of its gRPC status code, so the REST
+exception handler and the gRPC interceptor render the same table (the core never imports
+grpc or FastAPI; ``grpc.StatusCode[cls.grpc_code]`` turns the name into the enum).
+
+| condition                                              | HTTP | gRPC               |
+|--------------------------------------------------------|------|--------------------|
+| malformed request, bad image, shape, NaN/inf, empty    | 400  | INVALID_ARGUMENT   |
+| unknown model, version or signature                    | 404  | NOT_FOUND          |
+| body or image over the configured limit                | 413  | RESOURCE_EXHAUSTED |
+| queue full (backpressure)                              | 503  | RESOURCE_EXHAUSTED |
+| model not ready / server draining                      | 503  | UNAVAILABLE        |
+| deadline passed while queued                           | 504  | DEADLINE_EXCEEDED  |
+| anything else                                          | 500  | INTERNAL           |
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class ServiceError(Exception):
+    """Base class: ``str(error)`` is the message the caller sees."""
+
+    http_status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    grpc_code: str = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ServiceError):
+    """The request cannot be understood: bad JSON, undecodable image, wrong shape, NaN..."""
+
+    http_status = HTTPStatus.BAD_REQUEST
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class NotFound(ServiceError):
+    """No such model, version or signature."""
+
+    http_status = HTTPStatus.NOT_FOUND
+    grpc_code = "NOT_FOUND"
+
+
+class PayloadTooLarge(ServiceError):
+    """A body or a decoded image is over its configured limit."""
+
+    http_status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class QueueFull(ServiceError):
+    """Backpressure: the model's queue is full; retry after ``retry_after`` seconds."""
+
+    http_status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(ServiceError):
+    """The model is not loaded or ready yet, or the server is draining."""
+
+    http_status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_code = "UNAVAILABLE"
+
+
+class DeadlineExceeded(ServiceError):
+    """The caller's deadline passed before its images were computed."""
+
+    http_status = HTTPStatus.GATEWAY_TIMEOUT
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
+class InternalError(ServiceError):
+    """A bug or an unexpected failure; details go to the log, not to the caller."""
+
+    http_status = HTTPStatus.INTERNAL_SERVER_ERROR
+    grpc_code = "INTERNAL"
+
+
+ERROR_CLASSES: tuple[type[ServiceError], ...] = (
+    InvalidInput, NotFound, PayloadTooLarge, QueueFull, Unavailable, DeadlineExceeded,
+    InternalError,
+)

@@ -1,0 +1,91 @@
+"""Service settings: environment variables with prefix ``AEC_``, each also a CLI flag.
+
+Built once by the CLI and handed to constructors; never a module-level singleton.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. ``AEC_<FIELD>`` in the environment, ``--<field>`` on the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="AEC_", extra="ignore", frozen=True)
+
+    model_repo: Path = Field(
+        default=Path("models"),
+        description="Model repository in TensorFlow Serving's layout: DIR/<name>/<version>/.",
+    )
+    host: str = Field(default="0.0.0.0", description="Address both servers listen on.")
+    http_port: int = Field(default=8501, ge=0, le=65535,
+                           description="HTTP port (REST, metrics, health); 0 picks a free one.")
+    grpc_port: int = Field(default=8500, ge=0, le=65535,
+                           description="gRPC port (native and TF Serving APIs); 0 picks a free one.")
+    max_batch_size: int = Field(default=32, ge=1, le=4096,
+                                description="Most images the batcher merges into one model call.")
+    max_batch_delay_ms: float = Field(
+        default=5.0, ge=0.0, le=10_000.0,
+        description="Longest wait, from the oldest queued request, before a batch is run.",
+    )
+    max_queue: int = Field(
+        default=1024, ge=1,
+        description="Images that may wait per model version; beyond it callers get "
+        "503 + Retry-After / RESOURCE_EXHAUSTED at once.",
+    )
+    poll_seconds: float = Field(
+        default=10.0, ge=0.0,
+        description="How often the repository is scanned for new or removed versions; 0 = never.",
+    )
+    drain_seconds: float = Field(
+        default=20.0, ge=0.0,
+        description="On SIGTERM, how long in-flight and queued requests may take to finish.",
+    )
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024,
+                                description="Largest HTTP request body accepted (413 beyond).")
+    max_image_pixels: int = Field(
+        default=16_000_000, ge=1,
+        description="Largest decoded image (width x height) accepted; guards against "
+        "decompression bombs (413 beyond).",
+    )
+    max_images_per_request: int = Field(default=1024, ge=1,
+                                        description="Most images in one request (413 beyond).")
+    grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024,
+                                        description="gRPC send and receive message size limit.")
+    device: str = Field(
+        default="auto",
+        description="auto (first GPU if TensorFlow sees one, else CPU), cpu, or gpu:N.",
+    )
+    gpu_memory_growth: bool = Field(
+        default=True, description="Let TensorFlow grow GPU memory instead of reserving it all."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level of the JSON logs on stderr."
+    )
+    log_json: bool = Field(default=True, description="Structured JSON logs (false: plain text).")
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, value: str) -> str:
+        text = value.strip().lower()
+        if text in {"auto", "cpu", "gpu"} or (text.startswith("gpu:") and text[4:].isdigit()):
+            return text
+        raise ValueError(f"device must be auto, cpu, gpu or gpu:N, got {value!r}")
+
+    def batch_sizes(self) -> tuple[int, ...]:
+        """Padded batch sizes: powers of two up to, and including, ``max_batch_size``.
+
+        Padding every batch to one of a few sizes means the compiled function sees a small
+        fixed set of shapes, all warmed up before the version is reported ready.
+        """
+        sizes = []
+        size = 1
+        while size < self.max_batch_size:
+            sizes.append(size)
+            size *= 2
+        sizes.append(self.max_batch_size)
+        return tuple(sizes)
