@@ -1,0 +1,358 @@
+"""The protocol-neutral core that REST and gRPC both call.
+
+Transports parse, call one method here, and encode; everything else - validation,
+preprocessing as the manifest says, batching, outlier flags, metrics of what was
+computed - happens once, here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service import bundle, imagecodec
+from service.errors import InvalidInput, NotFound, PayloadTooLarge, Unavailable
+from service.metrics import Metrics
+from service.repository import LoadedVersion, ModelRepository, VersionStatus
+from service.settings import Settings
+from service.types import BatchOutput, ClusterOptions, ClusterResult, ImageInput, ModelRef
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+BYTES_SIGNATURE = "predict_bytes"
+PREDICT_METHOD = "tensorflow/serving/predict"
+OUTPUT_NAMES = ("cluster_id", "distance", "is_outlier", "reconstruction", "embedding")
+PSNR_CAP_DB = 100.0
+# Decoding a few small images inline is cheaper than a thread hop; large payloads are
+# decoded on a worker thread so the event loop keeps serving other callers.
+INLINE_DECODE_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """Which model version answered."""
+
+    name: str
+    version: int
+    manifest: bundle.Manifest
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str  # "float32", "int64", "bool", "string"
+    shape: tuple[int, ...]  # -1 = any size (the batch dimension)
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
+    method_name: str = PREDICT_METHOD
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    version: int
+    manifest: bundle.Manifest
+    signatures: dict[str, SignatureInfo]
+
+
+class DataPlane:
+    """Answers cluster, predict, status and metadata requests for every transport."""
+
+    def __init__(self, repository: ModelRepository, settings: Settings, metrics: Metrics) -> None:
+        self._repo = repository
+        self._settings = settings
+        self._metrics = metrics
+        self._draining = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ---- health ----------------------------------------------------------------------
+
+    def is_live(self) -> bool:
+        return True
+
+    def is_ready(self) -> bool:
+        """A model is loaded and warmed up, and the server is not draining."""
+        return not self._draining and self._repo.has_ready_model()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new work at once; let in-flight and queued requests finish within ``timeout``."""
+        self._draining = True
+        deadline = time.monotonic() + timeout
+        logger.info("draining: %d request(s) in flight", self._inflight)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout)
+        except TimeoutError:
+            logger.warning("drain timeout: %d request(s) still in flight", self._inflight)
+        await self._repo.stop(max(0.0, deadline - time.monotonic()))
+
+    def _enter(self) -> None:
+        if self._draining:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        self._inflight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+
+    # ---- native API ------------------------------------------------------------------
+
+    async def cluster(
+        self,
+        model: ModelRef,
+        images: Sequence[ImageInput],
+        options: ClusterOptions,
+        *,
+        deadline: float | None = None,
+    ) -> tuple[VersionInfo, list[ClusterResult]]:
+        """Cluster id, distance, outlier flag and the asked-for extras for every image."""
+        self._check_count(len(images))
+        if options.top_k < 0:
+            raise InvalidInput(f"top_k must be >= 0, got {options.top_k}")
+        self._enter()
+        try:
+            with self._repo.acquire(model.name, model.version) as lv:
+                batch = await self._prepare(images, lv.manifest.input)
+                want_recon = options.return_reconstruction != "none"
+                out = await lv.batcher.submit(batch, with_reconstruction=want_recon,
+                                              deadline=deadline)
+                results = self._results(lv, batch, out, options)
+                return _info(lv), results
+        finally:
+            self._leave()
+
+    def _check_count(self, n: int) -> None:
+        if n == 0:
+            raise InvalidInput("the request holds no images: send at least one instance")
+        if n > self._settings.max_images_per_request:
+            raise PayloadTooLarge(
+                f"{n} images in one request; the limit is {self._settings.max_images_per_request}"
+            )
+
+    async def _prepare(self, images: Sequence[ImageInput], spec: bundle.InputSpec) -> np.ndarray:
+        size = sum(len(i.encoded) if i.encoded is not None else 0 for i in images)
+        if size <= INLINE_DECODE_BYTES:
+            return imagecodec.prepare_batch(images, spec, max_pixels=self._settings.max_image_pixels)
+        return await asyncio.to_thread(imagecodec.prepare_batch, images, spec,
+                                       max_pixels=self._settings.max_image_pixels)
+
+    def _results(self, lv: LoadedVersion, batch: np.ndarray, out: BatchOutput,
+                 options: ClusterOptions) -> list[ClusterResult]:
+        outliers = out.distance > lv.outlier_threshold[out.cluster_id]
+        errors = psnrs = None
+        if out.reconstruction is not None:
+            errors, psnrs = _reconstruction_quality(batch, out.reconstruction)
+        self._observe(lv, out, outliers, errors)
+        k = min(options.top_k, lv.manifest.n_clusters)
+        order = np.argsort(out.distances, axis=1, kind="stable")[:, :k] if k else None
+        results = []
+        for i in range(len(out.cluster_id)):
+            cluster = int(out.cluster_id[i])
+            result = ClusterResult(
+                cluster_id=cluster,
+                distance=float(out.distance[i]),
+                is_outlier=bool(outliers[i]),
+                label=lv.manifest.cluster_label(cluster),
+            )
+            if out.reconstruction is not None and errors is not None and psnrs is not None:
+                result.reconstruction = out.reconstruction[i]
+                result.reconstruction_error = float(errors[i])
+                result.psnr = float(psnrs[i])
+            if options.return_embedding:
+                result.embedding = out.embedding[i]
+            if order is not None:
+                result.top_k = [(int(c), float(out.distances[i, c])) for c in order[i]]
+            results.append(result)
+        return results
+
+    def _observe(self, lv: LoadedVersion, out: BatchOutput, outliers: np.ndarray,
+                 errors: np.ndarray | None) -> None:
+        labels = {"model": lv.name, "version": str(lv.version)}
+        ids, counts = np.unique(out.cluster_id, return_counts=True)
+        for cluster, count in zip(ids, counts, strict=True):
+            self._metrics.cluster_assignments_total.labels(**labels, cluster=str(int(cluster))).inc(
+                int(count))
+        distance = self._metrics.distance.labels(**labels)
+        for value in out.distance:
+            distance.observe(float(value))
+        n_out = int(outliers.sum())
+        if n_out:
+            self._metrics.outliers_total.labels(**labels).inc(n_out)
+        if errors is not None:
+            recon = self._metrics.reconstruction_error.labels(**labels)
+            for value in errors:
+                recon.observe(float(value))
+
+    # ---- TensorFlow Serving API --------------------------------------------------------
+
+    async def predict(
+        self,
+        model: ModelRef,
+        signature: str | None,
+        inputs: Mapping[str, np.ndarray],
+        output_filter: Sequence[str] | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> tuple[VersionInfo, dict[str, np.ndarray]]:
+        """TF Serving's Predict over the two signatures of the architecture page."""
+        signature = signature or DEFAULT_SIGNATURE
+        if signature not in (DEFAULT_SIGNATURE, BYTES_SIGNATURE):
+            raise NotFound(
+                f"signature {signature!r} not found; signatures: {DEFAULT_SIGNATURE}, {BYTES_SIGNATURE}"
+            )
+        wanted = list(output_filter) if output_filter else list(OUTPUT_NAMES)
+        unknown = [name for name in wanted if name not in OUTPUT_NAMES]
+        if unknown:
+            raise InvalidInput(
+                f"output_filter names unknown outputs {unknown}; outputs: {', '.join(OUTPUT_NAMES)}"
+            )
+        self._enter()
+        try:
+            with self._repo.acquire(model.name, model.version) as lv:
+                if signature == DEFAULT_SIGNATURE:
+                    batch = _check_float_images(inputs, lv.manifest.input)
+                    self._check_count(len(batch))
+                else:
+                    images = _bytes_inputs(inputs)
+                    self._check_count(len(images))
+                    batch = await self._prepare(images, lv.manifest.input)
+                want_recon = "reconstruction" in wanted
+                out = await lv.batcher.submit(batch, with_reconstruction=want_recon,
+                                              deadline=deadline)
+                outliers = out.distance > lv.outlier_threshold[out.cluster_id]
+                errors = None
+                if out.reconstruction is not None:
+                    errors, _ = _reconstruction_quality(batch, out.reconstruction)
+                self._observe(lv, out, outliers, errors)
+                every = {
+                    "cluster_id": out.cluster_id.astype(np.int64),
+                    "distance": out.distance.astype(np.float32),
+                    "is_outlier": outliers,
+                    "reconstruction": out.reconstruction,
+                    "embedding": out.embedding.astype(np.float32),
+                }
+                return _info(lv), {name: every[name] for name in wanted
+                                   if every[name] is not None}
+        finally:
+            self._leave()
+
+    def model_status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        bundle_name = _checked_name(name)
+        return self._repo.status(bundle_name, version)
+
+    def model_metadata(self, model: ModelRef) -> ModelMetadata:
+        lv = self._repo.get(_checked_name(model.name), model.version)
+        spec = lv.manifest.input
+        image = TensorInfo("float32", (-1, spec.height, spec.width, spec.channels))
+        outputs = {
+            "cluster_id": TensorInfo("int64", (-1,)),
+            "distance": TensorInfo("float32", (-1,)),
+            "is_outlier": TensorInfo("bool", (-1,)),
+            "reconstruction": image,
+            "embedding": TensorInfo("float32", (-1, lv.manifest.latent_dim)),
+        }
+        return ModelMetadata(
+            name=lv.name,
+            version=lv.version,
+            manifest=lv.manifest,
+            signatures={
+                DEFAULT_SIGNATURE: SignatureInfo({"images": image}, outputs),
+                BYTES_SIGNATURE: SignatureInfo({"image_bytes": TensorInfo("string", (-1,))},
+                                               outputs),
+            },
+        )
+
+    def list_models(self) -> list[VersionInfo]:
+        return [_info(lv) for lv in self._repo.loaded_versions()]
+
+
+def _info(lv: LoadedVersion) -> VersionInfo:
+    return VersionInfo(lv.name, lv.version, lv.manifest)
+
+
+def _checked_name(name: str) -> str:
+    try:
+        return bundle.validate_model_name(name)
+    except bundle.BundleError as exc:
+        raise NotFound(str(exc)) from exc
+
+
+def _reconstruction_quality(inputs: np.ndarray, recon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image MSE and PSNR (dB, data range 1, capped like training's)."""
+    axes = tuple(range(1, inputs.ndim))
+    mse = np.mean((recon.astype(np.float32) - inputs.astype(np.float32)) ** 2, axis=axes)
+    with np.errstate(divide="ignore"):
+        psnr = np.where(mse > 0, 10.0 * np.log10(1.0 / np.maximum(mse, 1e-30)), PSNR_CAP_DB)
+    return mse.astype(np.float32), np.minimum(psnr, PSNR_CAP_DB).astype(np.float32)
+
+
+def _check_float_images(inputs: Mapping[str, np.ndarray], spec: bundle.InputSpec) -> np.ndarray:
+    if set(inputs) != {"images"}:
+        raise InvalidInput(
+            f"signature {DEFAULT_SIGNATURE} takes one input 'images', got {sorted(inputs) or 'none'}"
+        )
+    raw = np.asarray(inputs["images"])
+    if raw.dtype.kind not in "fiu":
+        raise InvalidInput(f"input 'images' must be numeric, got {raw.dtype}")
+    expected = (spec.height, spec.width, spec.channels)
+    if raw.ndim != 4 or tuple(raw.shape[1:]) != expected:
+        raise InvalidInput(
+            f"input 'images' must have shape [N, {expected[0]}, {expected[1]}, {expected[2]}], "
+            f"got {list(raw.shape)}; send encoded images to signature {BYTES_SIGNATURE} to have "
+            "them resized"
+        )
+    images = raw.astype(np.float32)
+    if not np.all(np.isfinite(images)):
+        raise InvalidInput("input 'images' contains NaN or infinite values")
+    if images.size and (images.min() < 0.0 or images.max() > 1.0):
+        raise InvalidInput(
+            f"input 'images' must be scaled to [0, 1], got values in "
+            f"[{images.min():.3g}, {images.max():.3g}]; divide 8-bit pixels by 255"
+        )
+    return images
+
+
+def _bytes_inputs(inputs: Mapping[str, np.ndarray]) -> list[ImageInput]:
+    if set(inputs) != {"image_bytes"}:
+        raise InvalidInput(
+            f"signature {BYTES_SIGNATURE} takes one input 'image_bytes', "
+            f"got {sorted(inputs) or 'none'}"
+        )
+    raw = np.asarray(inputs["image_bytes"], dtype=object)
+    if raw.ndim == 0:
+        raw = raw.reshape(1)
+    if raw.ndim != 1:
+        raise InvalidInput(f"input 'image_bytes' must be a vector of encoded images, got shape "
+                           f"{list(raw.shape)}")
+    images = []
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            item = item.encode("latin-1")
+        if not isinstance(item, bytes | bytearray | memoryview):
+            raise InvalidInput(f"image_bytes[{i}] is not bytes (got {type(item).__name__})")
+        images.append(ImageInput(encoded=bytes(item)))
+    return images
+
+
+def deadline_from_timeout(seconds: float | None) -> float | None:
+    """An absolute monotonic deadline from a relative timeout (None or inf: no deadline)."""
+    if seconds is None or math.isinf(seconds):
+        return None
+    return time.monotonic() + max(0.0, seconds)
