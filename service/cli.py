@@ -1,0 +1,86 @@
+"""``python -m service`` / ``aecluster-serve``: every setting is a flag and an ``AEC_`` variable.
+
+Flags are generated from :class:`service.settings.Settings`, so the two forms cannot drift
+apart; a flag given on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+DESCRIPTION = """\
+Serve aecluster model bundles over HTTP (REST, TensorFlow Serving's REST API, /metrics,
+/healthz, /readyz, /docs) and gRPC (aecluster.v1.ClusterService, TensorFlow Serving's
+PredictionService and ModelService, health, reflection). Example:
+
+  python -m service --model-repo models --http-port 8501 --grpc-port 8500
+"""
+
+
+def _flag_type(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return str
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _flag_type(args[0])
+    if annotation in (int, float, str, Path):
+        return annotation
+    return str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = "AEC_" + name.upper()
+        help_text = f"{field.description} [env {env}; default: {field.default}]"
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+            continue
+        choices = None
+        if typing.get_origin(field.annotation) is typing.Literal:
+            choices = list(typing.get_args(field.annotation))
+        parser.add_argument(flag, dest=name, type=_flag_type(field.annotation), choices=choices,
+                            default=argparse.SUPPRESS, help=help_text)
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Settings from the environment, overridden by the flags in ``argv``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return Settings(**vars(args))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise SystemExit(f"error: invalid settings: {problems}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    settings = load_settings(argv)
+    from service.logs import configure_logging
+    from service.server import serve
+
+    configure_logging(settings.log_level, json_format=settings.log_json)
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Both servers in one process and one event loop, with a graceful drain on SIGTERM.
+
+Start-up order: bind gRPC and HTTP first (liveness answers at once, readiness is false),
+then load the repository; readiness turns true once a model is loaded and warmed up.
+On SIGTERM or SIGINT: readiness false at once (HTTP /readyz 503, gRPC health NOT_SERVING),
+new requests get 503 / UNAVAILABLE, queued and in-flight requests finish within
+``drain_seconds``, then both servers stop and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import numpy as np
+import uvicorn
+
+from service import bundle
+from service.dataplane import DataPlane
+from service.grpc_server import GrpcServer, start_grpc_server
+from service.metrics import Metrics
+from service.repository import ModelRepository
+from service.rest import create_app
+from service.runtime import ModelRuntime, configure_device
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+HEALTH_SYNC_SECONDS = 0.25
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: shutdown is ours to order (drain first)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class AppServer:
+    """The running service: data plane, HTTP and gRPC servers, repository polling."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.device = configure_device(settings.device, memory_growth=settings.gpu_memory_growth)
+        sizes = settings.batch_sizes()
+
+        def make_runtime(path: Path, manifest: bundle.Manifest, centroids: np.ndarray) -> ModelRuntime:
+            return ModelRuntime(path, manifest, centroids, device=self.device, batch_sizes=sizes)
+
+        self.repository = ModelRepository(settings, self.metrics, make_runtime)
+        self.dataplane = DataPlane(self.repository, settings, self.metrics)
+        self.app = create_app(self.dataplane, settings, self.metrics)
+        self._http: _HttpServer | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._grpc: GrpcServer | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self.http_port = settings.http_port
+        self.grpc_port = settings.grpc_port
+
+    async def start(self) -> None:
+        """Bind both ports, then load the models (readiness follows the loads)."""
+        self._grpc = await start_grpc_server(self.dataplane, self.settings, self.metrics)
+        self.grpc_port = self._grpc.port
+        config = uvicorn.Config(
+            self.app, host=self.settings.host, port=self.settings.http_port, log_config=None,
+            access_log=False, lifespan="off", timeout_keep_alive=30,
+            limit_concurrency=None, server_header=False,
+        )
+        self._http = _HttpServer(config)
+        self._http_task = asyncio.create_task(self._http.serve(), name="http-server")
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()  # re-raise the bind error
+                raise RuntimeError("the HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+        self.http_port = self._http.servers[0].sockets[0].getsockname()[1]
+        self._health_task = asyncio.create_task(self._sync_health(), name="grpc-health")
+        logger.info("listening", extra={"http_port": self.http_port, "grpc_port": self.grpc_port,
+                                        "device": self.device,
+                                        "model_repo": str(self.settings.model_repo)})
+        started = time.monotonic()
+        await self.repository.start()
+        logger.info("ready" if self.dataplane.is_ready() else "started without a ready model",
+                    extra={"models": self.repository.known_models(),
+                           "seconds": round(time.monotonic() - started, 2)})
+
+    async def _sync_health(self) -> None:
+        # The gRPC health service mirrors readiness (loads, reloads, draining).
+        last: bool | None = None
+        while True:
+            ready = self.dataplane.is_ready()
+            if ready != last and self._grpc is not None:
+                await self._grpc.set_serving(ready)
+                last = ready
+            await asyncio.sleep(HEALTH_SYNC_SECONDS)
+
+    def request_stop(self) -> None:
+        """Begin the graceful shutdown (what SIGTERM does)."""
+        self._stop.set()
+
+    async def wait_and_shutdown(self) -> None:
+        await self._stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Drain, then stop both servers."""
+        logger.info("shutting down: draining for up to %.1f s", self.settings.drain_seconds)
+        drain = asyncio.create_task(self.dataplane.drain(self.settings.drain_seconds))
+        if self._grpc is not None:
+            await self._grpc.set_serving(False)
+        await drain
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            await self._http_task
+        logger.info("stopped")
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code."""
+    server = AppServer(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.request_stop)
+    await server.start()
+    await server.wait_and_shutdown()
+    return 0
