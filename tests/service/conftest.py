@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from service import bundle
+from tests.service.bundles import clone_version
 
 
 @pytest.fixture(scope="session")
@@ -28,24 +26,15 @@ def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def clone_version(source: Path, repo: Path, name: str, version: int) -> Path:
-    """Copy a bundle to ``repo/name/version``, rewriting the manifest's name and version.
-
-    The manifest is not among its own checksummed files, so the copy still verifies.
-    """
-    target = repo / name / str(version)
-    tmp = repo / name / f".tmp-clone-{version}"
-    shutil.copytree(source, tmp)
-    raw = json.loads((tmp / bundle.MANIFEST_FILE).read_text())
-    raw["name"], raw["version"] = name, version
-    (tmp / bundle.MANIFEST_FILE).write_text(json.dumps(raw))
-    tmp.rename(target)
-    return target
-
-
 @pytest.fixture
 def model_repo(tmp_path: Path, digits_bundle: Path) -> Path:
     """A fresh repository holding digits version 1 (a copy: tests may change it)."""
     repo = tmp_path / "repo"
     clone_version(digits_bundle, repo, "digits", 1)
     return repo
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (marked ``anyio``) run on asyncio, the loop the service runs on."""
+    return "asyncio"

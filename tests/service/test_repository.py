@@ -1,0 +1,152 @@
+"""The model repository: version policy, verified loads, hot reload and unloading."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import bundle
+from service.errors import NotFound, Unavailable
+from service.metrics import Metrics
+from service.repository import ModelRepository
+from service.runtime import ModelRuntime
+from service.settings import Settings
+from tests.service.bundles import clone_version
+
+pytestmark = pytest.mark.anyio
+
+
+def _repository(repo: Path, **overrides: object) -> tuple[ModelRepository, Metrics]:
+    settings = Settings(model_repo=repo, poll_seconds=0, max_batch_size=4, drain_seconds=5,
+                        **overrides)  # type: ignore[arg-type]
+    metrics = Metrics()
+
+    def factory(path: Path, manifest: bundle.Manifest, centroids: np.ndarray) -> ModelRuntime:
+        return ModelRuntime(path, manifest, centroids, device="/CPU:0",
+                            batch_sizes=settings.batch_sizes())
+
+    return ModelRepository(settings, metrics, factory), metrics
+
+
+def _sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_serves_the_highest_complete_version(model_repo: Path, digits_bundle: Path) -> None:
+    clone_version(digits_bundle, model_repo, "digits", 3)
+    incomplete = model_repo / "digits" / "7"
+    shutil.copytree(model_repo / "digits" / "3", incomplete)
+    (incomplete / bundle.MANIFEST_FILE).unlink()  # export still running: not a version yet
+    (model_repo / "digits" / ".tmp-9-abc").mkdir()
+    repo, metrics = _repository(model_repo)
+    await repo.start()
+    try:
+        assert repo.get("digits").version == 3
+        assert [lv.version for lv in repo.loaded_versions()] == [3]
+        assert repo.has_ready_model()
+        assert _sample(metrics, "aecluster_model_info", model="digits", version="3",
+                       latent_dim="8", n_clusters="10", input="8x8x1", model_kind="conv") == 1
+        with pytest.raises(NotFound, match=r"version 1 of model 'digits' is not loaded"):
+            repo.get("digits", 1)
+        with pytest.raises(NotFound, match="not served here"):
+            repo.get("fashion")
+    finally:
+        await repo.stop(1)
+
+
+async def test_tampered_bundle_is_refused_and_counted(model_repo: Path) -> None:
+    target = model_repo / "digits" / "1" / bundle.CENTROIDS_FILE
+    target.write_bytes(target.read_bytes() + b"!")
+    repo, metrics = _repository(model_repo)
+    await repo.start()
+    try:
+        assert not repo.has_ready_model()
+        assert _sample(metrics, "aecluster_model_load_failures_total", model="digits") == 1
+        with pytest.raises(Unavailable, match="checksum mismatch"):
+            repo.get("digits")
+        [status] = repo.status("digits")
+        assert status.state == "END" and "checksum mismatch" in status.error_message
+        await repo.poll_once()  # an unchanged broken version is not retried on every scan
+        assert _sample(metrics, "aecluster_model_load_failures_total", model="digits") == 1
+    finally:
+        await repo.stop(1)
+
+
+async def test_hot_reload_swaps_and_a_bad_new_version_keeps_the_old(
+        model_repo: Path, digits_bundle: Path) -> None:
+    repo, metrics = _repository(model_repo)
+    await repo.start()
+    try:
+        v1 = repo.get("digits")
+        clone_version(digits_bundle, model_repo, "digits", 2)
+        await repo.poll_once()
+        assert repo.get("digits").version == 2
+        assert v1.state == "END"
+        assert [(s.version, s.state) for s in repo.status("digits")] == [(2, "AVAILABLE"),
+                                                                          (1, "END")]
+        # A broken version 3 must not disturb version 2.
+        broken = clone_version(digits_bundle, model_repo, "digits", 3)
+        raw = json.loads((broken / bundle.MANIFEST_FILE).read_text())
+        raw["n_clusters"] = 99
+        (broken / bundle.MANIFEST_FILE).write_text(json.dumps(raw))
+        await repo.poll_once()
+        assert repo.get("digits").version == 2
+        assert _sample(metrics, "aecluster_model_load_failures_total", model="digits") == 1
+        # Removing the served version falls back to the next complete one on disk.
+        shutil.rmtree(broken)
+        shutil.rmtree(model_repo / "digits" / "2")
+        await repo.poll_once()
+        assert repo.get("digits").version == 1
+    finally:
+        await repo.stop(1)
+
+
+async def test_a_held_version_is_unloaded_only_after_its_requests(
+        model_repo: Path, digits_bundle: Path) -> None:
+    repo, _ = _repository(model_repo)
+    await repo.start()
+    try:
+        images = np.zeros((2, 8, 8, 1), np.float32)
+        with repo.acquire("digits") as held:
+            clone_version(digits_bundle, model_repo, "digits", 2)
+            scan = asyncio.create_task(repo.poll_once())
+            await asyncio.sleep(0.5)
+            assert repo.get("digits").version == 2  # new requests go to the new version
+            assert held.state == "UNLOADING" and not scan.done()
+            out = await held.batcher.submit(images, with_reconstruction=False)
+            assert out.cluster_id.shape == (2,)  # the old version still answers its caller
+        await asyncio.wait_for(scan, timeout=10)
+        assert held.state == "END"
+    finally:
+        await repo.stop(1)
+
+
+async def test_missing_repository_is_polled_not_fatal(tmp_path: Path, digits_bundle: Path) -> None:
+    repo, _ = _repository(tmp_path / "later")
+    await repo.start()
+    try:
+        assert not repo.has_ready_model()
+        clone_version(digits_bundle, tmp_path / "later", "digits", 1)
+        await repo.poll_once()
+        assert repo.get("digits").version == 1
+    finally:
+        await repo.stop(1)
+
+
+async def test_manifest_must_match_its_directory(model_repo: Path) -> None:
+    moved = model_repo / "other" / "1"
+    moved.parent.mkdir()
+    (model_repo / "digits" / "1").rename(moved)
+    repo, _ = _repository(model_repo)
+    await repo.start()
+    try:
+        with pytest.raises(Unavailable, match="directory and the manifest must agree"):
+            repo.get("other")
+    finally:
+        await repo.stop(1)
