@@ -1,0 +1,252 @@
+"""The TensorFlow side of serving: one model version as compiled functions on a device.
+
+A :class:`ModelRuntime` loads a bundle's encoder and decoder SavedModels and builds one
+``tf.function`` per reconstruction flag that does, in a single call,
+encoder -> squared distances to every centroid -> argmin -> (decoder). Both functions have
+a fixed ``input_signature`` with a free batch dimension, and every batch is padded to one
+of a few allowed sizes, so the graph is traced once and the kernels see a small, warmed-up
+set of shapes: no retracing under load.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from service import bundle, errors, types
+
+logger = logging.getLogger(__name__)
+
+
+def _gpu_index(device: str) -> int | None:
+    """The N of "gpu" / "gpu:N" (None for other names)."""
+    if device == "gpu":
+        return 0
+    if device.startswith("gpu:") and device[4:].isdigit():
+        return int(device[4:])
+    return None
+
+
+def resolve_device(device: str) -> str:
+    """Map a device setting (auto, cpu, gpu, gpu:N) to a TensorFlow device name.
+
+    A name that already is a TensorFlow device ("/CPU:0", "/GPU:1") is returned as it is.
+    Raises ValueError naming the problem for unknown forms or absent GPUs.
+    """
+    text = device.strip()
+    if text.startswith("/"):
+        return text
+    text = text.lower()
+    gpus = tf.config.list_physical_devices("GPU")
+    if text == "auto":
+        return "/GPU:0" if gpus else "/CPU:0"
+    if text == "cpu":
+        return "/CPU:0"
+    index = _gpu_index(text)
+    if index is None:
+        raise ValueError(f"device must be auto, cpu, gpu or gpu:N, got {device!r}")
+    if index >= len(gpus):
+        seen = f"{len(gpus)} GPU(s)" if gpus else "no GPU"
+        raise ValueError(
+            f"device {device!r} is unavailable: TensorFlow sees {seen}; "
+            "use device 'auto' or 'cpu', or check the CUDA installation"
+        )
+    return f"/GPU:{index}"
+
+
+def configure_device(device: str, *, memory_growth: bool) -> str:
+    """Pick the device models run on; call once at start-up, before any model loads.
+
+    "auto" chooses "/GPU:0" when TensorFlow sees a GPU, else "/CPU:0"; "gpu" / "gpu:N"
+    raise ValueError when that GPU is absent. With ``memory_growth`` every visible GPU
+    allocates memory as needed instead of reserving all of it up front, so several model
+    versions (and a reload beside a serving one) share a GPU. Returns the device name.
+    """
+    name = resolve_device(device)
+    if memory_growth:
+        for gpu in tf.config.list_physical_devices("GPU"):
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError as exc:
+                # Raised once TensorFlow has initialised the GPU: too late to change, and
+                # not worth refusing to serve over.
+                logger.warning("memory growth not set on %s: %s", gpu.name, exc)
+    logger.info(
+        "models run on %s (GPUs visible: %d, memory growth %s)", name,
+        len(tf.config.list_physical_devices("GPU")), "on" if memory_growth else "off",
+    )
+    return name
+
+
+def _signature(loaded: Any, what: str, version_dir: Path) -> Any:
+    signatures = getattr(loaded, "signatures", {})
+    if bundle.SIGNATURE not in signatures:
+        raise bundle.BundleError(
+            f"{version_dir / what} has no {bundle.SIGNATURE!r} signature "
+            f"(found {sorted(signatures)})"
+        )
+    return signatures[bundle.SIGNATURE]
+
+
+class ModelRuntime:
+    """One loaded model version: ``run`` maps a batch of images to a :class:`BatchOutput`.
+
+    Thread-safe: ``run`` is called on batcher worker threads (never on the event loop).
+    """
+
+    def __init__(
+        self,
+        version_dir: Path,
+        manifest: bundle.Manifest,
+        centroids: np.ndarray,
+        *,
+        device: str,
+        batch_sizes: tuple[int, ...],
+    ) -> None:
+        sizes = tuple(sorted(set(batch_sizes)))
+        if not sizes or sizes[0] < 1:
+            raise ValueError(f"batch_sizes must be positive integers, got {batch_sizes!r}")
+        spec = manifest.input
+        self.input_shape: tuple[int, int, int] = (spec.height, spec.width, spec.channels)
+        self.latent_dim: int = manifest.latent_dim
+        self.n_clusters: int = manifest.n_clusters
+        self.max_batch_size: int = sizes[-1]
+        self.batch_sizes: tuple[int, ...] = sizes
+        self.device: str = resolve_device(device)
+        self.name: str = manifest.name
+        self.version: int = manifest.version
+        cen = np.asarray(centroids, dtype=np.float32)
+        if cen.shape != (self.n_clusters, self.latent_dim):
+            raise ValueError(
+                f"centroids have shape {cen.shape}, the manifest says "
+                f"({self.n_clusters}, {self.latent_dim})"
+            )
+
+        started = time.perf_counter()
+        with tf.device(self.device):
+            # Variables are placed where the SavedModels are loaded.
+            self._encoder_model = tf.saved_model.load(str(version_dir / bundle.ENCODER_DIR))
+            self._decoder_model = tf.saved_model.load(str(version_dir / bundle.DECODER_DIR))
+            self._centroids = tf.constant(cen)
+            self._centroid_sq = tf.constant(np.sum(cen * cen, axis=1))
+        self._encoder = _signature(self._encoder_model, bundle.ENCODER_DIR, version_dir)
+        self._decoder = _signature(self._decoder_model, bundle.DECODER_DIR, version_dir)
+
+        self._trace_lock = threading.Lock()
+        self._traces = 0
+        image_spec = tf.TensorSpec([None, *self.input_shape], tf.float32, name="images")
+        self._functions = {
+            flag: tf.function(self._graph(flag), input_signature=[image_spec])
+            for flag in (False, True)
+        }
+        # Trace both now: a graph that does not build (wrong signature names, shapes that
+        # do not chain) fails the load, not the first request.
+        for function in self._functions.values():
+            function.get_concrete_function()
+        logger.info(
+            "runtime %s/%d loaded on %s in %.2fs (input %s, latent %d, %d clusters, sizes %s)",
+            self.name, self.version, self.device, time.perf_counter() - started,
+            self.input_shape, self.latent_dim, self.n_clusters, sizes,
+        )
+
+    def _graph(self, with_reconstruction: bool) -> Any:
+        def compute(images: tf.Tensor) -> dict[str, tf.Tensor]:
+            # Python here runs only while tracing: count traces to prove there is no retrace.
+            with self._trace_lock:
+                self._traces += 1
+            with tf.device(self.device):
+                embedding = self._encoder(**{bundle.ENCODER_INPUT: images})[bundle.ENCODER_OUTPUT]
+                # ||e - c||^2 = ||e||^2 - 2 e.c + ||c||^2, clamped at 0 against rounding,
+                # exactly as bundle.assign (the reference) computes it.
+                squared = (
+                    tf.reduce_sum(embedding * embedding, axis=1, keepdims=True)
+                    - 2.0 * tf.matmul(embedding, self._centroids, transpose_b=True)
+                    + self._centroid_sq[tf.newaxis, :]
+                )
+                squared = tf.maximum(squared, 0.0)
+                cluster_id = tf.argmin(squared, axis=1, output_type=tf.int64)
+                distances = tf.sqrt(squared)
+                outputs = {
+                    "cluster_id": cluster_id,
+                    "distance": tf.gather(distances, cluster_id, axis=1, batch_dims=1),
+                    "distances": distances,
+                    "embedding": embedding,
+                }
+                if with_reconstruction:
+                    outputs["reconstruction"] = self._decoder(
+                        **{bundle.DECODER_INPUT: embedding}
+                    )[bundle.DECODER_OUTPUT]
+            return outputs
+
+        compute.__name__ = f"cluster_with_reconstruction_{str(with_reconstruction).lower()}"
+        return compute
+
+    def padded_size(self, n: int) -> int:
+        """The allowed batch size ``n`` images are padded to."""
+        for size in self.batch_sizes:
+            if size >= n:
+                return size
+        raise errors.InvalidInput(
+            f"a batch of {n} images is larger than the maximum batch size {self.max_batch_size}"
+        )
+
+    def _check(self, images: np.ndarray) -> np.ndarray:
+        array = np.asarray(images)
+        if array.ndim != 4 or tuple(array.shape[1:]) != self.input_shape:
+            raise errors.InvalidInput(
+                f"images must have shape [N, {', '.join(map(str, self.input_shape))}] "
+                f"for model {self.name} version {self.version}, got {list(array.shape)}"
+            )
+        if array.shape[0] < 1:
+            raise errors.InvalidInput("the batch is empty: send at least one image")
+        if not np.issubdtype(array.dtype, np.floating):
+            # Integers would pass unscaled (0..255 instead of 0..1): refuse rather than guess.
+            raise errors.InvalidInput(f"images must be float32 in [0, 1], got dtype {array.dtype}")
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    def run(self, images: np.ndarray, *, with_reconstruction: bool) -> types.BatchOutput:
+        """Cluster ``images`` (float32 [N, H, W, C] in [0, 1], 1 <= N <= max_batch_size).
+
+        The batch is padded to the next allowed size by repeating its last image; the
+        outputs are sliced back to N rows.
+        """
+        batch = self._check(images)
+        n = batch.shape[0]
+        size = self.padded_size(n)
+        if size > n:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], size - n, axis=0)])
+        outputs = self._functions[with_reconstruction](tf.constant(batch))
+        reconstruction = outputs.get("reconstruction")
+        return types.BatchOutput(
+            cluster_id=outputs["cluster_id"].numpy()[:n],
+            distance=outputs["distance"].numpy()[:n],
+            distances=outputs["distances"].numpy()[:n],
+            embedding=outputs["embedding"].numpy()[:n],
+            reconstruction=None if reconstruction is None else reconstruction.numpy()[:n],
+        )
+
+    def warmup(self) -> None:
+        """Run every allowed batch size with and without reconstruction once.
+
+        The first call of each shape allocates buffers and picks kernels; doing it here
+        keeps that cost off the first requests.
+        """
+        started = time.perf_counter()
+        image = np.full((1, *self.input_shape), 0.5, dtype=np.float32)
+        for size in self.batch_sizes:
+            batch = np.repeat(image, size, axis=0)
+            for flag in (False, True):
+                self.run(batch, with_reconstruction=flag)
+        logger.info("runtime %s/%d warmed up %d sizes in %.2fs", self.name, self.version,
+                    len(self.batch_sizes), time.perf_counter() - started)
+
+    def trace_count(self) -> int:
+        """How many times the compiled functions traced (2 after loading; stays 2)."""
+        with self._trace_lock:
+            return self._traces
