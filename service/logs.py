@@ -1,0 +1,101 @@
+"""Structured logs: one JSON object per line on stderr, carrying the request id.
+
+Each transport sets :data:`request_id` for the duration of a request, so every line logged
+while serving it - by the transport, the data plane or the batcher - names the request it
+belongs to. ``extra=`` fields given to a logging call become keys of the JSON object.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import json
+import logging
+import sys
+import uuid
+from typing import Any
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+"""The id of the request being served ("" outside a request)."""
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(
+    vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None))
+) | {"message", "asctime", "request_id", "taskName"}
+# Marks the handler configure_logging installed, so calling it again replaces only that one.
+_HANDLER_NAME = "aecluster"
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+def new_request_id() -> str:
+    """A fresh request id (uuid4, 32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+class RequestIdFilter(logging.Filter):
+    """Copies the current request id onto each record (unless ``extra=`` already set one).
+
+    Done in a filter rather than in the formatter so the id is captured in the task that
+    logged, even if a handler formats the record later or elsewhere.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "request_id", ""):
+            record.request_id = request_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON line: ts, level, logger, message, request_id, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, tz=dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", "") or request_id.get()
+        if rid:
+            entry["request_id"] = rid
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc_info"] = record.exc_text
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        # default=str: an extra field that JSON cannot hold (a Path, a numpy scalar) must
+        # never make a log call fail.
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str, *, json_format: bool) -> None:
+    """Send every logger's records to stderr, as JSON lines or plain text, at ``level``.
+
+    Idempotent: a second call replaces the handler the first one installed and leaves
+    handlers that others (pytest, an embedding application) added alone.
+    """
+    numeric = logging.getLevelNamesMapping().get(level.upper())
+    if numeric is None:
+        raise ValueError(f"unknown log level {level!r}: use DEBUG, INFO, WARNING or ERROR")
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if handler.get_name() == _HANDLER_NAME:
+            root.removeHandler(handler)
+            handler.close()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if json_format else logging.Formatter(PLAIN_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    # Servers' own loggers propagate to the root, so they share the format and the id.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "grpc"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True

@@ -1,0 +1,147 @@
+"""The FastAPI application: routes, error rendering and per-request plumbing.
+
+:func:`create_app` builds a new app around one data plane; there is no module-level app.
+Errors follow one table (``service.errors``): every :class:`ServiceError` is answered with
+its class's HTTP status and ``{"error": message}``; anything else is logged with its
+traceback and answered 500 with a generic message (see :mod:`service.rest.middleware`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from service.dataplane import DataPlane
+from service.errors import InternalError, QueueFull, ServiceError
+from service.metrics import Metrics
+from service.rest.encoding import error_response
+from service.rest.middleware import RequestContextMiddleware
+from service.rest.native import cluster_router
+from service.rest.operations import operations_router
+from service.rest.schemas import ClusterRequest, PredictRequest
+from service.rest.tfserving import tfserving_router
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Groups images without labels: each image gets the cluster of its autoencoder embedding,
+the distance to that cluster's centroid, an outlier flag and, if asked, the
+reconstruction.
+
+* **native**: `POST /v1/models/{name}[/versions/{v}]:cluster` with JSON, multipart file
+  uploads or a raw `image/png` / `image/jpeg` body;
+* **tensorflow-serving**: TensorFlow Serving's REST API (`:predict`, status, metadata);
+* **operations**: `/healthz`, `/readyz`, `/metrics`.
+
+Errors are `{"error": "..."}` with the status of the error table (400 bad input, 404
+unknown model/version/signature, 413 over a limit, 503 queue full (+ Retry-After) or not
+ready, 504 deadline passed).
+"""
+MODEL_ENDPOINTS = (
+    "POST /v1/models/{name}[/versions/{v}]:cluster, POST ...:predict, "
+    "GET /v1/models/{name}[/versions/{v}] (status), GET .../metadata"
+)
+INTERNAL_MESSAGE = "internal server error; the server log has the details"
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("aecluster")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+class ServiceApp(FastAPI):
+    """FastAPI with the native body schemas added to the OpenAPI document.
+
+    The model endpoints read their bodies themselves (three content types, errors that
+    name the bad image), so FastAPI does not see the body models; they are added here so
+    ``/docs`` still shows them.
+    """
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            schema = super().openapi()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (ClusterRequest, PredictRequest):
+                model_schema = model.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                )
+                for name, definition in model_schema.pop("$defs", {}).items():
+                    components.setdefault(name, definition)
+                components[model.__name__] = model_schema
+        return self.openapi_schema or {}
+
+
+def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> FastAPI:
+    """A new REST application serving ``dataplane``."""
+    app = ServiceApp(title="aecluster", version=_package_version(), description=DESCRIPTION)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics,
+                       max_body_bytes=settings.max_body_bytes)
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.include_router(operations_router(dataplane, metrics))
+    app.include_router(cluster_router(dataplane, settings))
+    app.include_router(tfserving_router(dataplane))
+    # Last: anything else under /v1/models is answered 404 with the valid endpoints rather
+    # than 405 from a partial match of the GET routes.
+    app.add_api_route("/v1/models/{rest:path}", _unknown_model_endpoint, name="unknown",
+                      methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                      include_in_schema=False)
+    return app
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, ServiceError):  # pragma: no cover - registered for ServiceError
+        raise exc
+    status = int(exc.http_status)
+    message = exc.message
+    headers: dict[str, str] = {}
+    if isinstance(exc, InternalError) or status == HTTPStatus.INTERNAL_SERVER_ERROR:
+        logger.error("internal error: %s", message, exc_info=exc)
+        message = INTERNAL_MESSAGE
+    else:
+        logger.info("request refused (%d): %s", status, message,
+                    extra={"error_class": type(exc).__name__})
+    if isinstance(exc, QueueFull):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return error_response(message, status, headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, RequestValidationError):  # pragma: no cover
+        raise exc
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err.get('loc', ())) or 'request'}: {err.get('msg', '')}"
+        for err in exc.errors()
+    )
+    return error_response(f"invalid request: {problems}", HTTPStatus.BAD_REQUEST)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, StarletteHTTPException):  # pragma: no cover
+        raise exc
+    if exc.status_code == HTTPStatus.NOT_FOUND:
+        message = f"no endpoint {request.method} {request.url.path}; see /docs"
+    elif exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+        message = f"{request.method} is not allowed on {request.url.path}; see /docs"
+    else:
+        message = str(exc.detail)
+    return error_response(message, exc.status_code, exc.headers)
+
+
+async def _unknown_model_endpoint(request: Request) -> Response:
+    return error_response(
+        f"no endpoint {request.method} {request.url.path}; model endpoints: {MODEL_ENDPOINTS}",
+        HTTPStatus.NOT_FOUND,
+    )

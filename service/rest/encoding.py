@@ -1,0 +1,167 @@
+"""JSON in and out of the REST API: bodies, base64, nested arrays and answers.
+
+Every helper that reads caller data raises :class:`service.errors.InvalidInput` with a
+message naming where the problem is (``instance 3``, ``inputs['images']``...).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from service.errors import InvalidInput
+
+JSON_MEDIA_TYPE = "application/json"
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a request body as JSON (NaN/Infinity literals are accepted, as TF Serving does)."""
+    if not body.strip():
+        raise InvalidInput("the request body is empty: send a JSON object")
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"the body is not UTF-8 encoded JSON: {exc.reason}") from exc
+    except RecursionError as exc:
+        raise InvalidInput("malformed JSON: nested too deeply") from exc
+
+
+def expect_object(value: Any, *, what: str) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else InvalidInput."""
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object, got {json_type(value)}")
+    return value
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def is_b64_object(value: Any) -> bool:
+    """True for ``{"b64": ...}``, TensorFlow Serving's wrapper for binary values."""
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def decode_b64(value: Any, *, where: str) -> bytes:
+    """The bytes of a ``{"b64": "..."}`` object (standard or URL-safe alphabet)."""
+    if not is_b64_object(value):
+        keys = sorted(value) if isinstance(value, dict) else None
+        got = f"an object with keys {keys}" if keys is not None else json_type(value)
+        raise InvalidInput(f'{where} must be {{"b64": "<base64 bytes>"}}, got {got}')
+    text = value["b64"]
+    if not isinstance(text, str):
+        raise InvalidInput(f'{where}: "b64" must be a string, got {json_type(text)}')
+    # Line-wrapped base64 (the `base64` tool wraps at 76 columns) is still base64.
+    compact = "".join(text.split())
+    altchars = b"-_" if ("-" in compact or "_" in compact) else None
+    try:
+        return base64.b64decode(compact, altchars=altchars, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f'{where}: "b64" is not valid base64 ({exc})') from exc
+
+
+def numeric_array(value: Any, *, where: str) -> np.ndarray:
+    """A nested JSON list of numbers as an array (int64 or float64); rejects anything else."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        # numpy raises for ragged nesting ("inhomogeneous shape after 2 dimensions").
+        raise InvalidInput(f"{where} is not a rectangular array of numbers: {exc}") from exc
+    if array.dtype.kind == "b":
+        raise InvalidInput(f"{where} holds booleans; pixel values must be numbers")
+    if array.dtype.kind not in "iuf":
+        raise InvalidInput(
+            f"{where} holds non-numeric values ({_kind_name(array)}); pixel values must be "
+            "numbers"
+        )
+    return array
+
+
+def image_array(value: Any, *, where: str) -> np.ndarray:
+    """A nested list of pixels as an image array: integers 0..255 -> uint8, floats -> float32.
+
+    Ranges, NaN/inf, rank and channels of float images are checked by the data plane;
+    integers are range-checked here because casting them to uint8 would wrap around.
+    """
+    array = numeric_array(value, where=where)
+    if array.dtype.kind in "iu":
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise InvalidInput(
+                f"{where}: integer pixel values must be in 0..255, got values in "
+                f"[{array.min()}, {array.max()}]; send floats in [0, 1] or 8-bit integers"
+            )
+        return array.astype(np.uint8)
+    return array.astype(np.float32)
+
+
+def _kind_name(array: np.ndarray) -> str:
+    if array.dtype.kind in "US":
+        return "strings"
+    return "null or mixed values" if array.dtype.kind == "O" else str(array.dtype)
+
+
+def validation_message(exc: ValidationError, *, prefix: str = "") -> str:
+    """Pydantic errors as one line: ``field: problem; field: problem``."""
+    return "; ".join(
+        f"{prefix}{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+        for err in exc.errors()
+    )
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN or infinity: such values are sent as null."""
+    return value if math.isfinite(value) else None
+
+
+def dumps(content: Any) -> bytes:
+    """Compact JSON bytes; non-finite floats are a bug here, not something to send."""
+    return json.dumps(content, separators=(",", ":"), allow_nan=False,
+                      ensure_ascii=False).encode("utf-8")
+
+
+def json_response(content: Any, *, status_code: int = 200,
+                  headers: Mapping[str, str] | None = None) -> Response:
+    """A JSON answer encoded with :func:`dumps` (numpy values must be converted first)."""
+    return Response(dumps(content), status_code=status_code, headers=headers,
+                    media_type=JSON_MEDIA_TYPE)
+
+
+def error_response(message: str, status_code: int,
+                   headers: Mapping[str, str] | None = None) -> Response:
+    """The body every error has: ``{"error": message}``."""
+    return json_response({"error": message}, status_code=status_code, headers=headers)
+
+
+def tolist(array: np.ndarray) -> Any:
+    """A numpy array as nested Python lists (bool -> true/false, int64 -> int, float -> float)."""
+    return array.tolist()
+
+
+def join_names(names: Iterable[str]) -> str:
+    """``a, b, c`` for messages that list the valid choices."""
+    return ", ".join(names)

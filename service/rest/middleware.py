@@ -1,0 +1,145 @@
+"""Per-request plumbing around every route: request id, body limit, metrics, access log.
+
+A plain ASGI middleware (not Starlette's BaseHTTPMiddleware) so that it can wrap
+``receive`` - the body limit is enforced while the body streams in - and so that an
+unexpected exception becomes one logged traceback and one generic 500, not two.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import logs
+from service.errors import PayloadTooLarge
+from service.metrics import Metrics
+from service.rest.encoding import dumps
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("service.rest.access")
+
+REQUEST_ID_HEADER = "x-request-id"
+# A caller's id is echoed into headers and logs: accept only short, boring ones.
+_REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# nginx's code for "the client went away before the answer": not a server error.
+CLIENT_CLOSED = 499
+UNKNOWN_METHOD = "unknown"
+
+
+def incoming_request_id(value: str | None) -> str:
+    """The caller's ``X-Request-Id`` if it is reasonable, else a new id."""
+    if value is not None and _REQUEST_ID_PATTERN.match(value):
+        return value
+    return logs.new_request_id()
+
+
+def method_label(scope: Scope) -> str:
+    """The API method of a request for metric labels: the matched route's name.
+
+    Route names are a fixed set, so labels stay few whatever paths callers invent.
+    """
+    route = scope.get("route")
+    name = getattr(route, "name", None)
+    return name if isinstance(name, str) and name else UNKNOWN_METHOD
+
+
+class BodyLimit:
+    """A ``receive`` that refuses a body over ``limit`` bytes.
+
+    The declared Content-Length is checked before the first byte is read; chunked bodies
+    (no length) are counted as they arrive and refused as soon as they pass the limit, so an
+    oversized body is never read in full. Raised inside the handler's read, the error is
+    rendered like any other :class:`PayloadTooLarge`.
+    """
+
+    def __init__(self, receive: Receive, headers: Headers, limit: int) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._seen = 0
+        self._declared = headers.get("content-length")
+
+    async def __call__(self) -> Message:
+        if self._declared is not None and self._declared.isdigit() \
+                and int(self._declared) > self._limit:
+            raise PayloadTooLarge(
+                f"the request body is {self._declared} bytes; the limit is {self._limit} "
+                "bytes (AEC_MAX_BODY_BYTES)"
+            )
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._seen += len(message.get("body", b""))
+            if self._seen > self._limit:
+                raise PayloadTooLarge(
+                    f"the request body is over the limit of {self._limit} bytes "
+                    "(AEC_MAX_BODY_BYTES)"
+                )
+        return message
+
+
+class RequestContextMiddleware:
+    """Request id in/out, body limit, ``aecluster_requests_total`` and latency, access log."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = Headers(scope=scope)
+        rid = incoming_request_id(headers.get(REQUEST_ID_HEADER))
+        token = logs.request_id.set(rid)
+        state: dict[str, Any] = {"status": 500, "started": False}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["started"] = True
+                state["status"] = message["status"]
+                raw = [*message.get("headers", []), (b"x-request-id", rid.encode("ascii"))]
+                message = {**message, "headers": raw}
+            await send(message)
+
+        try:
+            await self.app(scope, BodyLimit(receive, headers, self.max_body_bytes), send_with_id)
+        except ClientDisconnect:
+            state["status"] = CLIENT_CLOSED
+            logger.info("the client disconnected before the request was read")
+        except Exception:
+            logger.exception("unhandled error serving %s %s", scope["method"], scope["path"])
+            if not state["started"]:
+                await _send_internal_error(send_with_id, rid)
+            state["status"] = 500
+        finally:
+            self._record(scope, int(state["status"]), time.perf_counter() - started)
+            logs.request_id.reset(token)
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        method = method_label(scope)
+        self.metrics.requests_total.labels("http", method, str(status)).inc()
+        self.metrics.request_duration_seconds.labels("http", method).observe(seconds)
+        access_logger.info(
+            "%s %s %d", scope["method"], scope["path"], status,
+            extra={"http_method": scope["method"], "path": scope["path"], "status": status,
+                   "api_method": method, "duration_ms": round(seconds * 1000.0, 3)},
+        )
+
+
+async def _send_internal_error(send: Send, rid: str) -> None:
+    body = dumps({"error": f"internal server error (request id {rid}); the server log has "
+                           "the details"})
+    await send({
+        "type": "http.response.start",
+        "status": 500,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode("ascii"))],
+    })
+    await send({"type": "http.response.body", "body": body})
