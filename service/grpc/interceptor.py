@@ -1,0 +1,184 @@
+"""One server interceptor for every RPC of the data plane.
+
+It does, once for all servicers, what each handler would otherwise repeat:
+
+* parses the request itself, so a malformed protobuf is INVALID_ARGUMENT naming the method
+  (grpc's own deserializer would answer a bare INTERNAL);
+* renders :class:`~service.errors.ServiceError` as ``grpc.StatusCode[err.grpc_code]`` with
+  its message (the one error table of ``service/errors.py``), and any other exception as a
+  logged traceback plus a generic INTERNAL;
+* takes the ``x-request-id`` metadata (or makes one), binds it to the logging context and
+  sends it back in the initial metadata;
+* counts ``requests_total`` and times ``request_duration_seconds`` with protocol "grpc".
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from service import logs
+from service.errors import InvalidInput, QueueFull, ServiceError
+from service.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL = "grpc"
+REQUEST_ID_KEY = "x-request-id"
+# gRPC's standard server pushback trailer: clients with a retry policy wait this long.
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+INTERNAL_MESSAGE = "internal error; the server logged the details (request id {request_id})"
+# Request ids end up in logs and response headers: accept only short, plain tokens.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+# Full method name -> metric label. Methods not listed (health, reflection) pass through.
+METHODS: dict[str, str] = {
+    "/aecluster.v1.ClusterService/Cluster": "cluster",
+    "/aecluster.v1.ClusterService/ClusterStream": "cluster_stream",
+    "/tensorflow.serving.PredictionService/Predict": "predict",
+    "/tensorflow.serving.PredictionService/GetModelMetadata": "model_metadata",
+    "/tensorflow.serving.ModelService/GetModelStatus": "model_status",
+}
+
+Handler = Any  # grpc.RpcMethodHandler (untyped in grpcio)
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Errors, request ids and metrics for the methods in ``methods``."""
+
+    def __init__(self, metrics: Metrics, methods: dict[str, str] | None = None) -> None:
+        self._metrics = metrics
+        self._methods = dict(METHODS if methods is None else methods)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[Any], Awaitable[Handler]],
+        handler_call_details: Any,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        label = self._methods.get(method)
+        if handler is None or label is None:
+            return handler
+        parse = _parser(method, handler.request_deserializer)
+        if handler.unary_unary is not None:
+            return handler._replace(
+                request_deserializer=None,
+                unary_unary=self._unary(handler.unary_unary, parse, label),
+            )
+        if handler.stream_stream is not None:
+            return handler._replace(
+                request_deserializer=None,
+                stream_stream=self._stream(handler.stream_stream, parse, label),
+            )
+        return handler  # no unary-stream or stream-unary methods in METHODS
+
+    def _unary(self, behavior: Callable[..., Awaitable[Any]], parse: Callable[[bytes], Any],
+               label: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            call = _Call(self._metrics, label, context)
+            await call.begin()
+            try:
+                return await behavior(parse(raw), context)
+            except BaseException as exc:
+                await call.fail(exc)
+                raise
+            finally:
+                call.end()
+
+        return handle
+
+    def _stream(self, behavior: Callable[..., AsyncIterator[Any]], parse: Callable[[bytes], Any],
+                label: str) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext],
+                                        AsyncIterator[Any]]:
+        async def handle(raw: AsyncIterator[bytes],
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = _Call(self._metrics, label, context)
+            await call.begin()
+            try:
+                async for response in behavior(_parsed(raw, parse), context):
+                    yield response
+            except BaseException as exc:
+                await call.fail(exc)
+                raise
+            finally:
+                call.end()
+
+        return handle
+
+
+class _Call:
+    """Bookkeeping of one RPC: request id, status code, duration."""
+
+    def __init__(self, metrics: Metrics, label: str, context: grpc.aio.ServicerContext) -> None:
+        self.metrics = metrics
+        self.label = label
+        self.context = context
+        self.code = "OK"
+        self.start = time.perf_counter()
+        self.request_id = logs.new_request_id()
+
+    async def begin(self) -> None:
+        for key, value in self.context.invocation_metadata() or ():
+            if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID.match(value):
+                self.request_id = value
+        logs.request_id.set(self.request_id)
+        await self.context.send_initial_metadata(((REQUEST_ID_KEY, self.request_id),))
+
+    async def fail(self, exc: BaseException) -> None:
+        """Turn ``exc`` into the RPC's status; raises grpc's AbortError for the server."""
+        if isinstance(exc, grpc.aio.AbortError):
+            # Aborted by a handler (or by the branch below, never reached twice).
+            self.code = _code_name(self.context.code()) or "UNKNOWN"
+            return
+        if isinstance(exc, ServiceError):
+            self.code = exc.grpc_code
+            level = logging.ERROR if self.code == "INTERNAL" else logging.INFO
+            logger.log(level, "grpc %s failed: %s %s", self.label, self.code, exc.message)
+            trailers: tuple[tuple[str, str], ...] = ()
+            if isinstance(exc, QueueFull):
+                trailers = ((PUSHBACK_KEY, str(max(0, round(exc.retry_after * 1000)))),)
+            await self.context.abort(grpc.StatusCode[self.code], exc.message,
+                                     trailing_metadata=trailers)
+        if not isinstance(exc, Exception):  # CancelledError, KeyboardInterrupt...
+            self.code = "CANCELLED"
+            return
+        self.code = "INTERNAL"
+        logger.error("grpc %s failed with an unexpected error", self.label, exc_info=exc)
+        await self.context.abort(grpc.StatusCode.INTERNAL,
+                                 INTERNAL_MESSAGE.format(request_id=self.request_id))
+
+    def end(self) -> None:
+        self.metrics.requests_total.labels(protocol=PROTOCOL, method=self.label,
+                                           code=self.code).inc()
+        self.metrics.request_duration_seconds.labels(protocol=PROTOCOL, method=self.label).observe(
+            time.perf_counter() - self.start)
+
+
+def _parser(method: str, deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    def parse(raw: bytes) -> Any:
+        if deserializer is None:
+            return raw
+        try:
+            return deserializer(raw)
+        except DecodeError as exc:
+            raise InvalidInput(
+                f"the request is not a valid protobuf message for {method}: {exc}"
+            ) from exc
+
+    return parse
+
+
+async def _parsed(raw: AsyncIterator[bytes], parse: Callable[[bytes], Any]) -> AsyncIterator[Any]:
+    async for message in raw:
+        yield parse(message)
+
+
+def _code_name(code: Any) -> str | None:
+    return code.name if isinstance(code, grpc.StatusCode) else None

@@ -1,0 +1,131 @@
+"""The grpc.aio server: servicers, health, reflection, message limits and its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+from service._generated.aecluster.v1 import cluster_service_pb2 as pb
+from service._generated.aecluster.v1 import cluster_service_pb2_grpc as pb_grpc
+from service.dataplane import DataPlane
+from service.grpc.interceptor import ServiceInterceptor
+from service.grpc.servicers import ClusterServicer, ModelServicer, PredictionServicer
+from service.metrics import Metrics
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CLUSTER_SERVICE = pb.DESCRIPTOR.services_by_name["ClusterService"].full_name
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+SERVICES = (CLUSTER_SERVICE, PREDICTION_SERVICE, MODEL_SERVICE)
+# Readiness can change without the server noticing (a model finishes loading, a drain
+# starts), so the health status follows DataPlane.is_ready() on this period.
+HEALTH_POLL_SECONDS = 0.5
+
+
+class GrpcServer:
+    """A started gRPC server; built by :func:`start_grpc_server`."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, dataplane: DataPlane,
+                 health: health_aio.HealthServicer) -> None:
+        self._server = server
+        self._dataplane = dataplane
+        self._health = health
+        self._serving = True
+        self._reported: bool | None = None
+        self._health_task = asyncio.create_task(self._follow_readiness(), name="grpc-health")
+        self.port = port
+        """The bound port (the free one the OS picked when settings.grpc_port was 0)."""
+
+    async def set_serving(self, serving: bool) -> None:
+        """Allow (True) or force off (False) SERVING, and publish the result at once.
+
+        SERVING also needs ``DataPlane.is_ready()``, which is followed on a short poll; the
+        server's lifecycle calls ``set_serving(False)`` when a drain begins so that health
+        checkers see NOT_SERVING without waiting for the poll.
+        """
+        self._serving = serving
+        await self.refresh_health()
+
+    async def refresh_health(self) -> bool:
+        """Publish the current status at once; returns whether it is SERVING."""
+        serving = self._serving and self._dataplane.is_ready()
+        if serving != self._reported:
+            status = (health_pb2.HealthCheckResponse.SERVING if serving
+                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+            for service in ("", *SERVICES):
+                await self._health.set(service, status)
+            logger.info("grpc health: %s", "SERVING" if serving else "NOT_SERVING")
+            self._reported = serving
+        return serving
+
+    async def _follow_readiness(self) -> None:
+        while True:
+            try:
+                await self.refresh_health()
+            except Exception:  # a failed update must not end health reporting
+                logger.exception("grpc health update failed")
+            await asyncio.sleep(HEALTH_POLL_SECONDS)
+
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING for everyone, then stop; calls in flight get ``grace`` seconds."""
+        self._health_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._health_task
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        logger.info("grpc server on port %d stopped", self.port)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+async def start_grpc_server(dataplane: DataPlane, settings: Settings,
+                            metrics: Metrics) -> GrpcServer:
+    """Build, bind and start the gRPC server on ``settings.host:settings.grpc_port``.
+
+    Serves ``aecluster.v1.ClusterService``, TensorFlow Serving's ``PredictionService`` and
+    ``ModelService``, ``grpc.health.v1.Health`` (following readiness) and server reflection.
+    """
+    limit = settings.grpc_max_message_bytes
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor(metrics)],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            # Without this, a second server could bind the same port and steal half the calls.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_ClusterServiceServicer_to_server(ClusterServicer(dataplane), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(dataplane, max_message_bytes=limit), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(dataplane), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )
+    address = _address(settings.host, settings.grpc_port)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise RuntimeError(f"gRPC server cannot listen on {address}: {exc}") from exc
+    if port == 0:  # older grpcio reports a failed bind this way
+        raise RuntimeError(f"gRPC server cannot listen on {address}")
+    await server.start()
+    grpc_server = GrpcServer(server, port, dataplane, health)
+    await grpc_server.refresh_health()
+    logger.info("grpc server listening on %s (port %d)", address, port)
+    return grpc_server
