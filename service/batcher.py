@@ -1,0 +1,364 @@
+"""Dynamic batching: merge concurrent requests of one model version into few model calls.
+
+Each request waits on futures of its own; one dispatcher task per :class:`Batcher` forms a
+batch when ``max_batch_size`` images are waiting or ``max_delay_s`` has passed since the
+oldest waiting request (monotonic clock), runs the model on a worker thread (the event
+loop keeps serving meanwhile) and fans the rows, or the error, back out to every waiter.
+
+The queue is bounded in images, not requests: a full queue refuses a request at once with
+:class:`~service.errors.QueueFull` instead of letting memory and latency grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from service import errors, types
+from service.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+RunFn = Callable[[np.ndarray, bool], types.BatchOutput]
+
+# Weight of the newest model-call time in the running average behind Retry-After.
+_EMA_WEIGHT = 0.2
+
+
+@dataclasses.dataclass(eq=False)  # identity equality: deque.remove must find *this* part
+class _Part:
+    """Up to ``max_batch_size`` consecutive images of one request, queued as a unit."""
+
+    images: np.ndarray
+    with_reconstruction: bool
+    enqueued: float
+    future: asyncio.Future[types.BatchOutput]
+    request: list[_Part] = dataclasses.field(default_factory=list)  # all parts, this one too
+    queued: bool = True
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[0])
+
+
+class Batcher:
+    """One per loaded model version, shared by every protocol.
+
+    ``run(images, with_reconstruction)`` is the model call (``ModelRuntime.run`` behind a
+    positional adapter); it runs on ``executor``, by default a single worker thread owned
+    by this batcher (TensorFlow already spreads one call over the cores).
+    """
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        model: str,
+        version: int,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+        metrics: Metrics,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if max_delay_s < 0:
+            raise ValueError(f"max_delay_s must be >= 0, got {max_delay_s}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+        self._run = run
+        self.model = model
+        self.version = version
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._owns_executor = executor is None
+        self._executor: concurrent.futures.Executor = executor or (
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"batcher-{model}-{version}"
+            )
+        )
+        labels = {"model": model, "version": str(version)}
+        self._queue_depth = metrics.queue_depth.labels(**labels)
+        self._batch_size = metrics.batch_size.labels(**labels)
+        self._inference = metrics.inference_duration_seconds.labels(**labels)
+        self._queue: collections.deque[_Part] = collections.deque()
+        self._queued = 0
+        self._accepting = False
+        self._stopped = False
+        self._task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._call_seconds: float | None = None  # running average of one model call
+
+    @property
+    def queued_images(self) -> int:
+        """Images waiting for a batch (not counting the batch being computed)."""
+        return self._queued
+
+    def _name(self) -> str:
+        return f"model {self.model} version {self.version}"
+
+    async def start(self) -> None:
+        """Start the dispatcher task on the running event loop."""
+        if self._stopped:
+            raise errors.Unavailable(f"{self._name()} was stopped and cannot restart")
+        if self._task is not None:
+            return
+        self._wakeup = asyncio.Event()
+        self._accepting = True
+        self._task = asyncio.create_task(self._dispatch(),
+                                         name=f"batcher-{self.model}-{self.version}")
+        self._queue_depth.set(0)
+
+    async def submit(
+        self, images: np.ndarray, *, with_reconstruction: bool, deadline: float | None = None,
+    ) -> types.BatchOutput:
+        """Compute ``images`` (float32 [n, H, W, C]) in one or more batches; rows in order.
+
+        ``deadline`` is an absolute ``time.monotonic()`` value. Raises QueueFull when the
+        queue cannot take n more images, DeadlineExceeded when the deadline passes first
+        (images still queued then are never computed), Unavailable when stopping.
+        """
+        if not self._accepting or self._wakeup is None:
+            state = "stopping" if self._stopped else "not started"
+            raise errors.Unavailable(f"{self._name()} is not accepting requests ({state})")
+        n = self._count(images)
+        if n > self.max_queue:
+            raise errors.PayloadTooLarge(
+                f"a request of {n} images can never fit the queue of {self._name()} "
+                f"({self.max_queue} images): send at most {self.max_queue} per request"
+            )
+        if deadline is not None and deadline <= time.monotonic():
+            raise errors.DeadlineExceeded(
+                f"the deadline passed before the request reached the queue of {self._name()}"
+            )
+        if self._queued + n > self.max_queue:
+            retry_after = self._retry_after()
+            raise errors.QueueFull(
+                f"the queue of {self._name()} is full ({self._queued} of {self.max_queue} "
+                f"images waiting, this request adds {n}); retry in {retry_after:.0f} s",
+                retry_after=retry_after,
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        parts = [
+            _Part(images[i:i + self.max_batch_size], with_reconstruction, now, loop.create_future())
+            for i in range(0, n, self.max_batch_size)
+        ]
+        for part in parts:
+            part.request = parts
+        self._queue.extend(parts)
+        self._queued += n
+        self._queue_depth.set(self._queued)
+        self._wakeup.set()
+        try:
+            if deadline is None:
+                outputs = [await part.future for part in parts]
+            else:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    outputs = [await part.future for part in parts]
+        except TimeoutError:
+            withdrawn = self._withdraw(parts)
+            where = (f"while it was queued: none of its {n} images were computed"
+                     if withdrawn == n else
+                     f"while its images were being computed ({withdrawn} of {n} not computed)")
+            raise errors.DeadlineExceeded(
+                f"the request's deadline passed {where} ({self._name()})"
+            ) from None
+        except BaseException:
+            # An error of one part, or the caller went away: the rest need not be computed.
+            self._withdraw(parts)
+            raise
+        return outputs[0] if len(outputs) == 1 else types.BatchOutput.concat(outputs)
+
+    @staticmethod
+    def _count(images: np.ndarray) -> int:
+        shape: tuple[int, ...] = tuple(getattr(images, "shape", ()))
+        if len(shape) < 1 or shape[0] < 1:
+            raise errors.InvalidInput(
+                f"a batch needs at least one image as [n, H, W, C], got shape {list(shape)}"
+            )
+        return int(shape[0])
+
+    def _withdraw(self, parts: list[_Part], error: BaseException | None = None) -> int:
+        """Take a request's still-queued parts out of the queue; return their image count.
+
+        Their futures get ``error``, or are cancelled when there is none (the caller is
+        gone, nobody awaits them).
+        """
+        removed = 0
+        for part in parts:
+            if part.queued:
+                part.queued = False
+                self._queue.remove(part)
+                removed += part.size
+            if error is not None:
+                _fail(part, error)
+            elif not part.future.done():
+                part.future.cancel()
+        if removed:
+            self._queued -= removed
+            self._queue_depth.set(self._queued)
+        return removed
+
+    def _retry_after(self) -> float:
+        """Seconds until the queue has drained, by the recent model-call time; at least 1."""
+        per_call = self._call_seconds if self._call_seconds is not None else 0.0
+        batches = math.ceil(self._queued / self.max_batch_size) + 1  # +1: the one running
+        return float(max(1, math.ceil(batches * per_call + self.max_delay_s)))
+
+    # ---- the dispatcher ----------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        assert self._wakeup is not None
+        wakeup = self._wakeup
+        try:
+            while True:
+                wakeup.clear()
+                if not self._queue:
+                    if not self._accepting:
+                        return
+                    await wakeup.wait()
+                    continue
+                now = time.monotonic()
+                flush_at = self._queue[0].enqueued + self.max_delay_s
+                if self._queued >= self.max_batch_size or now >= flush_at or not self._accepting:
+                    batch = self._take()
+                    if batch:
+                        await self._run_batch(batch)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(flush_at - now):
+                        await wakeup.wait()
+        except Exception:
+            # A bug here would leave every later caller waiting forever: fail loudly instead.
+            logger.exception("batcher of %s failed; refusing further requests", self._name())
+            self._accepting = False
+            self._fail_queued(errors.InternalError(f"the batcher of {self._name()} failed"))
+
+    def _take(self) -> list[_Part]:
+        """Pop whole parts, oldest first, up to max_batch_size images of one image shape."""
+        batch: list[_Part] = []
+        total = 0
+        while self._queue:
+            part = self._queue[0]
+            if part.future.done():  # its caller gave up; nothing to compute
+                self._queue.popleft()
+                part.queued = False
+                self._queued -= part.size
+                continue
+            if batch and (total + part.size > self.max_batch_size
+                          or part.images.shape[1:] != batch[0].images.shape[1:]):
+                # A different image shape (a malformed request) gets a batch of its own,
+                # so its error does not reach well-formed neighbours.
+                break
+            self._queue.popleft()
+            part.queued = False
+            batch.append(part)
+            total += part.size
+        self._queued -= total
+        self._queue_depth.set(self._queued)
+        return batch
+
+    def _call(self, arrays: list[np.ndarray], with_reconstruction: bool) -> types.BatchOutput:
+        """Runs on the worker thread: join the parts, call the model, time it."""
+        images = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        started = time.perf_counter()
+        output = self._run(images, with_reconstruction)
+        seconds = time.perf_counter() - started
+        self._inference.observe(seconds)
+        self._call_seconds = seconds if self._call_seconds is None else (
+            (1 - _EMA_WEIGHT) * self._call_seconds + _EMA_WEIGHT * seconds
+        )
+        rows = len(output.cluster_id)
+        if rows != len(images):
+            raise errors.InternalError(
+                f"the model of {self._name()} returned {rows} rows for {len(images)} images"
+            )
+        return output
+
+    async def _run_batch(self, batch: list[_Part]) -> None:
+        flag = any(part.with_reconstruction for part in batch)
+        n = sum(part.size for part in batch)
+        self._batch_size.observe(n)
+        loop = asyncio.get_running_loop()
+        try:
+            output = await loop.run_in_executor(
+                self._executor, self._call, [part.images for part in batch], flag
+            )
+        except asyncio.CancelledError:
+            for part in batch:
+                _fail(part, errors.Unavailable(
+                    f"{self._name()} stopped before this request's batch finished"))
+            raise
+        except errors.ServiceError as exc:
+            logger.warning("batch of %d images on %s refused: %s", n, self._name(), exc)
+            for part in batch:
+                # The request's other parts would be thrown away: do not compute them.
+                self._withdraw(part.request, exc)
+            return
+        except Exception as exc:
+            logger.error("model call of %s failed on a batch of %d images", self._name(), n,
+                         exc_info=exc)
+            for part in batch:
+                error = errors.InternalError(
+                    f"the model call of {self._name()} failed; the server log has the details")
+                error.__cause__ = exc
+                self._withdraw(part.request, error)
+            return
+        start = 0
+        for part in batch:
+            rows = output.rows(start, start + part.size)
+            start += part.size
+            if not part.with_reconstruction and rows.reconstruction is not None:
+                rows = dataclasses.replace(rows, reconstruction=None)
+            if not part.future.done():
+                part.future.set_result(rows)
+
+    def _fail_queued(self, error: errors.ServiceError) -> None:
+        while self._queue:
+            part = self._queue.popleft()
+            part.queued = False
+            _fail(part, error)
+        self._queued = 0
+        self._queue_depth.set(0)
+
+    async def stop(self, timeout: float) -> None:
+        """Refuse new requests (Unavailable) and finish the queued ones within ``timeout``.
+
+        What is still queued or running when the time is up gets Unavailable.
+        """
+        self._accepting = False
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None:
+            assert self._wakeup is not None
+            self._wakeup.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                logger.warning("%s did not drain within %.1f s; %d images are refused",
+                               self._name(), timeout, self._queued)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                self._fail_queued(errors.Unavailable(
+                    f"{self._name()} stopped before this request was computed"))
+        if self._owns_executor:
+            # A model call still running (after a timeout) finishes on its own thread.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _fail(part: _Part, error: BaseException) -> None:
+    if not part.future.done():
+        part.future.set_exception(error)
