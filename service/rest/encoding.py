@@ -10,7 +10,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -86,7 +86,10 @@ def decode_b64(value: Any, *, where: str) -> bytes:
 
 
 def numeric_array(value: Any, *, where: str) -> np.ndarray:
-    """A nested JSON list of numbers as an array (int64 or float64); rejects anything else."""
+    """A nested JSON list of numbers as an array (int64 or float64); rejects anything else.
+
+    Ranges, NaN/inf, rank and channels are the data plane's to check: it knows the model.
+    """
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:
@@ -100,23 +103,6 @@ def numeric_array(value: Any, *, where: str) -> np.ndarray:
             "numbers"
         )
     return array
-
-
-def image_array(value: Any, *, where: str) -> np.ndarray:
-    """A nested list of pixels as an image array: integers 0..255 -> uint8, floats -> float32.
-
-    Ranges, NaN/inf, rank and channels of float images are checked by the data plane;
-    integers are range-checked here because casting them to uint8 would wrap around.
-    """
-    array = numeric_array(value, where=where)
-    if array.dtype.kind in "iu":
-        if array.size and (array.min() < 0 or array.max() > 255):
-            raise InvalidInput(
-                f"{where}: integer pixel values must be in 0..255, got values in "
-                f"[{array.min()}, {array.max()}]; send floats in [0, 1] or 8-bit integers"
-            )
-        return array.astype(np.uint8)
-    return array.astype(np.float32)
 
 
 def _kind_name(array: np.ndarray) -> str:
@@ -155,13 +141,3 @@ def error_response(message: str, status_code: int,
                    headers: Mapping[str, str] | None = None) -> Response:
     """The body every error has: ``{"error": message}``."""
     return json_response({"error": message}, status_code=status_code, headers=headers)
-
-
-def tolist(array: np.ndarray) -> Any:
-    """A numpy array as nested Python lists (bool -> true/false, int64 -> int, float -> float)."""
-    return array.tolist()
-
-
-def join_names(names: Iterable[str]) -> str:
-    """``a, b, c`` for messages that list the valid choices."""
-    return ", ".join(names)

@@ -33,8 +33,8 @@ from service.rest.encoding import (
     dumps,
     expect_object,
     finite_or_none,
-    image_array,
     json_type,
+    numeric_array,
     parse_json,
     validation_message,
 )
@@ -140,13 +140,31 @@ async def read_cluster_request(
                                "body")
         images = [ImageInput(encoded=body)]
     else:
-        document = expect_object(parse_json(await request.body()), what="the request body")
+        document = expect_object(_parse_json(await request.body(), content_type),
+                                 what="the request body")
         fields.update(document)
         images = _json_instances(fields.pop("instances", None), settings)
     return images, _options(fields)
 
 
+def _parse_json(body: bytes, content_type: str) -> Any:
+    try:
+        return parse_json(body)
+    except InvalidInput as exc:
+        if content_type in ("", "application/json") or content_type.endswith("+json"):
+            raise
+        # curl -d without -H sends a form type: say which bodies are understood.
+        raise InvalidInput(
+            f"{exc.message} (Content-Type {content_type}: send JSON, multipart/form-data "
+            "file uploads, or an image/png or image/jpeg body)"
+        ) from exc
+
+
 def _options(fields: Mapping[str, Any]) -> ClusterOptions:
+    unknown = sorted(set(fields) - set(ClusterParams.model_fields))
+    if unknown:
+        raise InvalidInput(f"unknown option(s) {unknown}; options: instances, "
+                           f"{', '.join(ClusterParams.model_fields)}")
     try:
         parsed = ClusterParams.model_validate(fields)
     except ValidationError as exc:
@@ -171,7 +189,7 @@ def _json_image(value: Any, index: int) -> ImageInput:
     if isinstance(value, dict):
         return ImageInput(encoded=decode_b64(value, where=where))
     if isinstance(value, list):
-        return ImageInput(array=image_array(value, where=where))
+        return ImageInput(array=numeric_array(value, where=where))
     raise InvalidInput(
         f'{where} must be {{"b64": "<base64 PNG/JPEG>"}} or a nested array of pixel values, '
         f"got {json_type(value)}"

@@ -1,0 +1,105 @@
+"""JSON logs on stderr with the request id of the request being served."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service import logs
+
+
+@pytest.fixture
+def restore_root() -> Iterator[None]:
+    """configure_logging changes the root logger: put it back for the rest of the suite."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
+
+def _lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_new_request_id_is_uuid4_hex() -> None:
+    first, second = logs.new_request_id(), logs.new_request_id()
+    assert re.fullmatch(r"[0-9a-f]{32}", first) and first != second
+
+
+def test_json_lines_carry_request_id_extras_and_tracebacks(
+        capsys: pytest.CaptureFixture[str], restore_root: None) -> None:
+    logs.configure_logging("INFO", json_format=True)
+    log = logging.getLogger("aecluster.test")
+    log.info("outside any request")
+    token = logs.request_id.set("req-1")
+    try:
+        log.warning("queue %s is full", "digits/1",
+                    extra={"queued": 7, "path": Path("/models/digits")})
+        try:
+            raise ValueError("bad pixel")
+        except ValueError:
+            log.exception("request failed")
+    finally:
+        logs.request_id.reset(token)
+    log.debug("below the level: dropped")
+    outside, warning, failure = _lines(capsys.readouterr().err)
+    assert set(outside) == {"ts", "level", "logger", "message"}
+    assert outside["message"] == "outside any request"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", str(outside["ts"]))
+    assert warning["level"] == "WARNING" and warning["logger"] == "aecluster.test"
+    assert warning["message"] == "queue digits/1 is full"
+    assert warning["request_id"] == "req-1"
+    assert warning["queued"] == 7 and warning["path"] == "/models/digits"
+    assert failure["request_id"] == "req-1"
+    assert "ValueError: bad pixel" in str(failure["exc_info"])
+    assert "Traceback" in str(failure["exc_info"])
+
+
+def test_request_id_follows_each_asyncio_task(capsys: pytest.CaptureFixture[str],
+                                              restore_root: None) -> None:
+    logs.configure_logging("INFO", json_format=True)
+    log = logging.getLogger("aecluster.test")
+
+    async def serve(rid: str) -> None:
+        logs.request_id.set(rid)
+        await asyncio.sleep(0.01)  # interleave with the other request
+        log.info("answered %s", rid)
+
+    async def main() -> None:
+        await asyncio.gather(serve("a"), serve("b"))
+
+    asyncio.run(main())
+    lines = _lines(capsys.readouterr().err)
+    assert {(line["message"], line["request_id"]) for line in lines} == {
+        ("answered a", "a"), ("answered b", "b")}
+
+
+def test_plain_text_and_reconfiguration(capsys: pytest.CaptureFixture[str],
+                                        restore_root: None) -> None:
+    logs.configure_logging("WARNING", json_format=True)
+    logs.configure_logging("DEBUG", json_format=False)  # replaces, does not add
+    ours = [h for h in logging.getLogger().handlers if h.get_name() == "aecluster"]
+    assert len(ours) == 1
+    token = logs.request_id.set("r-9")
+    try:
+        logging.getLogger("aecluster.test").debug("plain %d", 5)
+    finally:
+        logs.request_id.reset(token)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert re.fullmatch(r"\S+ \S+ DEBUG aecluster\.test \[r-9\] plain 5", err[0]), err
+
+
+def test_unknown_level_is_refused(restore_root: None) -> None:
+    with pytest.raises(ValueError, match="unknown log level 'LOUD'"):
+        logs.configure_logging("LOUD", json_format=True)
