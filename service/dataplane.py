@@ -72,6 +72,7 @@ class DataPlane:
         self._repo = repository
         self._settings = settings
         self._metrics = metrics
+        self._max_pixels = settings.max_image_pixels
         self._draining = False
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -149,9 +150,9 @@ class DataPlane:
     async def _prepare(self, images: Sequence[ImageInput], spec: bundle.InputSpec) -> np.ndarray:
         size = sum(len(i.encoded) if i.encoded is not None else 0 for i in images)
         if size <= INLINE_DECODE_BYTES:
-            return imagecodec.prepare_batch(images, spec, max_pixels=self._settings.max_image_pixels)
+            return imagecodec.prepare_batch(images, spec, max_pixels=self._max_pixels)
         return await asyncio.to_thread(imagecodec.prepare_batch, images, spec,
-                                       max_pixels=self._settings.max_image_pixels)
+                                       max_pixels=self._max_pixels)
 
     def _results(self, lv: LoadedVersion, batch: np.ndarray, out: BatchOutput,
                  options: ClusterOptions) -> list[ClusterResult]:
@@ -215,7 +216,8 @@ class DataPlane:
         signature = signature or DEFAULT_SIGNATURE
         if signature not in (DEFAULT_SIGNATURE, BYTES_SIGNATURE):
             raise NotFound(
-                f"signature {signature!r} not found; signatures: {DEFAULT_SIGNATURE}, {BYTES_SIGNATURE}"
+                f"signature {signature!r} not found; "
+                f"signatures: {DEFAULT_SIGNATURE}, {BYTES_SIGNATURE}"
             )
         wanted = list(output_filter) if output_filter else list(OUTPUT_NAMES)
         unknown = [name for name in wanted if name not in OUTPUT_NAMES]
@@ -306,7 +308,8 @@ def _reconstruction_quality(inputs: np.ndarray, recon: np.ndarray) -> tuple[np.n
 def _check_float_images(inputs: Mapping[str, np.ndarray], spec: bundle.InputSpec) -> np.ndarray:
     if set(inputs) != {"images"}:
         raise InvalidInput(
-            f"signature {DEFAULT_SIGNATURE} takes one input 'images', got {sorted(inputs) or 'none'}"
+            f"signature {DEFAULT_SIGNATURE} takes one input 'images', "
+            f"got {sorted(inputs) or 'none'}"
         )
     raw = np.asarray(inputs["images"])
     if raw.dtype.kind not in "fiu":

@@ -83,7 +83,9 @@ class _Failure:
 class ModelRepository:
     """Loads, serves and hot-reloads the models of one repository directory."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, runtime_factory: RuntimeFactory) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, runtime_factory: RuntimeFactory
+    ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._factory = runtime_factory
@@ -147,7 +149,8 @@ class ModelRepository:
         failure = self._failures.get((name, version))
         if failure is None:
             return False
-        return _mtime(self._root / name / str(version) / bundle.MANIFEST_FILE) == failure.manifest_mtime
+        manifest = self._root / name / str(version) / bundle.MANIFEST_FILE
+        return _mtime(manifest) == failure.manifest_mtime
 
     async def poll_once(self) -> None:
         """One scan: load new highest versions, unload replaced or removed ones."""
@@ -172,14 +175,15 @@ class ModelRepository:
         started = time.monotonic()
         logger.info("loading %s version %d from %s", name, version, path)
         try:
-            manifest, centroids, runtime = await asyncio.to_thread(self._load_sync, path)
+            manifest, runtime = await asyncio.to_thread(self._load_sync, path)
         except Exception as exc:
             self._loading.discard(key)
-            message = str(exc) if isinstance(exc, bundle.BundleError) else f"{type(exc).__name__}: {exc}"
+            known = isinstance(exc, bundle.BundleError)
+            message = str(exc) if known else f"{type(exc).__name__}: {exc}"
             self._failures[key] = _Failure(_mtime(path / bundle.MANIFEST_FILE), message)
             self._metrics.model_load_failures_total.labels(model=name).inc()
             logger.error("could not load %s version %d: %s", name, version, message,
-                         exc_info=not isinstance(exc, bundle.BundleError))
+                         exc_info=not known)
             return
         self._loading.discard(key)
         self._failures.pop(key, None)
@@ -201,7 +205,7 @@ class ModelRepository:
         logger.info("%s version %d ready in %.1f s (warmed up)", name, version,
                     time.monotonic() - started)
 
-    def _load_sync(self, path: Path) -> tuple[bundle.Manifest, np.ndarray, Runtime]:
+    def _load_sync(self, path: Path) -> tuple[bundle.Manifest, Runtime]:
         manifest = bundle.read_manifest(path)
         name, version = bundle.parse_version_dir(path)
         if (manifest.name, manifest.version) != (name, version):
@@ -212,7 +216,7 @@ class ModelRepository:
         centroids = bundle.load_centroids(path, manifest)  # verifies checksums before unpickling
         runtime = self._factory(path, manifest, centroids)
         runtime.warmup()
-        return manifest, centroids, runtime
+        return manifest, runtime
 
     async def _unload(self, lv: LoadedVersion, *, reason: str) -> None:
         lv.state = "UNLOADING"

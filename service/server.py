@@ -22,7 +22,7 @@ import uvicorn
 
 from service import bundle
 from service.dataplane import DataPlane
-from service.grpc_server import GrpcServer, start_grpc_server
+from service.grpc import GrpcServer, start_grpc_server
 from service.metrics import Metrics
 from service.repository import ModelRepository
 from service.rest import create_app
@@ -30,8 +30,6 @@ from service.runtime import ModelRuntime, configure_device
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-HEALTH_SYNC_SECONDS = 0.25
 
 
 class _HttpServer(uvicorn.Server):
@@ -51,7 +49,9 @@ class AppServer:
         self.device = configure_device(settings.device, memory_growth=settings.gpu_memory_growth)
         sizes = settings.batch_sizes()
 
-        def make_runtime(path: Path, manifest: bundle.Manifest, centroids: np.ndarray) -> ModelRuntime:
+        def make_runtime(
+            path: Path, manifest: bundle.Manifest, centroids: np.ndarray
+        ) -> ModelRuntime:
             return ModelRuntime(path, manifest, centroids, device=self.device, batch_sizes=sizes)
 
         self.repository = ModelRepository(settings, self.metrics, make_runtime)
@@ -60,7 +60,6 @@ class AppServer:
         self._http: _HttpServer | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: GrpcServer | None = None
-        self._health_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.http_port = settings.http_port
         self.grpc_port = settings.grpc_port
@@ -82,7 +81,6 @@ class AppServer:
                 raise RuntimeError("the HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
         self.http_port = self._http.servers[0].sockets[0].getsockname()[1]
-        self._health_task = asyncio.create_task(self._sync_health(), name="grpc-health")
         logger.info("listening", extra={"http_port": self.http_port, "grpc_port": self.grpc_port,
                                         "device": self.device,
                                         "model_repo": str(self.settings.model_repo)})
@@ -91,16 +89,6 @@ class AppServer:
         logger.info("ready" if self.dataplane.is_ready() else "started without a ready model",
                     extra={"models": self.repository.known_models(),
                            "seconds": round(time.monotonic() - started, 2)})
-
-    async def _sync_health(self) -> None:
-        # The gRPC health service mirrors readiness (loads, reloads, draining).
-        last: bool | None = None
-        while True:
-            ready = self.dataplane.is_ready()
-            if ready != last and self._grpc is not None:
-                await self._grpc.set_serving(ready)
-                last = ready
-            await asyncio.sleep(HEALTH_SYNC_SECONDS)
 
     def request_stop(self) -> None:
         """Begin the graceful shutdown (what SIGTERM does)."""
@@ -117,10 +105,6 @@ class AppServer:
         if self._grpc is not None:
             await self._grpc.set_serving(False)
         await drain
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         if self._http is not None and self._http_task is not None:

@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8501, ge=0, le=65535,
                            description="HTTP port (REST, metrics, health); 0 picks a free one.")
     grpc_port: int = Field(default=8500, ge=0, le=65535,
-                           description="gRPC port (native and TF Serving APIs); 0 picks a free one.")
+                           description="gRPC port (native and TF Serving APIs); 0: a free one.")
     max_batch_size: int = Field(default=32, ge=1, le=4096,
                                 description="Most images the batcher merges into one model call.")
     max_batch_delay_ms: float = Field(

@@ -54,7 +54,8 @@ class ClusterResult:
     reconstruction_error: float | None = None  # mean squared error against the input
     psnr: float | None = None  # dB, data range 1
     embedding: np.ndarray | None = None  # float32 [D]
-    top_k: list[tuple[int, float]] = field(default_factory=list)  # (cluster, distance), nearest first
+    # (cluster, distance) pairs, nearest first
+    top_k: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass
