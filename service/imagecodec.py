@@ -158,6 +158,10 @@ def _reason(exc: BaseException) -> str:
 
 def _to_array(img: Image.Image) -> np.ndarray:
     mode = img.mode
+    if mode in ("P", "PA"):
+        # Through RGBA: Pillow's direct P -> RGB warns when the palette's transparency is a
+        # byte string, and a warning must not decide how an image decodes.
+        return np.ascontiguousarray(np.asarray(img.convert("RGBA"), dtype=np.uint8)[..., :3])
     if img.format == "GIF":
         # tf.io.decode_gif always gives three channels, gray palettes included.
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
@@ -174,7 +178,7 @@ def _to_array(img: Image.Image) -> np.ndarray:
         return np.asarray(img.convert("L"), dtype=np.uint8)[..., None]
     if mode == "RGB":
         return np.asarray(img, dtype=np.uint8)
-    # P, PA, RGBA, RGBX, CMYK, YCbCr, LAB, HSV: convert("RGB") drops alpha, expands palettes.
+    # RGBA, RGBX, CMYK, YCbCr, LAB, HSV: convert("RGB") drops alpha.
     try:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except ValueError as exc:

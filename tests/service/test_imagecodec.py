@@ -173,7 +173,9 @@ def test_to_model_input_rejects_bad_arrays(image: np.ndarray, needle: str) -> No
         ("1", "PNG", {}),
         ("P", "PNG", {}),
         ("P", "PNG", {"transparency": 3}),
+        ("P", "PNG", {"transparency": bytes([0, 128, 255, 10])}),  # Pillow warns on -> RGB
         ("RGB", "GIF", {}),
+        ("P", "GIF", {"transparency": 2, "optimize": False}),
         ("L", "GIF", {}),
         ("RGB", "BMP", {}),
         ("L", "BMP", {}),
