@@ -6,12 +6,13 @@ message naming where the problem is (``instance 3``, ``inputs['images']``...).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
@@ -20,6 +21,18 @@ from starlette.responses import Response
 from service.errors import InvalidInput
 
 JSON_MEDIA_TYPE = "application/json"
+# Parsing a body and turning nested lists into arrays is CPU work that holds the event
+# loop; past this many bytes it runs on a worker thread so other requests keep flowing.
+INLINE_PARSE_BYTES = 256 * 1024
+
+T = TypeVar("T")
+
+
+async def off_loop(size: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` inline for small inputs (``size`` bytes), on a worker thread for big ones."""
+    if size > INLINE_PARSE_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
 
 
 def parse_json(body: bytes) -> Any:

@@ -35,6 +35,7 @@ from service.rest.encoding import (
     finite_or_none,
     json_type,
     numeric_array,
+    off_loop,
     parse_json,
     validation_message,
 )
@@ -140,11 +141,18 @@ async def read_cluster_request(
                                "body")
         images = [ImageInput(encoded=body)]
     else:
-        document = expect_object(_parse_json(await request.body(), content_type),
-                                 what="the request body")
+        body = await request.body()
+        images, document = await off_loop(len(body), _json_request, body, content_type,
+                                          settings)
         fields.update(document)
-        images = _json_instances(fields.pop("instances", None), settings)
     return images, _options(fields)
+
+
+def _json_request(body: bytes, content_type: str,
+                  settings: Settings) -> tuple[list[ImageInput], dict[str, Any]]:
+    """Images and the remaining (option) fields of a JSON body."""
+    document = expect_object(_parse_json(body, content_type), what="the request body")
+    return _json_instances(document.pop("instances", None), settings), document
 
 
 def _parse_json(body: bytes, content_type: str) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.dataplane import DEFAULT_SIGNATURE, DataPlane
+from service.dataplane import DEFAULT_SIGNATURE, DataPlane, SignatureInfo
 from service.errors import InvalidInput, NotFound
 from service.rest import params, tfjson
 from service.rest.encoding import (
@@ -21,6 +21,7 @@ from service.rest.encoding import (
     expect_object,
     json_response,
     json_type,
+    off_loop,
     parse_json,
 )
 from service.rest.native import ERROR_RESPONSES
@@ -47,8 +48,11 @@ def tfserving_router(dataplane: DataPlane) -> APIRouter:
     async def predict(request: Request, name: str, version: str | None) -> Response:
         model = params.model_ref(name, version)
         deadline = params.deadline(request)
-        document = expect_object(parse_json(await request.body()), what="the request body")
-        signature_name, inputs, row = _predict_inputs(dataplane, model, document)
+        body = await request.body()
+        document = await off_loop(len(body), _json_object, body)
+        signature_name, signature = _signature(dataplane, model, document)
+        inputs, row = await off_loop(len(body), _predict_inputs, document, signature_name,
+                                     signature)
         output_filter = _output_filter(document.get("output_filter"))
         _, outputs = await dataplane.predict(model, signature_name, inputs, output_filter,
                                              deadline=deadline)
@@ -119,9 +123,28 @@ def tfserving_router(dataplane: DataPlane) -> APIRouter:
     return router
 
 
-def _predict_inputs(dataplane: DataPlane, model: ModelRef,
-                    document: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
-    """(signature name, input tensors, is row format) of a ``:predict`` body."""
+def _json_object(body: bytes) -> dict[str, Any]:
+    return expect_object(parse_json(body), what="the request body")
+
+
+def _signature(dataplane: DataPlane, model: ModelRef,
+               document: dict[str, Any]) -> tuple[str, SignatureInfo]:
+    """The signature a ``:predict`` body names (its inputs' names and dtypes drive parsing)."""
+    signature_name = document.get("signature_name", DEFAULT_SIGNATURE)
+    if not isinstance(signature_name, str):
+        raise InvalidInput(f'"signature_name" must be a string, got {json_type(signature_name)}')
+    signature_name = signature_name or DEFAULT_SIGNATURE
+    signatures = dataplane.model_metadata(model).signatures
+    signature = signatures.get(signature_name)
+    if signature is None:
+        raise NotFound(f"signature {signature_name!r} not found; signatures: "
+                       f"{', '.join(sorted(signatures))}")
+    return signature_name, signature
+
+
+def _predict_inputs(document: dict[str, Any], signature_name: str,
+                    signature: SignatureInfo) -> tuple[dict[str, Any], bool]:
+    """(input tensors, is row format) of a ``:predict`` body."""
     has_rows, has_columns = "instances" in document, "inputs" in document
     if has_rows and has_columns:
         raise InvalidInput('the body has both "instances" and "inputs": send one, "instances" '
@@ -129,21 +152,9 @@ def _predict_inputs(dataplane: DataPlane, model: ModelRef,
     if not has_rows and not has_columns:
         raise InvalidInput('the body needs "instances" (row format) or "inputs" (columnar '
                            'format)')
-    signature_name = document.get("signature_name", DEFAULT_SIGNATURE)
-    if not isinstance(signature_name, str):
-        raise InvalidInput(f'"signature_name" must be a string, got {json_type(signature_name)}')
-    signature_name = signature_name or DEFAULT_SIGNATURE
-    # The signature says which inputs exist and their dtypes, which the JSON alone does not.
-    signatures = dataplane.model_metadata(model).signatures
-    signature = signatures.get(signature_name)
-    if signature is None:
-        raise NotFound(f"signature {signature_name!r} not found; signatures: "
-                       f"{', '.join(sorted(signatures))}")
     if has_rows:
-        return signature_name, tfjson.row_inputs(document["instances"], signature_name,
-                                                 signature), True
-    return signature_name, tfjson.columnar_inputs(document["inputs"], signature_name,
-                                                  signature), False
+        return tfjson.row_inputs(document["instances"], signature_name, signature), True
+    return tfjson.columnar_inputs(document["inputs"], signature_name, signature), False
 
 
 def _output_filter(value: Any) -> list[str] | None:

@@ -37,7 +37,7 @@ from service.types import ClusterOptions, ImageInput, ModelRef
 from tests.service.bundles import clone_version
 
 T = TypeVar("T")
-MAX_BODY = 256 * 1024
+MAX_BODY = 1024 * 1024
 MAX_IMAGES = 16
 MAX_PIXELS = 100_000
 
@@ -356,6 +356,21 @@ def test_cluster_multipart_and_raw_bodies(client: httpx.Client, digits_u8: np.nd
     assert answer["version"] == 1 and len(answer["predictions"]) == 1
     assert answer["predictions"][0]["cluster_id"] == ids[0]
     assert len(answer["predictions"][0]["embedding"]) == 8
+
+
+def test_large_json_bodies_are_parsed_off_the_event_loop(client: httpx.Client,
+                                                         digits_u8: np.ndarray) -> None:
+    # Six 120x120 upscaled digits as integer arrays: a ~500 KB body, parsed on a worker thread.
+    big = [np.kron(image, np.ones((15, 15), dtype=np.uint8)).tolist() for image in digits_u8[:6]]
+    body = json.dumps({"instances": big}).encode()
+    assert len(body) > 256 * 1024
+    answer = client.post(CLUSTER, content=body)
+    assert answer.status_code == 200, answer.text
+    small = client.post(CLUSTER, json={"instances": [image.tolist() for image in digits_u8[:6]]})
+    # Bilinear downscaling by 15 samples the centre of each 15x15 block: the originals.
+    for a, b in zip(answer.json()["predictions"], small.json()["predictions"], strict=True):
+        assert a["cluster_id"] == b["cluster_id"]
+        assert a["distance"] == pytest.approx(b["distance"], abs=1e-4)
 
 
 def test_request_timeout_header(client: httpx.Client, digits_u8: np.ndarray) -> None:
@@ -765,3 +780,9 @@ def test_queue_full_is_503_with_retry_after_and_deadlines_are_504(
                                        headers={"X-Request-Timeout-Ms": "0.0001"}),
                       504, "deadline")
         assert http_client.post(CLUSTER, json=three).status_code == 200
+
+        # Draining: readiness turns false and new requests are refused with 503 at once.
+        server.call(server.dataplane.drain(2))
+        _assert_error(http_client.get("/readyz"), 503, "draining")
+        _assert_error(http_client.post(CLUSTER, json=three), 503, "shutting down")
+        assert http_client.get("/healthz").status_code == 200
