@@ -116,7 +116,10 @@ async def test_a_held_version_is_unloaded_only_after_its_requests(
         with repo.acquire("digits") as held:
             clone_version(digits_bundle, model_repo, "digits", 2)
             scan = asyncio.create_task(repo.poll_once())
-            await asyncio.sleep(0.5)
+            for _ in range(600):  # loading and warming up takes a few seconds
+                if repo.get("digits").version == 2:
+                    break
+                await asyncio.sleep(0.05)
             assert repo.get("digits").version == 2  # new requests go to the new version
             assert held.state == "UNLOADING" and not scan.done()
             out = await held.batcher.submit(images, with_reconstruction=False)
