@@ -169,6 +169,7 @@ class Batcher:
                     outputs = [await part.future for part in parts]
         except TimeoutError:
             withdrawn = self._withdraw(parts)
+            _retrieve(parts)
             where = (f"while it was queued: none of its {n} images were computed"
                      if withdrawn == n else
                      f"while its images were being computed ({withdrawn} of {n} not computed)")
@@ -178,6 +179,7 @@ class Batcher:
         except BaseException:
             # An error of one part, or the caller went away: the rest need not be computed.
             self._withdraw(parts)
+            _retrieve(parts)
             raise
         return outputs[0] if len(outputs) == 1 else types.BatchOutput.concat(outputs)
 
@@ -362,3 +364,14 @@ class Batcher:
 def _fail(part: _Part, error: BaseException) -> None:
     if not part.future.done():
         part.future.set_exception(error)
+
+
+def _retrieve(parts: list[_Part]) -> None:
+    """Mark the errors of a failed request's other parts as seen.
+
+    Only the first failing part is awaited; without this asyncio would log "exception was
+    never retrieved" for the siblings that failed with it.
+    """
+    for part in parts:
+        if part.future.done() and not part.future.cancelled():
+            part.future.exception()
