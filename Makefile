@@ -8,9 +8,11 @@ STAMP  := $(VENV)/.installed
 # Quiet TensorFlow's C++ start-up chatter; errors still show.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
+HTTP_PORT ?= 8501
+GRPC_PORT ?= 8500
 RUN_ARGS ?= --dataset digits --model conv --latent 10 --clusters 10 --epochs 30 --seed 0
 
-.PHONY: run test test-slow lint typecheck venv clean
+.PHONY: run train test test-slow lint venv bench clean
 
 venv: $(STAMP)
 
@@ -21,11 +23,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## make run: train on scikit-learn's digits, export models/digits/1, evaluate it.
+## make run: train the digits bundle into models/digits/1 if the repository has none
+## (and evaluate it), then serve models/ on HTTP 8501 and gRPC 8500 until Ctrl-C.
 run: $(STAMP)
+	@if [ -z "$$(ls models/digits/*/manifest.json 2>/dev/null)" ]; then \
+		$(PY) -m training train $(RUN_ARGS) --out models/digits/1 && \
+		$(PY) -m training evaluate --bundle models/digits/1 --dataset digits --split heldout \
+			--json models/digits-evaluation.json; \
+	else echo "models/digits already holds a bundle: serving it (make train retrains)"; fi
+	@$(PY) scripts/example_calls.py --model-repo models --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
+	$(PY) -m service --model-repo models --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
+
+## make train: (re)train the digits bundle and evaluate it, without serving.
+train: $(STAMP)
 	$(PY) -m training train $(RUN_ARGS) --out models/digits/1 --overwrite
 	$(PY) -m training evaluate --bundle models/digits/1 --dataset digits --split heldout \
-		--json models/digits/1-evaluation.json
+		--json models/digits-evaluation.json
 
 ## make test: the default suite (slow tests excluded). pytest's exit 5 (no tests) fails too.
 test: $(STAMP)
@@ -37,6 +50,10 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check training service tests
 	$(PY) -m mypy training service
+
+## make bench: the serving benchmark (needs a bundle: make train)
+bench: $(STAMP)
+	$(PY) bench/bench_service.py --model-repo models --model digits
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
