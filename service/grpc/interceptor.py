@@ -83,8 +83,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                label: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             call = _Call(self._metrics, label, context)
-            await call.begin()
             try:
+                await call.begin()
                 return await behavior(parse(raw), context)
             except BaseException as exc:
                 await call.fail(exc)
@@ -100,8 +100,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         async def handle(raw: AsyncIterator[bytes],
                          context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(self._metrics, label, context)
-            await call.begin()
             try:
+                await call.begin()
                 async for response in behavior(_parsed(raw, parse), context):
                     yield response
             except BaseException as exc:
@@ -123,6 +123,7 @@ class _Call:
         self.code = "OK"
         self.start = time.perf_counter()
         self.request_id = logs.new_request_id()
+        self.ended = False
 
     async def begin(self) -> None:
         for key, value in self.context.invocation_metadata() or ():
@@ -144,6 +145,8 @@ class _Call:
             trailers: tuple[tuple[str, str], ...] = ()
             if isinstance(exc, QueueFull):
                 trailers = ((PUSHBACK_KEY, str(max(0, round(exc.retry_after * 1000)))),)
+            # Recorded before abort: once the status is sent the client may look at metrics.
+            self.end()
             await self.context.abort(grpc.StatusCode[self.code], exc.message,
                                      trailing_metadata=trailers)
         if not isinstance(exc, Exception):  # CancelledError, KeyboardInterrupt...
@@ -151,10 +154,15 @@ class _Call:
             return
         self.code = "INTERNAL"
         logger.error("grpc %s failed with an unexpected error", self.label, exc_info=exc)
+        self.end()
         await self.context.abort(grpc.StatusCode.INTERNAL,
                                  INTERNAL_MESSAGE.format(request_id=self.request_id))
 
     def end(self) -> None:
+        """Count and time the call, once."""
+        if self.ended:
+            return
+        self.ended = True
         self.metrics.requests_total.labels(protocol=PROTOCOL, method=self.label,
                                            code=self.code).inc()
         self.metrics.request_duration_seconds.labels(protocol=PROTOCOL, method=self.label).observe(

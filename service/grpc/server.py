@@ -10,7 +10,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    model_service_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from service._generated.aecluster.v1 import cluster_service_pb2 as pb
 from service._generated.aecluster.v1 import cluster_service_pb2_grpc as pb_grpc
@@ -23,8 +28,11 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 CLUSTER_SERVICE = pb.DESCRIPTOR.services_by_name["ClusterService"].full_name
-PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
-MODEL_SERVICE = "tensorflow.serving.ModelService"
+# Taken from the *_pb2 modules, not the *_pb2_grpc ones: importing them is also what puts
+# the service descriptors in the default pool, where reflection looks them up.
+PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name[
+    "PredictionService"].full_name
+MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 SERVICES = (CLUSTER_SERVICE, PREDICTION_SERVICE, MODEL_SERVICE)
 # Readiness can change without the server noticing (a model finishes loading, a drain
 # starts), so the health status follows DataPlane.is_ready() on this period.

@@ -8,6 +8,7 @@ client; test_grpc_server.py drives the same paths through the real data plane.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -49,7 +50,10 @@ class RaisingServicer(pb_grpc.ClusterServiceServicer):
             return pb.ClusterResponse(model="ok")
         if request.model == "deadline":
             deadline = deadline_of(context)
-            return pb.ClusterResponse(model=repr(deadline is not None), version=0)
+            if deadline is None:
+                return pb.ClusterResponse(model="no deadline")
+            remaining_ms = round((deadline - time.monotonic()) * 1000)
+            return pb.ClusterResponse(model="deadline", version=remaining_ms)
         if request.model == "bug":
             raise RuntimeError(SECRET)
         cls = next(c for c in errors.ERROR_CLASSES if c.__name__ == request.model)
@@ -175,6 +179,9 @@ async def test_metrics_count_and_time_every_call(served: Served) -> None:
 
 
 async def test_grpc_deadline_reaches_the_handler(served: Served) -> None:
+    # The client's timeout arrives as an absolute monotonic deadline the data plane can use.
     with_deadline = await served.stub.Cluster(pb.ClusterRequest(model="deadline"), timeout=30)
+    assert with_deadline.model == "deadline"
+    assert 25_000 < with_deadline.version <= 30_000
     without = await served.stub.Cluster(pb.ClusterRequest(model="deadline"))
-    assert (with_deadline.model, without.model) == ("True", "False")
+    assert without.model == "no deadline"
