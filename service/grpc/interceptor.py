@@ -135,7 +135,7 @@ class _Call:
     async def fail(self, exc: BaseException) -> None:
         """Turn ``exc`` into the RPC's status; raises grpc's AbortError for the server."""
         if isinstance(exc, grpc.aio.AbortError):
-            # Aborted by a handler (or by the branch below, never reached twice).
+            # The handler aborted by itself: keep the code it chose.
             self.code = _code_name(self.context.code()) or "UNKNOWN"
             return
         if isinstance(exc, ServiceError):
