@@ -48,7 +48,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check training service tests
+	$(PY) -m ruff check training service tests bench scripts
 	$(PY) -m mypy training service
 
 ## make bench: the serving benchmark (needs a bundle: make train)

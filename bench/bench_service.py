@@ -188,7 +188,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-batch-delay-ms", type=float, default=2.0)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "service.json")
+    parser.add_argument("--out", type=Path,
+                        default=REPO_ROOT / "bench" / "results" / "service.json")
     args = parser.parse_args()
 
     from service import bundle
@@ -234,8 +235,8 @@ def main() -> int:
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| protocol | reconstruction | concurrency / batch | req/s (or images/s) | p50 ms | p99 ms |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| protocol | reconstruction | concurrency / batch | req/s (or images/s) "
+             "| p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
     for row in rows:
         if row["protocol"] == "in-process":
             lines.append(f"| in-process `ModelRuntime.run` | {row['reconstruction']} | batch "

@@ -18,6 +18,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from service import bundle  # noqa: E402
 
+# The printed commands are meant to be pasted whole, so their lines stay long.
+# ruff: noqa: E501
+
 
 def _write_examples(out_dir: Path) -> list[Path]:
     from sklearn.datasets import load_digits

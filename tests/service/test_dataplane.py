@@ -92,7 +92,8 @@ async def test_png_bytes_and_other_sizes_are_preprocessed(plane: DataPlane,
     as_png = [ImageInput(encoded=_png(img)) for img in digit_images[:4]]
     _, from_png = await plane.cluster(DIGITS, as_png, ClusterOptions())
     _, from_array = await plane.cluster(
-        DIGITS, [ImageInput(array=np.round(img * 255).astype(np.uint8)) for img in digit_images[:4]],
+        DIGITS,
+        [ImageInput(array=np.round(img * 255).astype(np.uint8)) for img in digit_images[:4]],
         ClusterOptions())
     assert [r.cluster_id for r in from_png] == [r.cluster_id for r in from_array]
     big = np.kron(digit_images[0, ..., 0], np.ones((4, 4), np.float32))  # 32x32, same digit
@@ -134,7 +135,7 @@ async def test_unknown_model_and_version(plane: DataPlane) -> None:
 async def test_predict_signatures_and_output_filter(plane: DataPlane, model_repo: Path,
                                                     digit_images: np.ndarray) -> None:
     _, out = await plane.predict(DIGITS, None, {"images": digit_images})
-    ids, dist, z = _reference(model_repo / "digits" / "1", digit_images)
+    ids, _, _ = _reference(model_repo / "digits" / "1", digit_images)
     assert set(out) == {"cluster_id", "distance", "is_outlier", "reconstruction", "embedding"}
     np.testing.assert_array_equal(out["cluster_id"], ids)
     assert out["cluster_id"].dtype == np.int64 and out["is_outlier"].dtype == np.bool_
