@@ -12,7 +12,7 @@ HTTP_PORT ?= 8501
 GRPC_PORT ?= 8500
 RUN_ARGS ?= --dataset digits --model conv --latent 10 --clusters 10 --epochs 30 --seed 0
 
-.PHONY: run train test test-slow lint venv bench clean
+.PHONY: run train test test-slow lint venv bench bench-quality clean
 
 venv: $(STAMP)
 
@@ -54,6 +54,11 @@ lint: $(STAMP)
 ## make bench: the serving benchmark (needs a bundle: make train)
 bench: $(STAMP)
 	$(PY) bench/bench_service.py --model-repo models --model digits
+
+## make bench-quality: the Fashion-MNIST clustering-quality table (all rows, 3 seeds; hours on
+## 2 CPU cores). QUICK=1 runs one seed of the main rows.
+bench-quality: $(STAMP)
+	$(PY) bench/quality.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

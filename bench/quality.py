@@ -1,0 +1,179 @@
+"""Clustering-quality benchmark on Fashion-MNIST (issue 5's protocol).
+
+Protocol: everything is fitted on the 60,000 training images; scores are computed on the
+10,000 test images embedded through the *exported* encoder SavedModel and assigned to the
+nearest joblib centroid, exactly as the service does. Headline: Hungarian ACC, NMI, ARI at
+K=10; secondary: majority accuracy at K=20 (k-means fitted on the training embeddings).
+The published tutorial's own protocol (k-means fitted on the test embeddings themselves,
+K=20, majority mapping) is reported beside it. Each row is run for every seed and
+summarised as mean ± standard deviation.
+
+    .venv/bin/python bench/quality.py            # all rows, 3 seeds
+    .venv/bin/python bench/quality.py --quick    # one seed of the main rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+logger = logging.getLogger("bench.quality")
+
+# Published figures quoted by the issue (majority accuracy, K=20, clustered on the test set).
+PUBLISHED_TUTORIAL = {
+    ("mse", 5): 0.7048, ("mse", 10): 0.6983, ("mse", 20): 0.7003,
+    ("perceptual", 5): 0.7557, ("perceptual", 10): 0.7753, ("perceptual", 20): 0.7737,
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    model: str = "conv"
+    latent: int = 10
+    loss: str = "mse"
+    epochs: int = 10
+    batch_size: int = 64
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label_assisted(self) -> bool:
+        return self.loss == "perceptual"
+
+
+def recipes(quick: bool) -> list[Recipe]:
+    main = [Recipe("conv-mse-latent10", latent=10)]
+    if quick:
+        return main
+    return [
+        Recipe("conv-mse-latent5", latent=5),
+        *main,
+        Recipe("conv-mse-latent20", latent=20),
+        Recipe("conv-perceptual-latent5", latent=5, loss="perceptual"),
+        Recipe("conv-perceptual-latent10", latent=10, loss="perceptual"),
+        Recipe("conv-perceptual-latent20", latent=20, loss="perceptual"),
+    ]
+
+
+def run_one(recipe: Recipe, seed: int, work: Path) -> dict[str, Any]:
+    """Train (K=10 bundle), then score both protocols through the exported bundle."""
+    import numpy as np
+
+    from service import bundle
+    from training import clustering, evaluation
+    from training.data import DataOptions, batches, load_dataset
+    from training.embed import embed
+    from training.evaluate import data_options_for, load_bundle
+    from training.models import ModelConfig
+    from training.train import TrainJob, run_training
+
+    out = work / f"{recipe.name}-s{seed}" / "1"
+    started = time.monotonic()
+    run_training(TrainJob(
+        dataset="fashion-mnist", out=out, data=DataOptions(seed=seed),
+        model=ModelConfig(kind=recipe.model, latent_dim=recipe.latent, loss=recipe.loss,  # type: ignore[arg-type]
+                          seed=seed, **recipe.extra),
+        epochs=recipe.epochs, batch_size=recipe.batch_size, clusters=10, seed=seed,
+        overwrite=True,
+    ))
+    train_seconds = time.monotonic() - started
+    loaded = load_bundle(out)
+    data = load_dataset("fashion-mnist", data_options_for(loaded.manifest, DataOptions()))
+    assert data.heldout is not None
+    train = embed(loaded.encode, batches(data.train, 512, shuffle=False, seed=0),
+                  total=data.train.size, what="embedding train (exported encoder)")
+    test = embed(loaded.encode, batches(data.heldout, 512, shuffle=False, seed=0),
+                 total=data.heldout.size, what="embedding test (exported encoder)")
+    ids10, _ = bundle.assign(test.embeddings, loaded.centroids)
+    k20 = clustering.fit_kmeans(train.embeddings, 20, seed=seed)
+    ids20, _ = bundle.assign(test.embeddings, k20.centroids)
+    tutorial = clustering.fit_kmeans(test.embeddings, 20, seed=seed)
+    y = test.labels
+    return {
+        "recipe": recipe.name, "seed": seed, "label_assisted": recipe.label_assisted,
+        "acc_k10": evaluation.hungarian_accuracy(y, ids10),
+        "nmi_k10": float(evaluation.clustering_scores(y, ids10, test.embeddings)["nmi"] or 0),
+        "ari_k10": float(evaluation.clustering_scores(y, ids10, test.embeddings)["ari"] or 0),
+        "majority_k20_heldout": evaluation.majority_accuracy(y, ids20),
+        "majority_k20_tutorial": evaluation.majority_accuracy(y, np.asarray(tutorial.labels)),
+        "train_seconds": round(train_seconds, 1),
+    }
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    metrics = ["acc_k10", "nmi_k10", "ari_k10", "majority_k20_heldout", "majority_k20_tutorial",
+               "train_seconds"]
+    table = []
+    for name in dict.fromkeys(r["recipe"] for r in rows):
+        mine = [r for r in rows if r["recipe"] == name]
+        entry: dict[str, Any] = {"recipe": name, "seeds": [r["seed"] for r in mine],
+                                 "label_assisted": mine[0]["label_assisted"]}
+        for metric in metrics:
+            values = [r[metric] for r in mine]
+            entry[metric] = {"mean": statistics.fmean(values),
+                             "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        table.append(entry)
+    return table
+
+
+def markdown(table: list[dict[str, Any]]) -> str:
+    lines = ["| recipe | labels used | ACC K=10 | NMI K=10 | ARI K=10 | majority K=20 (held-out) "
+             "| majority K=20 (tutorial protocol) | published | train time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in table:
+        parts = row["recipe"].split("-")
+        key = (parts[1], int(parts[2].removeprefix("latent"))) if len(parts) == 3 else None
+        published = PUBLISHED_TUTORIAL.get(key) if key else None  # type: ignore[arg-type]
+
+        def cell(metric: str) -> str:
+            return f"{row[metric]['mean']:.4f} ± {row[metric]['std']:.4f}"
+
+        lines.append(
+            f"| {row['recipe']} | {'yes' if row['label_assisted'] else 'no'} | {cell('acc_k10')} | "
+            f"{cell('nmi_k10')} | {cell('ari_k10')} | {cell('majority_k20_heldout')} | "
+            f"{cell('majority_k20_tutorial')} | {published if published is not None else '-'} | "
+            f"{row['train_seconds']['mean']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one seed of the main rows")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work", type=Path, default=REPO_ROOT / "bench" / "work")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    rows = []
+    for recipe in recipes(args.quick):
+        for seed in seeds:
+            logger.info("== %s seed %d", recipe.name, seed)
+            rows.append(run_one(recipe, seed, args.work))
+            logger.info("%s", json.dumps(rows[-1]))
+    table = summarise(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "-quick" if args.quick else ""
+    (args.out / f"quality{suffix}.json").write_text(
+        json.dumps({"rows": rows, "summary": table}, indent=2) + "\n")
+    (args.out / f"quality{suffix}.md").write_text(markdown(table) + "\n")
+    print(markdown(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
