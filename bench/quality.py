@@ -137,7 +137,7 @@ def markdown(table: list[dict[str, Any]]) -> str:
         key = (parts[1], int(parts[2].removeprefix("latent"))) if len(parts) == 3 else None
         published = PUBLISHED_TUTORIAL.get(key) if key else None  # type: ignore[arg-type]
 
-        def cell(metric: str) -> str:
+        def cell(metric: str, row: dict[str, Any] = row) -> str:
             return f"{row[metric]['mean']:.4f} ± {row[metric]['std']:.4f}"
 
         lines.append(
