@@ -6,6 +6,8 @@ A model repository follows TensorFlow Serving's layout, ``REPO/<name>/<version>/
     decoder/           SavedModel, signature serving_default: embedding [N,D] -> reconstruction
     centroids.joblib   {"format": 1, "metric": "euclidean", "centroids": float32 [K,D]}
     report/            optional files for people (curves, history); checksummed like the rest
+    exemplars/         optional PNG thumbnails per cluster, exemplars/<cluster>/<i>.png,
+                       nearest to the centroid first; listed in the manifest's ``exemplars``
     manifest.json      written last; its presence marks the version complete
 
 This module never imports TensorFlow: reading and checking a bundle must stay cheap,
@@ -31,6 +33,7 @@ ENCODER_DIR = "encoder"
 DECODER_DIR = "decoder"
 CENTROIDS_FILE = "centroids.joblib"
 REPORT_DIR = "report"
+EXEMPLARS_DIR = "exemplars"
 CENTROIDS_FORMAT = 1
 
 # Signature and tensor names inside the SavedModels; the service and TF Serving clients
@@ -43,6 +46,11 @@ DECODER_OUTPUT = "reconstruction"
 
 # Model names become directory names and URL path segments: keep them boring.
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+# The one shape an exemplar path may have: the service maps URLs onto it, so nothing else
+# (no "..", no other directory) can ever be named through the exemplar endpoint.
+# Used with fullmatch (a "$" would also accept a trailing newline).
+EXEMPLAR_PATH_PATTERN = re.compile(r"exemplars/(0|[1-9][0-9]{0,8})/(0|[1-9][0-9]{0,8})\.png")
 
 ColorMode = Literal["gray", "rgb", "red"]
 
@@ -137,6 +145,12 @@ class Manifest(_Strict):
     evaluation: dict[str, Any] = Field(default_factory=dict)
     library_versions: dict[str, str]
     files: dict[str, str] = Field(description="Relative POSIX path -> SHA-256 of every other file.")
+    exemplars: dict[str, list[str]] | None = Field(
+        default=None,
+        description="Cluster id (as a string) -> PNG thumbnails of training images nearest to "
+        "its centroid, nearest first, as paths exemplars/<cluster>/<i>.png listed in files. "
+        "None: the bundle has none (bundles from before exemplars existed).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -157,13 +171,44 @@ class Manifest(_Strict):
                          f"{DECODER_DIR}/saved_model.pb"):
             if required not in self.files:
                 raise ValueError(f"files does not list {required}")
+        if self.exemplars is not None:
+            self._check_exemplars(self.exemplars)
         return self
+
+    def _check_exemplars(self, exemplars: dict[str, list[str]]) -> None:
+        clusters = {str(c) for c in range(self.n_clusters)}
+        bad = [k for k in exemplars if k not in clusters]
+        if bad:
+            raise ValueError(f"exemplars names clusters that do not exist: {bad[:5]}")
+        for key, paths in exemplars.items():
+            for path in paths:
+                match = EXEMPLAR_PATH_PATTERN.fullmatch(path)
+                if match is None or int(match.group(1)) != int(key):
+                    raise ValueError(
+                        f"exemplar path {path!r} of cluster {key} must be "
+                        f"{EXEMPLARS_DIR}/{int(key)}/<index>.png"
+                    )
+                if path not in self.files:
+                    raise ValueError(f"exemplar {path!r} is not listed (checksummed) in files")
+            if len(set(paths)) != len(paths):
+                raise ValueError(f"exemplars of cluster {key} list a path twice")
+
+    def exemplar_paths(self, cluster: int) -> list[str]:
+        """Exemplar paths of ``cluster``, nearest to the centroid first (empty: none)."""
+        if self.exemplars is None:
+            return []
+        return list(self.exemplars.get(str(cluster), []))
 
     def cluster_label(self, cluster: int) -> str | None:
         """The label mapped to ``cluster``, or None when the bundle has no labels."""
         if self.label_map is None:
             return None
         return self.label_map.get(str(cluster))
+
+
+def exemplar_path(cluster: int, index: int) -> str:
+    """The bundle-relative path of exemplar ``index`` of ``cluster`` (writer and reader agree)."""
+    return f"{EXEMPLARS_DIR}/{cluster}/{index}.png"
 
 
 def validate_model_name(name: str) -> str:
@@ -250,6 +295,29 @@ def verify_checksums(version_dir: Path, manifest: Manifest) -> None:
         problems.append(f"checksum mismatch {changed[:5]}")
     if problems:
         raise BundleError(f"{version_dir} failed verification: " + "; ".join(problems))
+
+
+def read_verified(version_dir: Path, manifest: Manifest, relative: str) -> bytes:
+    """The bytes of one listed file, refused unless they still match the manifest's SHA-256.
+
+    For files served long after the load-time check (exemplars): the directory may have
+    been changed since, and changed bytes must never reach a caller.
+    """
+    expected = manifest.files.get(relative)
+    if expected is None:
+        raise BundleError(f"{relative!r} is not a file of {manifest.name} version "
+                          f"{manifest.version}")
+    path = version_dir / relative
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path} could not be read: {exc.strerror or exc}") from exc
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise BundleError(
+            f"{path} no longer matches the SHA-256 in its manifest (changed on disk after "
+            "the bundle was written)"
+        )
+    return data
 
 
 def load_centroids(version_dir: Path, manifest: Manifest, *, verify: bool = True) -> np.ndarray:

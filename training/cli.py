@@ -88,6 +88,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _add_data_options(parser: argparse.ArgumentParser, *, for_training: bool) -> None:
     from training.data import SOURCE_HELP
 
@@ -170,6 +180,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="version directory to create, e.g. models/fashion/1")
     out.add_argument("--overwrite", action="store_true",
                      help="replace an existing version at --out")
+    out.add_argument("--exemplars", type=_count, default=8, metavar="N",
+                     help="store the N training images nearest to each centroid in the bundle "
+                          "as PNG thumbnails (the service shows them); 0: none")
 
     ev = sub.add_parser("evaluate", help="score a bundle on a labelled split; prints JSON",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -226,6 +239,7 @@ def _train(args: argparse.Namespace) -> int:
         augment_flip=args.augment_flip,
         classifier_epochs=args.classifier_epochs,
         minibatch_threshold=args.minibatch_threshold,
+        exemplars=args.exemplars,
         overwrite=args.overwrite,
         tensorboard_dir=args.tensorboard,
         device=args.device,

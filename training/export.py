@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from service import bundle
+from training import exemplars as exemplar_files
 from training.errors import ExportError
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class BundleContents:
     # Callables that write files into the report/ directory they are given: plots are
     # drawn straight into the temporary directory, never into a live version.
     report_writers: Sequence[Callable[[Path], object]] = ()
+    # Cluster -> training images (float32 [H, W, C] in [0, 1]) nearest to its centroid,
+    # nearest first; stored as exemplars/<cluster>/<i>.png. None: no exemplars.
+    exemplars: Mapping[int, Sequence[np.ndarray]] | None = None
 
 
 def library_versions() -> dict[str, str]:
@@ -114,7 +118,7 @@ def export_bundle(
     contents: BundleContents,
     overwrite: bool = False,
 ) -> bundle.Manifest:
-    """Export encoder, decoder, centroids, report files and manifest to ``out_dir``."""
+    """Export encoder, decoder, centroids, report files, exemplars and manifest to ``out_dir``."""
     name, version = check_target(out_dir, overwrite=overwrite)
     spec = contents.input
     centroids = np.asarray(contents.centroids, dtype=np.float32)
@@ -138,6 +142,11 @@ def export_bundle(
             report_dir.mkdir()
             for write in contents.report_writers:
                 write(report_dir)
+        exemplars = None
+        if contents.exemplars is not None:
+            exemplars = exemplar_files.write(tmp, contents.exemplars)
+            logger.info("export: %d exemplar thumbnails for %d clusters",
+                        sum(len(v) for v in exemplars.values()), len(exemplars))
         manifest = bundle.Manifest(
             name=name,
             version=version,
@@ -155,6 +164,7 @@ def export_bundle(
             evaluation=contents.evaluation,
             library_versions=library_versions(),
             files=bundle.hash_files(tmp),
+            exemplars=exemplars,
         )
         bundle.write_manifest(tmp, manifest)  # last: its presence marks the version complete
         _swap_into_place(tmp, out_dir)

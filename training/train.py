@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from service import bundle
-from training import clustering, evaluation, export
+from training import clustering, evaluation, exemplars, export
 from training.data import DataOptions, LoadedData, Split, batches, load_dataset
 from training.devices import configure_devices, select_strategy
 from training.embed import Embedded, TensorFn, embed, keras_fn
@@ -42,6 +42,7 @@ class TrainJob:
     augment_flip: bool = False
     classifier_epochs: int = 3
     minibatch_threshold: int = 100_000
+    exemplars: int = 8  # thumbnails per cluster stored in the bundle; 0: none
     overwrite: bool = False
     tensorboard_dir: Path | None = None
     device: str = "auto"
@@ -60,6 +61,7 @@ class TrainJob:
             "augment_flip": self.augment_flip,
             "classifier_epochs": self.classifier_epochs if self.model.loss == "perceptual" else 0,
             "minibatch_threshold": self.minibatch_threshold,
+            "exemplars": self.exemplars,
             "val_fraction": self.data.val_fraction,
             "image_size": list(self.data.image_size) if self.data.image_size else None,
             "color": self.data.color,
@@ -84,6 +86,8 @@ def _check_job(job: TrainJob, data: LoadedData) -> None:
         raise ConfigError(f"--epochs must be >= 0, got {job.epochs}")
     if job.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {job.batch_size}")
+    if job.exemplars < 0:
+        raise ConfigError(f"--exemplars must be >= 0 (0: none), got {job.exemplars}")
     if job.clusters is not None and not 1 <= job.clusters <= data.train.size:
         raise ConfigError(
             f"--clusters {job.clusters} is not possible with {data.train.size} training images: "
@@ -169,6 +173,11 @@ def run_training(job: TrainJob) -> TrainResult:
                                    minibatch_threshold=job.minibatch_threshold)
     train_ids, train_dist = bundle.assign(train_emb.embeddings, result.centroids)
     stats = clustering.distance_stats(train_dist, train_ids, n_clusters)
+    # Embeddings are in data.train.dataset order, so their indices address the images.
+    nearest_images = (
+        exemplars.collect(data.train, train_ids, train_dist, n_clusters, job.exemplars)
+        if job.exemplars > 0 else None
+    )
 
     class_names = data.class_names
     label_map: dict[int, str] | None = None
@@ -211,6 +220,7 @@ def run_training(job: TrainJob) -> TrainResult:
         label_map=label_map,
         evaluation=scores,
         report_writers=report_writers,
+        exemplars=nearest_images,
     )
     manifest = export.export_bundle(job.out, encoder=model.encoder, decoder=model.decoder,
                                     contents=contents, overwrite=job.overwrite)

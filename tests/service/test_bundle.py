@@ -164,3 +164,75 @@ def test_model_names_that_could_escape_are_refused(name: str) -> None:
 
 def test_parse_version_dir_accepts_tf_serving_layout(tmp_path: Path) -> None:
     assert bundle.parse_version_dir(tmp_path / "repo" / "fashion" / "3") == ("fashion", 3)
+
+
+# ---- exemplars -----------------------------------------------------------------------
+
+
+def _with_exemplars(version_dir: Path, exemplars: dict[str, list[str]],
+                    files: dict[str, bytes]) -> Path:
+    """Write ``files`` (relative path -> bytes), re-hash, and set the manifest's exemplars."""
+    for relative, data in files.items():
+        (version_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        (version_dir / relative).write_bytes(data)
+    raw = json.loads((version_dir / bundle.MANIFEST_FILE).read_text())
+    raw["files"] = bundle.hash_files(version_dir)
+    raw["exemplars"] = exemplars
+    (version_dir / bundle.MANIFEST_FILE).write_text(json.dumps(raw))
+    return version_dir
+
+
+def test_bundle_without_exemplars_stays_valid(version_dir: Path) -> None:
+    raw = json.loads((version_dir / bundle.MANIFEST_FILE).read_text())
+    raw.pop("exemplars")  # as written before the field existed
+    (version_dir / bundle.MANIFEST_FILE).write_text(json.dumps(raw))
+    manifest = bundle.read_manifest(version_dir)
+    assert manifest.exemplars is None and manifest.exemplar_paths(0) == []
+
+
+def test_exemplars_round_trip_and_verified_read(version_dir: Path) -> None:
+    _with_exemplars(
+        version_dir,
+        {"0": ["exemplars/0/0.png", "exemplars/0/1.png"], "1": [], "2": ["exemplars/2/0.png"]},
+        {"exemplars/0/0.png": b"zero", "exemplars/0/1.png": b"one", "exemplars/2/0.png": b"two"},
+    )
+    manifest = bundle.read_manifest(version_dir)
+    assert manifest.exemplar_paths(0) == ["exemplars/0/0.png", "exemplars/0/1.png"]
+    assert manifest.exemplar_paths(1) == [] and manifest.exemplar_paths(2) == [
+        bundle.exemplar_path(2, 0)]
+    bundle.verify_checksums(version_dir, manifest)
+    assert bundle.read_verified(version_dir, manifest, "exemplars/0/1.png") == b"one"
+
+    (version_dir / "exemplars" / "0" / "1.png").write_bytes(b"changed")
+    with pytest.raises(bundle.BundleError, match="no longer matches the SHA-256"):
+        bundle.read_verified(version_dir, manifest, "exemplars/0/1.png")
+    with pytest.raises(bundle.BundleError, match="checksum mismatch"):
+        bundle.verify_checksums(version_dir, manifest)
+    (version_dir / "exemplars" / "2" / "0.png").unlink()
+    with pytest.raises(bundle.BundleError, match="could not be read"):
+        bundle.read_verified(version_dir, manifest, "exemplars/2/0.png")
+    with pytest.raises(bundle.BundleError, match="is not a file of digits version 1"):
+        bundle.read_verified(version_dir, manifest, "../../etc/passwd")
+
+
+@pytest.mark.parametrize(
+    ("exemplars", "message"),
+    [
+        ({"3": ["exemplars/3/0.png"]}, "clusters that do not exist"),
+        ({"01": ["exemplars/1/0.png"]}, "clusters that do not exist"),
+        ({"x": []}, "clusters that do not exist"),
+        ({"0": ["exemplars/1/0.png"]}, "must be exemplars/0/<index>.png"),
+        ({"0": ["exemplars/0/../../centroids.joblib"]}, "must be exemplars/0/<index>.png"),
+        ({"0": ["centroids.joblib"]}, "must be exemplars/0/<index>.png"),
+        ({"0": ["exemplars/0/0.png\n"]}, "must be exemplars/0/<index>.png"),
+        ({"0": ["/exemplars/0/0.png"]}, "must be exemplars/0/<index>.png"),
+        ({"0": ["exemplars/0/5.png"]}, "not listed"),
+        ({"0": ["exemplars/0/0.png", "exemplars/0/0.png"]}, "list a path twice"),
+    ],
+)
+def test_bad_exemplars_are_refused(version_dir: Path, exemplars: dict[str, list[str]],
+                                   message: str) -> None:
+    _with_exemplars(version_dir, exemplars,
+                    {"exemplars/0/0.png": b"png", "exemplars/1/0.png": b"p"})
+    with pytest.raises(bundle.BundleError, match=message):
+        bundle.read_manifest(version_dir)
