@@ -3,8 +3,9 @@ operations endpoints, as thin adapters over one :class:`service.dataplane.DataPl
 
 Modules: ``app`` (factory and error rendering), ``middleware`` (request id, body limit,
 metrics), ``native`` (``:cluster``), ``tfserving`` + ``tfjson`` (TF Serving's API and JSON
-formats), ``operations`` (health, readiness, metrics), ``params`` (model, version,
-deadline), ``encoding`` (JSON, base64, arrays), ``schemas`` (pydantic models for /docs).
+formats), ``operations`` (health, readiness, metrics), ``page`` (the web page at
+``/`` and ``/static/``), ``params`` (model, version, deadline), ``encoding`` (JSON, base64,
+arrays), ``schemas`` (pydantic models for /docs).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from service.rest.encoding import error_response
 from service.rest.middleware import RequestContextMiddleware
 from service.rest.native import cluster_router
 from service.rest.operations import operations_router
+from service.rest.page import add_page
 from service.rest.schemas import ClusterRequest, PredictRequest
 from service.rest.tfserving import tfserving_router
 from service.settings import Settings
@@ -93,6 +94,7 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> Fa
     app.include_router(operations_router(dataplane, metrics))
     app.include_router(cluster_router(dataplane, settings))
     app.include_router(tfserving_router(dataplane))
+    add_page(app)
     # Last: anything else under /v1/models is answered 404 with the valid endpoints rather
     # than 405 from a partial match of the GET routes.
     app.add_api_route("/v1/models/{rest:path}", _unknown_model_endpoint, name="unknown",
