@@ -1,0 +1,104 @@
+"""Every kustomization renders with ``kubectl kustomize`` and every object it renders (and
+the training Job) validates against the Kubernetes schemas, offline.
+
+Custom resources (ServiceMonitor, PrometheusRule) have no schema in kubernetes-validate;
+``test_monitoring.py`` checks their required fields instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.deploy import manifests
+
+kubernetes_validate = pytest.importorskip(
+    "kubernetes_validate",
+    reason="kubernetes-validate is not installed (dev extra): cannot check the schemas",
+)
+
+BUILTIN_KINDS = {
+    "ServiceAccount", "ConfigMap", "Service", "PersistentVolumeClaim", "Deployment",
+    "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy",
+}
+
+
+def _assert_valid(obj: manifests.Obj, version: str, where: str) -> None:
+    name = obj["metadata"].get("name") or obj["metadata"].get("generateName")
+    try:
+        manifests.validate(obj, version)
+    except kubernetes_validate.ValidationError as exc:
+        path = ".".join(str(p) for p in exc.path)
+        raise AssertionError(f"{where}: {obj['kind']}/{name} is invalid for Kubernetes "
+                             f"{exc.version} at {path or '(top)'}: {exc.message}") from None
+
+
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
+def test_overlay_renders_the_whole_application(
+    rendered: dict[str, list[manifests.Obj]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    assert set(manifests.kinds(objects)) == BUILTIN_KINDS
+    assert len(objects) == len(BUILTIN_KINDS), manifests.kinds(objects)
+    # One namespace for everything, the one the training Job and monitoring use too.
+    assert {obj["metadata"].get("namespace") for obj in objects} == {"aecluster"}
+
+
+@pytest.mark.parametrize("version", manifests.K8S_VERSIONS)
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
+def test_overlay_objects_validate(
+    rendered: dict[str, list[manifests.Obj]], overlay: str, version: str
+) -> None:
+    for obj in rendered[overlay]:
+        _assert_valid(obj, version, f"k8s/overlays/{overlay}")
+
+
+@pytest.mark.parametrize("version", manifests.K8S_VERSIONS)
+def test_training_job_validates(training_job: manifests.Obj, version: str) -> None:
+    assert training_job["kind"] == "Job"
+    _assert_valid(training_job, version, "k8s/training-job.yaml")
+
+
+def test_monitoring_renders_only_the_two_custom_resources(
+    monitoring: list[manifests.Obj],
+) -> None:
+    assert sorted(manifests.kinds(monitoring)) == ["PrometheusRule", "ServiceMonitor"]
+    assert {obj["metadata"]["namespace"] for obj in monitoring} == {"aecluster"}
+    for obj in monitoring:
+        # Sanity check that these really are outside the built-in schemas (so that
+        # test_monitoring.py's own checks are the ones that count).
+        with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+            manifests.validate(obj, "latest")
+
+
+def test_invalid_objects_are_caught() -> None:
+    """The validation is strict: a misspelt field fails instead of being ignored."""
+    pod_spec = {"containers": [{"name": "a", "image": "a:1",
+                                "securityContext": {"readOnlyRootFileSystem": True}}]}
+    bad = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+           "spec": {"selector": {"matchLabels": {"a": "b"}},
+                    "template": {"metadata": {"labels": {"a": "b"}}, "spec": pod_spec}}}
+    with pytest.raises(kubernetes_validate.ValidationError, match="readOnlyRootFileSystem"):
+        manifests.validate(bad, "1.32.0")
+
+
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
+def test_grpc_probes_component_renders_and_validates(
+    kubectl: str, tmp_path: Path, overlay: str
+) -> None:
+    """k8s/components/grpc-probes, the alternative the Deployment's comment documents,
+    applied to each overlay the way its comment says."""
+    # kustomize refuses absolute paths and only follows relative ones.
+    base = os.path.relpath(manifests.K8S / "overlays" / overlay, tmp_path)
+    component = os.path.relpath(manifests.K8S / "components" / "grpc-probes", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {base}\ncomponents:\n  - {component}\n", encoding="utf-8")
+    objects = manifests.kustomize(kubectl, tmp_path)
+    deployment = manifests.one(objects, "Deployment")
+    for version in manifests.K8S_VERSIONS:
+        _assert_valid(deployment, version, f"overlay {overlay} + grpc-probes")
+    probe = manifests.container(deployment)["readinessProbe"]
+    assert set(probe) >= {"grpc"} and "httpGet" not in probe
