@@ -58,6 +58,18 @@ class SignatureInfo:
 
 
 @dataclass(frozen=True)
+class ClusterInfo:
+    """One cluster as the bundle describes it (training-set figures, stored exemplars)."""
+
+    cluster_id: int
+    size: int  # training images assigned to it
+    label: str | None
+    distance_p50: float
+    distance_p99: float
+    exemplars: list[str]  # bundle-relative PNG paths, nearest to the centroid first
+
+
+@dataclass(frozen=True)
 class ModelMetadata:
     name: str
     version: int
@@ -283,6 +295,55 @@ class DataPlane:
 
     def list_models(self) -> list[VersionInfo]:
         return [_info(lv) for lv in self._repo.loaded_versions()]
+
+    # ---- clusters and their exemplars ---------------------------------------------------
+
+    def clusters(self, model: ModelRef) -> tuple[VersionInfo, list[ClusterInfo]]:
+        """Every cluster of a loaded version with its size, label, distances and exemplars."""
+        lv = self._repo.get(_checked_name(model.name), model.version)
+        manifest = lv.manifest
+        return _info(lv), [
+            ClusterInfo(
+                cluster_id=stats.cluster,
+                size=stats.count,
+                label=manifest.cluster_label(stats.cluster),
+                distance_p50=stats.p50,
+                distance_p99=stats.p99,
+                exemplars=manifest.exemplar_paths(stats.cluster),
+            )
+            for stats in manifest.cluster_stats
+        ]
+
+    async def exemplar(self, model: ModelRef, cluster: int, index: int) -> bytes:
+        """The PNG bytes of exemplar ``index`` of ``cluster``, re-checked against the manifest.
+
+        Only paths the manifest lists can be named (the path is built from two integers
+        and must be in the cluster's list), and the bytes are hashed again on every read:
+        the version directory may have changed since it was verified at load.
+        """
+        with self._repo.acquire(_checked_name(model.name), model.version) as lv:
+            manifest = lv.manifest
+            where = f"model {lv.name!r} version {lv.version}"
+            if not 0 <= cluster < manifest.n_clusters:
+                raise NotFound(f"cluster {cluster} does not exist in {where} (clusters "
+                               f"0..{manifest.n_clusters - 1})")
+            if manifest.exemplars is None:
+                raise NotFound(f"{where} stores no exemplars (trained before they existed, or "
+                               "with --exemplars 0)")
+            relative = bundle.exemplar_path(cluster, index)
+            listed = manifest.exemplar_paths(cluster)
+            if index < 0 or relative not in listed:
+                raise NotFound(f"exemplar {index} of cluster {cluster} does not exist in {where} "
+                               f"(that cluster has {len(listed)}, numbered from 0)")
+            try:
+                return await asyncio.to_thread(bundle.read_verified, lv.path, manifest, relative)
+            except bundle.BundleError as exc:
+                logger.error("refusing exemplar %s of %s: %s", relative, where, exc)
+                raise NotFound(
+                    f"exemplar {index} of cluster {cluster} of {where} is not served: its file "
+                    "on the server no longer matches the bundle's checksum (changed or removed "
+                    "after the bundle was loaded)"
+                ) from exc
 
 
 def _info(lv: LoadedVersion) -> VersionInfo:
