@@ -22,6 +22,7 @@ from starlette.responses import Response
 from service.dataplane import DataPlane
 from service.errors import InternalError, QueueFull, ServiceError
 from service.metrics import Metrics
+from service.rest.clusters import clusters_router
 from service.rest.encoding import error_response
 from service.rest.middleware import RequestContextMiddleware
 from service.rest.native import cluster_router
@@ -39,7 +40,9 @@ the distance to that cluster's centroid, an outlier flag and, if asked, the
 reconstruction.
 
 * **native**: `POST /v1/models/{name}[/versions/{v}]:cluster` with JSON, multipart file
-  uploads or a raw `image/png` / `image/jpeg` body;
+  uploads or a raw `image/png` / `image/jpeg` body; `GET .../clusters` lists the clusters
+  with their sizes, labels and exemplar thumbnails
+  (`GET /v1/models/{name}/versions/{v}/exemplars/{cluster}/{index}.png`);
 * **tensorflow-serving**: TensorFlow Serving's REST API (`:predict`, status, metadata);
 * **operations**: `/healthz`, `/readyz`, `/metrics`.
 
@@ -49,7 +52,8 @@ ready, 504 deadline passed).
 """
 MODEL_ENDPOINTS = (
     "POST /v1/models/{name}[/versions/{v}]:cluster, POST ...:predict, "
-    "GET /v1/models/{name}[/versions/{v}] (status), GET .../metadata"
+    "GET /v1/models/{name}[/versions/{v}] (status), GET .../metadata, GET .../clusters, "
+    "GET /v1/models/{name}/versions/{v}/exemplars/{cluster}/{index}.png"
 )
 INTERNAL_MESSAGE = "internal server error; the server log has the details"
 
@@ -93,6 +97,7 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> Fa
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(operations_router(dataplane, metrics))
     app.include_router(cluster_router(dataplane, settings))
+    app.include_router(clusters_router(dataplane))
     app.include_router(tfserving_router(dataplane))
     add_page(app)
     # Last: anything else under /v1/models is answered 404 with the valid endpoints rather
