@@ -50,7 +50,7 @@
     if (!response.ok) {
       const detail = body && typeof body.error === "string"
         ? body.error : `${response.status} ${response.statusText}`.trim();
-      throw new ApiError(`${path}: ${detail}`, response.status);
+      throw new ApiError(`${detail} (HTTP ${response.status} from ${path})`, response.status);
     }
     if (body === null) {
       throw new ApiError(`${path}: expected JSON, got ${type || "no content type"}`,
@@ -165,6 +165,9 @@
         + ` · latent ${entry.latent_dim}`
         + (entry.labels ? " · labelled" : "")
       : "";
+    $("input-hint").textContent = entry
+      ? `PNG or JPEG; it is resized to the model's input, ${describeInput(entry.input)}.`
+      : "PNG or JPEG; it is resized to the model's input.";
     renderClusters();
     if (!entry) return;
     loadClusters(entry);
