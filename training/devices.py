@@ -96,6 +96,23 @@ def worker_count(tf_config: str | None = None) -> int:
         ) from exc
 
 
+def is_chief(tf_config: str | None = None) -> bool:
+    """Whether this process writes the results of a multi-worker run.
+
+    The chief is task ``chief``, or worker 0 when the cluster has no chief; a single
+    process (no ``TF_CONFIG``) is its own chief.
+    """
+    raw = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
+    if worker_count(raw) <= 1:
+        return True
+    parsed = json.loads(raw)
+    task = parsed.get("task", {})
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    if kind == "chief":
+        return True
+    return kind == "worker" and index == 0 and not parsed.get("cluster", {}).get("chief")
+
+
 def select_strategy(devices: list[str]) -> tf.distribute.Strategy:
     """The distribution strategy for ``devices`` (as returned by :func:`configure_devices`).
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ import tensorflow as tf
 from service import bundle
 from training import clustering, evaluation, exemplars, export
 from training.data import DataOptions, LoadedData, Split, batches, load_dataset
-from training.devices import configure_devices, select_strategy
+from training.devices import configure_devices, is_chief, select_strategy
 from training.embed import Embedded, TensorFn, embed, keras_fn
 from training.errors import ConfigError
 from training.fit import fit_autoencoder
@@ -116,7 +118,9 @@ def _labelled(split: Split) -> Split:
 def run_training(job: TrainJob) -> TrainResult:
     """Train, cluster, evaluate and export; returns the written manifest."""
     started = time.monotonic()
-    export.check_target(job.out, overwrite=job.overwrite)  # fail before hours of training
+    chief = is_chief()
+    if chief:
+        export.check_target(job.out, overwrite=job.overwrite)  # fail before hours of training
     devices = configure_devices(job.device, memory_growth=job.memory_growth)
     strategy = select_strategy(devices)
     logger.info("devices: %s; strategy: %s", ", ".join(devices), type(strategy).__name__)
@@ -222,8 +226,19 @@ def run_training(job: TrainJob) -> TrainResult:
         report_writers=report_writers,
         exemplars=nearest_images,
     )
-    manifest = export.export_bundle(job.out, encoder=model.encoder, decoder=model.decoder,
-                                    contents=contents, overwrite=job.overwrite)
+    if chief:
+        manifest = export.export_bundle(job.out, encoder=model.encoder, decoder=model.decoder,
+                                        contents=contents, overwrite=job.overwrite)
+    else:
+        # Multi-worker runs: every worker saves (variables may be read collectively), but
+        # only the chief's copy lands in the repository; the others write to scratch.
+        scratch = Path(tempfile.mkdtemp(prefix="aecluster-worker-"))
+        try:
+            manifest = export.export_bundle(scratch / job.out.parent.name / job.out.name,
+                                            encoder=model.encoder, decoder=model.decoder,
+                                            contents=contents)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return TrainResult(manifest=manifest, out=job.out, history=history, model=model,
                        kmeans=result, data=data)
 

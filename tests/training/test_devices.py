@@ -140,3 +140,21 @@ def test_two_workers_train_together_from_tf_config(tmp_path: Path) -> None:
     # Metrics are aggregated over both workers' shards, so both report the same history.
     assert histories[0] == histories[1]
     assert {"loss", "val_loss", "kl_loss"} <= set(histories[0])
+
+
+@pytest.mark.parametrize(
+    ("tf_config", "chief"),
+    [
+        ("", True),
+        ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}', True),
+        ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}', False),
+        ('{"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, '
+         '"task": {"type": "chief", "index": 0}}', True),
+        ('{"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, '
+         '"task": {"type": "worker", "index": 0}}', False),
+    ],
+)
+def test_only_the_chief_writes_the_bundle(tf_config: str, chief: bool) -> None:
+    from training.devices import is_chief
+
+    assert is_chief(tf_config) is chief
