@@ -1,4 +1,5 @@
-"""Command line: ``python -m training {train,evaluate,to-tfrecord}`` (also ``aecluster-train``)."""
+"""Command line: ``python -m training {train,evaluate,to-tfrecord,report}`` (also
+``aecluster-train``)."""
 
 from __future__ import annotations
 
@@ -204,6 +205,27 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="TFRecord file to write")
     tfr.add_argument("--train-only", action="store_true",
                      help="leave out the held-out split")
+
+    rep = sub.add_parser("report",
+                         help="write a visual report (report.html) of a bundle on a dataset, "
+                              "and optionally TensorBoard projector files",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    rep.add_argument("--bundle", type=Path, required=True, metavar="REPO/NAME/VERSION",
+                     help="bundle version directory")
+    _add_data_options(rep, for_training=False)
+    rep.add_argument("--out", type=Path, required=True, metavar="DIR",
+                     help="folder for report.html (self-contained) and its figures/")
+    rep.add_argument("--split", choices=["heldout", "train", "all"], default="heldout",
+                     help="which split the images come from, as for evaluate")
+    rep.add_argument("--max-images", type=_positive_int, default=5000,
+                     help="seeded sample of the split that every panel is drawn from")
+    rep.add_argument("--map-points", type=_positive_int, default=3000,
+                     help="at most this many points in the t-SNE/UMAP map (the slow step)")
+    rep.add_argument("--projector", type=Path, default=None, metavar="DIR",
+                     help="also write TensorBoard projector files (tensors.tsv, metadata.tsv, "
+                          "sprite.png, projector_config.pbtxt) here: tensorboard --logdir DIR")
+    rep.add_argument("--seed", type=int, default=0, help="seed of the sample and the maps")
+    rep.add_argument("--batch-size", type=_positive_int, default=256, help="batch size")
     return parser
 
 
@@ -285,6 +307,26 @@ def _to_tfrecord(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from training.report import ReportOptions, build_report
+
+    options = ReportOptions(split=args.split, max_images=args.max_images, seed=args.seed,
+                            batch_size=args.batch_size, map_points=args.map_points,
+                            projector_dir=args.projector, data=_data_options(args))
+    result = build_report(args.bundle, args.dataset, args.out, options)
+    summary = {
+        "report": str(result.html),
+        "bytes": result.html.stat().st_size,
+        "figures": len(result.figures),
+        "images": result.n_images,
+        "seconds": result.seconds,
+        "omitted": result.omitted,
+        "projector": str(result.projector.directory) if result.projector else None,
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -297,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.bundle import BundleError
     from training.errors import TrainingError
 
-    handlers = {"train": _train, "evaluate": _evaluate, "to-tfrecord": _to_tfrecord}
+    handlers = {"train": _train, "evaluate": _evaluate, "to-tfrecord": _to_tfrecord,
+                "report": _report}
     try:
         return handlers[args.command](args)
     except (TrainingError, BundleError) as exc:
