@@ -20,11 +20,12 @@ from service import bundle
 from tests.service.bundles import clone_version
 from training import clustering
 from training.cli import main
+from training.data.pipeline import Target, array_split
 from training.evaluate import load_bundle
 from training.plots import figure_size_px
 from training.report import REPORT_FILE, ReportOptions, ReportResult, build_report
 from training.report.figures import codes_size_px, contingency_size_px, map_size_px
-from training.report.gather import gather
+from training.report.gather import gather, sample_split
 from training.report.panels import PANEL_IDS, k_selection
 from training.report.tiles import grid_size_px
 
@@ -160,3 +161,14 @@ def test_help_documents_every_report_option(capsys: pytest.CaptureFixture[str]) 
     for option in ["--bundle", "--dataset", "--out", "--split", "--max-images", "--map-points",
                    "--projector", "--seed", "--batch-size"]:
         assert option in text, option
+
+
+def test_sample_split_is_seeded_and_in_order() -> None:
+    images = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1)
+    split = array_split(images, np.arange(100), Target(1, 1, 1, "gray"))
+    x, y = sample_split(split, 30, seed=3)
+    assert len(y) == 30 and np.all(np.diff(y) > 0)  # a subset, in split order
+    np.testing.assert_allclose(x[:, 0, 0, 0], y / 255.0, atol=1e-6)  # images stay with labels
+    assert sample_split(split, 30, seed=3)[1].tolist() == y.tolist()
+    assert sample_split(split, 30, seed=4)[1].tolist() != y.tolist()
+    assert sample_split(split, 500, seed=3)[1].tolist() == list(range(100))
