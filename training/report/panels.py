@@ -211,12 +211,17 @@ def label_mix(data: ReportData, members: np.ndarray, top: int = 3) -> str:
         return "no labelled member in the sample"
     values, counts = np.unique(labels, return_counts=True)
     order = np.argsort(-counts, kind="stable")[:top]
-    parts = [f"{data.label_name(int(values[i]))} {100.0 * counts[i] / labels.size:.0f}%"
+    parts = [f"{data.label_name(int(values[i]))} {_percent(counts[i] / labels.size)}"
              for i in order]
     rest = labels.size - int(counts[order].sum())
     if rest:
-        parts.append(f"other {100.0 * rest / labels.size:.0f}%")
+        parts.append(f"other {_percent(rest / labels.size)}")
     return ", ".join(parts)
+
+
+def _percent(share: float) -> str:
+    # A member or two of a big cluster must not read as "0%".
+    return "<1%" if 0.0 < share < 0.005 else f"{100.0 * share:.0f}%"
 
 
 def galleries(data: ReportData, out: Path, *, nearest: int = 8, farthest: int = 4) -> Section:
