@@ -26,7 +26,7 @@ from training.plots import figure_size_px
 from training.report import REPORT_FILE, ReportOptions, ReportResult, build_report
 from training.report.figures import codes_size_px, contingency_size_px, map_size_px
 from training.report.gather import gather, sample_split
-from training.report.panels import PANEL_IDS, k_selection
+from training.report.panels import PANEL_IDS, k_selection, manifold_axes
 from training.report.tiles import grid_size_px
 
 # digits are 8x8: thumbnails are upscaled 6x to 48 px.
@@ -172,3 +172,21 @@ def test_sample_split_is_seeded_and_in_order() -> None:
     assert sample_split(split, 30, seed=3)[1].tolist() == y.tolist()
     assert sample_split(split, 30, seed=4)[1].tolist() != y.tolist()
     assert sample_split(split, 500, seed=3)[1].tolist() == list(range(100))
+
+
+def test_manifold_axes() -> None:
+    rng = np.random.default_rng(0)
+    plane = rng.normal(size=(50, 2))
+    centre, dirs, what = manifold_axes(plane)
+    assert what == "the latent plane itself"
+    np.testing.assert_array_equal(centre, [0.0, 0.0])
+    np.testing.assert_array_equal(dirs, np.eye(2))
+    # Higher dimensions: the two main principal directions, one standard deviation long.
+    emb = rng.normal(size=(400, 5)) * [5.0, 2.0, 0.1, 0.1, 0.1] + 3.0
+    centre, dirs, what = manifold_axes(emb)
+    assert "principal directions" in what and dirs.shape == (2, 5)
+    np.testing.assert_allclose(centre, emb.mean(axis=0))
+    np.testing.assert_allclose(np.abs(dirs[0] / np.linalg.norm(dirs[0]))[0], 1.0, atol=0.01)
+    np.testing.assert_allclose(np.linalg.norm(dirs, axis=1), emb.std(axis=0, ddof=1)[:2],
+                               rtol=0.05)
+    assert abs(float(dirs[0] @ dirs[1])) < 1e-6
