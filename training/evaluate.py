@@ -72,7 +72,8 @@ def data_options_for(manifest: bundle.Manifest, base: DataOptions) -> DataOption
     )
 
 
-def _select(data: LoadedData, split: SplitName) -> tuple[Split, str]:
+def select_split(data: LoadedData, split: SplitName) -> tuple[Split, str]:
+    """The split named ``split`` of ``data`` and its kind (shared by evaluate and report)."""
     if split == "train":
         return data.train, "train"
     if split == "heldout":
@@ -101,7 +102,7 @@ def evaluate_bundle(
     loaded = load_bundle(path)
     manifest = loaded.manifest
     data = load_dataset(dataset, data_options_for(manifest, options or DataOptions()))
-    chosen, split_kind = _select(data, split)
+    chosen, split_kind = select_split(data, split)
     logger.info("evaluate: %s:%d on %s (%s, %d images)", manifest.name, manifest.version,
                 data.source, split_kind, chosen.size)
     held = embed(loaded.encode, batches(chosen, batch_size, shuffle=False, seed=0),
