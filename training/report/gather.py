@@ -16,8 +16,13 @@ from service import bundle
 from training.data import DataOptions, Split, load_dataset, to_numpy
 from training.embed import embed
 from training.errors import ConfigError
-from training.evaluate import LoadedBundle, SplitName, data_options_for, load_bundle
-from training.evaluate import select_split  # `report` and `evaluate` agree on splits
+from training.evaluate import (
+    LoadedBundle,
+    SplitName,
+    data_options_for,
+    load_bundle,
+    select_split,  # `report` and `evaluate` agree on splits
+)
 
 logger = logging.getLogger(__name__)
 
