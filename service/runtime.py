@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +251,14 @@ class ModelRuntime:
         """How many times the compiled functions traced (2 after loading; stays 2)."""
         with self._trace_lock:
             return self._traces
+
+
+def runtime_factory(
+    device: str, batch_sizes: tuple[int, ...]
+) -> Callable[[Path, bundle.Manifest, np.ndarray], ModelRuntime]:
+    """What :class:`service.repository.ModelRepository` calls to load a version."""
+
+    def make(path: Path, manifest: bundle.Manifest, centroids: np.ndarray) -> ModelRuntime:
+        return ModelRuntime(path, manifest, centroids, device=device, batch_sizes=batch_sizes)
+
+    return make

@@ -15,18 +15,15 @@ import logging
 import signal
 import time
 from collections.abc import Generator
-from pathlib import Path
 
-import numpy as np
 import uvicorn
 
-from service import bundle
 from service.dataplane import DataPlane
 from service.grpc import GrpcServer, start_grpc_server
 from service.metrics import Metrics
 from service.repository import ModelRepository
 from service.rest import create_app
-from service.runtime import ModelRuntime, configure_device
+from service.runtime import configure_device, runtime_factory
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -47,14 +44,8 @@ class AppServer:
         self.settings = settings
         self.metrics = Metrics()
         self.device = configure_device(settings.device, memory_growth=settings.gpu_memory_growth)
-        sizes = settings.batch_sizes()
-
-        def make_runtime(
-            path: Path, manifest: bundle.Manifest, centroids: np.ndarray
-        ) -> ModelRuntime:
-            return ModelRuntime(path, manifest, centroids, device=self.device, batch_sizes=sizes)
-
-        self.repository = ModelRepository(settings, self.metrics, make_runtime)
+        self.repository = ModelRepository(
+            settings, self.metrics, runtime_factory(self.device, settings.batch_sizes()))
         self.dataplane = DataPlane(self.repository, settings, self.metrics)
         self.app = create_app(self.dataplane, settings, self.metrics)
         self._http: _HttpServer | None = None

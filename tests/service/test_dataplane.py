@@ -18,7 +18,7 @@ from service.dataplane import DataPlane
 from service.errors import InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from service.metrics import Metrics
 from service.repository import ModelRepository
-from service.runtime import ModelRuntime
+from service.runtime import runtime_factory
 from service.settings import Settings
 from service.types import ClusterOptions, ImageInput, ModelRef
 
@@ -33,9 +33,7 @@ async def plane(model_repo: Path) -> AsyncIterator[DataPlane]:
                         max_images_per_request=64, drain_seconds=5)
     metrics = Metrics()
 
-    def factory(path: Path, manifest: bundle.Manifest, centroids: np.ndarray) -> ModelRuntime:
-        return ModelRuntime(path, manifest, centroids, device="/CPU:0",
-                            batch_sizes=settings.batch_sizes())
+    factory = runtime_factory("/CPU:0", settings.batch_sizes())
 
     repo = ModelRepository(settings, metrics, factory)
     await repo.start()

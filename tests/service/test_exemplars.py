@@ -22,7 +22,7 @@ from service.dataplane import DataPlane
 from service.metrics import Metrics
 from service.repository import ModelRepository
 from service.rest import create_app
-from service.runtime import ModelRuntime
+from service.runtime import runtime_factory
 from service.settings import Settings
 from training.data import DataOptions, load_dataset, to_numpy
 from training.exemplars import decode_png, to_uint8
@@ -38,9 +38,7 @@ async def _client(repo: Path) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(model_repo=repo, poll_seconds=0, max_batch_size=1, drain_seconds=1)
     metrics = Metrics()
 
-    def factory(path: Path, manifest: bundle.Manifest, centroids: np.ndarray) -> ModelRuntime:
-        return ModelRuntime(path, manifest, centroids, device="/CPU:0",
-                            batch_sizes=settings.batch_sizes())
+    factory = runtime_factory("/CPU:0", settings.batch_sizes())
 
     repository = ModelRepository(settings, metrics, factory)
     await repository.start()

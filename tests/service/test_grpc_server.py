@@ -28,14 +28,13 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from service import bundle
 from service._generated.aecluster.v1 import cluster_service_pb2 as pb
 from service._generated.aecluster.v1 import cluster_service_pb2_grpc as pb_grpc
 from service.dataplane import DataPlane
 from service.grpc import GrpcServer, start_grpc_server
 from service.metrics import Metrics
 from service.repository import ModelRepository
-from service.runtime import ModelRuntime
+from service.runtime import runtime_factory
 from service.settings import Settings
 from service.types import ClusterOptions, ImageInput, ModelRef
 
@@ -76,9 +75,7 @@ async def stack(model_repo: Path) -> AsyncIterator[Stack]:
                         drain_seconds=2)
     metrics = Metrics()
 
-    def factory(path: Path, manifest: bundle.Manifest, centroids: np.ndarray) -> ModelRuntime:
-        return ModelRuntime(path, manifest, centroids, device="/CPU:0",
-                            batch_sizes=settings.batch_sizes())
+    factory = runtime_factory("/CPU:0", settings.batch_sizes())
 
     repository = ModelRepository(settings, metrics, factory)
     await repository.start()

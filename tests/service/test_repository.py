@@ -14,7 +14,7 @@ from service import bundle
 from service.errors import NotFound, Unavailable
 from service.metrics import Metrics
 from service.repository import ModelRepository
-from service.runtime import ModelRuntime
+from service.runtime import runtime_factory
 from service.settings import Settings
 from tests.service.bundles import clone_version
 
@@ -26,9 +26,7 @@ def _repository(repo: Path, **overrides: object) -> tuple[ModelRepository, Metri
                         **overrides)  # type: ignore[arg-type]
     metrics = Metrics()
 
-    def factory(path: Path, manifest: bundle.Manifest, centroids: np.ndarray) -> ModelRuntime:
-        return ModelRuntime(path, manifest, centroids, device="/CPU:0",
-                            batch_sizes=settings.batch_sizes())
+    factory = runtime_factory("/CPU:0", settings.batch_sizes())
 
     return ModelRepository(settings, metrics, factory), metrics
 

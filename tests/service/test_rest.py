@@ -31,7 +31,7 @@ from service.dataplane import DataPlane
 from service.metrics import Metrics
 from service.repository import ModelRepository
 from service.rest import create_app
-from service.runtime import ModelRuntime
+from service.runtime import runtime_factory
 from service.settings import Settings
 from service.types import ClusterOptions, ImageInput, ModelRef
 from tests.service.bundles import clone_version
@@ -86,9 +86,7 @@ class LiveServer:
         self.loop = asyncio.get_running_loop()
         settings = self.settings
 
-        def factory(path: Path, manifest: bundle.Manifest, centroids: np.ndarray) -> ModelRuntime:
-            return ModelRuntime(path, manifest, centroids, device="/CPU:0",
-                                batch_sizes=settings.batch_sizes())
+        factory = runtime_factory("/CPU:0", settings.batch_sizes())
 
         repository = ModelRepository(settings, self.metrics, factory)
         await repository.start()
