@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,44 +59,28 @@ def _k_range(text: str) -> tuple[int, int]:
     return low, high
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"--val-fraction must be in [0, 1), got {value}")
-    return value
+def _number(
+    kind: type[int] | type[float], valid: Callable[[float], bool], rule: str
+) -> Callable[[str], Any]:
+    """An argparse type: parse ``kind`` and check it; ``rule`` says what was expected."""
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"{rule}, got {value}")
+        return value
+
+    return parse
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a value >= 0, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+_fraction = _number(float, lambda v: 0.0 <= v < 1.0, "--val-fraction must be in [0, 1)")
+_non_negative = _number(float, lambda v: v >= 0, "expected a value >= 0")
+_positive_int = _number(int, lambda v: v >= 1, "expected an integer >= 1")
+_count = _number(int, lambda v: v >= 0, "expected an integer >= 0")
 
 
 def _add_data_options(parser: argparse.ArgumentParser, *, for_training: bool) -> None:
