@@ -109,7 +109,8 @@ def _add_data_options(parser: argparse.ArgumentParser, *, for_training: bool) ->
                                 "(default: 0.1)")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m training` and its sub-commands."""
     parser = argparse.ArgumentParser(
         prog="python -m training", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -314,7 +315,7 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    parser = _build_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

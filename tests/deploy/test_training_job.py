@@ -132,7 +132,7 @@ def test_job_arguments_are_accepted_by_the_training_cli(
     args = _run_script(training_job, tmp_path / "models", tmp_path)
     assert args[:2] == ["-m", "training"]
     # The CLI's own parser (private, but it is exactly what `python -m training` runs).
-    parsed = cli._build_parser().parse_args(args[2:])
+    parsed = cli.build_parser().parse_args(args[2:])
     env = _env(training_job)
     assert parsed.dataset == env["DATASET"]
     assert str(parsed.out) == f"{tmp_path}/models/{env['MODEL_NAME']}/1"
