@@ -14,8 +14,11 @@ import math
 from http import HTTPStatus
 from typing import Any
 
+import swagger_ui_bundle
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -87,9 +90,31 @@ class ServiceApp(FastAPI):
         return self.openapi_schema or {}
 
 
+DOCS_ASSETS = "/docs-static"
+
+
+def _add_offline_docs(app: FastAPI) -> None:
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
+              name="docs-static")
+
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title="aecluster - API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False, name="docs")
+
+
 def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> FastAPI:
     """A new REST application serving ``dataplane``."""
-    app = ServiceApp(title="aecluster", version=_package_version(), description=DESCRIPTION)
+    # Swagger UI from the swagger-ui-bundle package instead of FastAPI's default CDN:
+    # clusters without internet access still get working /docs.
+    app = ServiceApp(title="aecluster", version=_package_version(), description=DESCRIPTION,
+                     docs_url=None, redoc_url=None)
+    _add_offline_docs(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics,
                        max_body_bytes=settings.max_body_bytes)
     app.add_exception_handler(ServiceError, _service_error)
