@@ -153,6 +153,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one seed of the main rows")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--recipes", nargs="+", default=None, metavar="NAME",
+                        help="run only these rows (names as in the table)")
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "bench" / "work")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     args = parser.parse_args()
@@ -160,14 +162,18 @@ def main() -> int:
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     seeds = args.seeds[:1] if args.quick else args.seeds
     rows = []
-    for recipe in recipes(args.quick):
+    chosen = [r for r in recipes(args.quick) if args.recipes is None or r.name in args.recipes]
+    if not chosen:
+        parser.error(f"no recipe named {args.recipes}; rows: "
+                     f"{', '.join(r.name for r in recipes(False))}")
+    for recipe in chosen:
         for seed in seeds:
             logger.info("== %s seed %d", recipe.name, seed)
             rows.append(run_one(recipe, seed, args.work))
             logger.info("%s", json.dumps(rows[-1]))
     table = summarise(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
+    suffix = "-quick" if args.quick else ("-" + "+".join(args.recipes) if args.recipes else "")
     (args.out / f"quality{suffix}.json").write_text(
         json.dumps({"rows": rows, "summary": table}, indent=2) + "\n")
     (args.out / f"quality{suffix}.md").write_text(markdown(table) + "\n")
