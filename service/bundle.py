@@ -109,7 +109,7 @@ class TrainingInfo(_Strict):
     """How the bundle was made: enough to reproduce it and to judge it."""
 
     data_source: str
-    model_kind: Literal["dense", "conv", "vae"]
+    model_kind: Literal["dense", "conv", "vae", "contrastive"]
     loss: Literal["mse", "bce", "perceptual"]
     labels_used: bool = Field(description="True when labels influenced fitting (perceptual loss).")
     hyperparameters: dict[str, Any]

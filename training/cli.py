@@ -124,9 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_data_options(train, for_training=True)
     model = train.add_argument_group("model")
-    model.add_argument("--model", choices=["dense", "conv", "vae"], default="conv",
+    model.add_argument("--model", choices=["dense", "conv", "vae", "contrastive"], default="conv",
                        help="dense: fully connected; conv: strided convolutions; "
-                            "vae: variational (the served embedding is the mean)")
+                            "vae: variational (the served embedding is the mean); contrastive: "
+                            "the clustering recipe - augmentation-invariant conv backbone, "
+                            "neighbourhood (parametric UMAP) head, decoder on the embedding")
     model.add_argument("--latent", type=_positive_int, default=10,
                        help="size of the bottleneck embedding")
     model.add_argument("--loss", choices=["mse", "bce", "perceptual"], default="mse",
@@ -139,8 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--augment-flip", action="store_true",
                        help="random horizontal flips of training images")
     fit = train.add_argument_group("fitting")
-    fit.add_argument("--epochs", type=int, default=10, help="autoencoder epochs")
-    fit.add_argument("--batch-size", type=_positive_int, default=64, help="batch size")
+    fit.add_argument("--epochs", type=int, default=None,
+                     help="autoencoder epochs (default 10), or the contrastive backbone's "
+                          "(default 15)")
+    fit.add_argument("--batch-size", type=_positive_int, default=None,
+                     help="batch size (default 64; contrastive: 256, each image's negatives "
+                          "are the rest of its batch)")
     fit.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
     fit.add_argument("--classifier-epochs", type=_positive_int, default=3,
                      help="epochs of the feature classifier (perceptual loss only)")
@@ -153,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "than one GPU training uses tf.distribute.MirroredStrategy")
     fit.add_argument("--no-memory-growth", action="store_true",
                      help="let TensorFlow reserve all GPU memory up front")
+    rec = train.add_argument_group("contrastive recipe (--model contrastive)")
+    rec.add_argument("--temperature", type=_number(float, lambda v: v > 0, "expected > 0"),
+                     default=0.5, help="NT-Xent temperature")
+    rec.add_argument("--neighbors", type=_positive_int, default=15,
+                     help="neighbours per image in the graph the head preserves")
+    rec.add_argument("--head-epochs", type=_positive_int, default=5,
+                     help="epochs of the neighbourhood head")
+    rec.add_argument("--decoder-epochs", type=_positive_int, default=5,
+                     help="epochs of the decoder trained on the frozen embedding")
     clus = train.add_argument_group("clustering")
     clus.add_argument("--clusters", type=_clusters, default=10, metavar="K|auto",
                       help="number of k-means clusters, or auto to choose K by silhouette over "
@@ -232,15 +247,18 @@ def _train(args: argparse.Namespace) -> int:
     from training.models import ModelConfig
     from training.train import TrainJob, run_training
 
+    contrastive = args.model == "contrastive"
     job = TrainJob(
         dataset=args.dataset,
         out=args.out,
         data=_data_options(args),
         model=ModelConfig(kind=args.model, latent_dim=args.latent, loss=args.loss,
                           kl_weight=args.kl_weight, denoise_sigma=args.denoise,
-                          learning_rate=args.learning_rate, seed=args.seed),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
+                          learning_rate=args.learning_rate, temperature=args.temperature,
+                          head_neighbors=args.neighbors, head_epochs=args.head_epochs,
+                          decoder_epochs=args.decoder_epochs, seed=args.seed),
+        epochs=args.epochs if args.epochs is not None else (15 if contrastive else 10),
+        batch_size=args.batch_size or (256 if contrastive else 64),
         clusters=args.clusters,
         k_range=args.k_range,
         augment_flip=args.augment_flip,

@@ -127,15 +127,26 @@ def fit_autoencoder(model: Autoencoder, train: tf.data.Dataset, heldout: tf.data
     ``kl_loss``). ``tensorboard_dir`` receives the per-epoch metrics as TensorBoard scalars. Raises
     :class:`ConfigError` when training diverges (the loss becomes NaN or infinite).
     """
+    return fit_model(model, train, heldout, epochs=epochs, label="autoencoder",
+                     image_shape=tuple(model.encoder.input_shape[1:]),
+                     learning_rate=model.config.learning_rate, tensorboard_dir=tensorboard_dir,
+                     extra_callbacks=extra_callbacks)
+
+
+def fit_model(model: keras.Model, train: tf.data.Dataset, heldout: tf.data.Dataset | None,
+              *, epochs: int, label: str, image_shape: tuple[int, ...], learning_rate: float,
+              tensorboard_dir: Path | None = None,
+              extra_callbacks: list[keras.callbacks.Callback] | None = None,
+              ) -> dict[str, list[float]]:
+    """Train any compiled image model with its own steps; as :func:`fit_autoencoder`."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
-    image_shape = tuple(model.encoder.input_shape[1:])
     check_image_batches(train, image_shape, "training")
     if heldout is not None:
         check_image_batches(heldout, image_shape, "held-out")
 
     callbacks: list[keras.callbacks.Callback] = [
-        EpochLogger("autoencoder", epochs),
+        EpochLogger(label, epochs),
         keras.callbacks.TerminateOnNaN(),
     ]
     if tensorboard_dir is not None:
@@ -153,7 +164,7 @@ def fit_autoencoder(model: Autoencoder, train: tf.data.Dataset, heldout: tf.data
     if not all(math.isfinite(v) for v in losses):
         raise ConfigError(
             f"training diverged: the loss became {losses[-1]} in epoch {len(losses)}; lower "
-            f"learning_rate (now {model.config.learning_rate}) or check that images are in [0, 1]"
+            f"learning_rate (now {learning_rate}) or check that images are in [0, 1]"
         )
     final = {name: values[-1] for name, values in result.items()}
     logger.info("trained %d epochs in %.1f s: %s", len(losses), time.perf_counter() - start,

@@ -25,6 +25,7 @@ from training.errors import ConfigError
 from training.fit import fit_autoencoder
 from training.models import ModelConfig, build_autoencoder, train_feature_classifier
 from training.plots import plot_history
+from training.recipe_contrastive import fit_contrastive
 
 logger = logging.getLogger(__name__)
 
@@ -141,20 +142,27 @@ def run_training(job: TrainJob) -> TrainResult:
         if data.heldout is not None else None
     )
 
-    with strategy.scope():
-        extractor = None
-        if job.model.loss == "perceptual":
-            assert data.class_names is not None  # _check_job guarantees it
-            logger.info("perceptual loss: training the feature classifier on the labels")
-            extractor = train_feature_classifier(
-                batches(_labelled(data.train), job.batch_size, shuffle=True, seed=job.seed),
-                batches(_labelled(data.heldout), job.batch_size, shuffle=False, seed=job.seed)
-                if data.heldout is not None else None,
-                shape, len(data.class_names), epochs=job.classifier_epochs, seed=job.seed,
-            )
-        model = build_autoencoder(job.model, shape, feature_extractor=extractor)
-    history = fit_autoencoder(model, train_batches, heldout_batches, epochs=job.epochs,
-                              tensorboard_dir=job.tensorboard_dir)
+    if job.model.kind == "contrastive":
+        model: Any = fit_contrastive(job.model, data, epochs=job.epochs,
+                                     batch_size=job.batch_size, strategy=strategy,
+                                     seed=job.seed, augment_flip=job.augment_flip,
+                                     tensorboard_dir=job.tensorboard_dir)
+        history = model.history
+    else:
+        with strategy.scope():
+            extractor = None
+            if job.model.loss == "perceptual":
+                assert data.class_names is not None  # _check_job guarantees it
+                logger.info("perceptual loss: training the feature classifier on the labels")
+                extractor = train_feature_classifier(
+                    batches(_labelled(data.train), job.batch_size, shuffle=True, seed=job.seed),
+                    batches(_labelled(data.heldout), job.batch_size, shuffle=False,
+                            seed=job.seed) if data.heldout is not None else None,
+                    shape, len(data.class_names), epochs=job.classifier_epochs, seed=job.seed,
+                )
+            model = build_autoencoder(job.model, shape, feature_extractor=extractor)
+        history = fit_autoencoder(model, train_batches, heldout_batches, epochs=job.epochs,
+                                  tensorboard_dir=job.tensorboard_dir)
 
     # Embeddings of the training images, in a fixed order and without augmentation.
     plain_train = batches(data.train, job.batch_size * 4, shuffle=False, seed=job.seed)

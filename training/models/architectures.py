@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import keras
 
+from training.errors import ConfigError
 from training.models.config import ModelConfig
 
 
@@ -40,6 +41,9 @@ def conv_levels(height: int, width: int, max_levels: int) -> int:
 
 def build_networks(config: ModelConfig, input_shape: tuple[int, int, int]) -> Networks:
     """Build the encoder and decoder that ``config.kind`` names for images of ``input_shape``."""
+    if config.kind == "contrastive":
+        raise ConfigError("the contrastive kind is not an autoencoder: train it with "
+                          "training.recipe_contrastive.fit_contrastive (the train command does)")
     if config.kind == "dense":
         return Networks(_dense_encoder(config, input_shape), _dense_decoder(config, input_shape))
     levels = conv_levels(input_shape[0], input_shape[1], len(config.conv_filters))

@@ -9,8 +9,9 @@ from typing import Any, Literal, get_args
 
 from training.errors import ConfigError
 from training.losses import LossKind
+from training.models.neighborhood import HeadConfig
 
-ModelKind = Literal["dense", "conv", "vae"]
+ModelKind = Literal["dense", "conv", "vae", "contrastive"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,13 @@ class ModelConfig:
     (the evidence lower bound at ``kl_weight=1``; with ``mse`` that is a Gaussian decoder
     of variance 1/2, so small images such as 8x8 digits may want a lower ``kl_weight`` to
     keep the KL term from collapsing the embedding).
+
+    ``contrastive`` is a different recipe (:mod:`training.recipe_contrastive`): a conv
+    backbone of ``backbone_filters`` trained for augmentation invariance (NT-Xent at
+    ``temperature``, crops of at least ``min_crop`` of the area) to ``feature_dim``
+    features, a neighbourhood head (``head_*``; see
+    :class:`~training.models.neighborhood.HeadConfig`) to ``latent_dim``, and a conv
+    decoder trained for ``decoder_epochs`` on the frozen embedding (loss ``mse`` only).
     """
 
     kind: ModelKind = "conv"
@@ -35,11 +43,22 @@ class ModelConfig:
     learning_rate: float = 1e-3
     dense_units: tuple[int, ...] = (128, 64)
     conv_filters: tuple[int, ...] = (32, 32, 32)
+    backbone_filters: tuple[int, ...] = (32, 64, 128)
+    feature_dim: int = 256
+    temperature: float = 0.5
+    min_crop: float = 0.4
+    head_neighbors: int = 15
+    head_epochs: int = 5
+    head_hidden: tuple[int, ...] = (256, 256)
+    head_min_dist: float = 0.0
+    head_max_points: int = 70_000
+    decoder_epochs: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(ModelKind):
-            raise ConfigError(f"unknown model kind {self.kind!r}: choose 'dense', 'conv' or 'vae'")
+            raise ConfigError(f"unknown model kind {self.kind!r}: choose 'dense', 'conv', 'vae' "
+                              "or 'contrastive'")
         if self.loss not in get_args(LossKind):
             raise ConfigError(f"unknown loss {self.loss!r}: choose 'mse', 'bce' or 'perceptual'")
         if not _is_int(self.latent_dim) or self.latent_dim < 1:
@@ -66,6 +85,36 @@ class ModelConfig:
         if not filters:
             raise ConfigError("conv_filters must name at least one convolution, e.g. (32, 32)")
         object.__setattr__(self, "conv_filters", filters)
+        backbone = _positive_ints("backbone_filters", self.backbone_filters)
+        if not backbone:
+            raise ConfigError("backbone_filters must name at least one convolution")
+        object.__setattr__(self, "backbone_filters", backbone)
+        object.__setattr__(self, "head_hidden", _positive_ints("head_hidden", self.head_hidden))
+        for name in ("feature_dim", "head_neighbors", "head_epochs", "head_max_points",
+                     "decoder_epochs"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if not _is_real(self.temperature) or not 0 < self.temperature < float("inf"):
+            raise ConfigError(f"temperature must be a number > 0, got {self.temperature!r}")
+        if not _is_real(self.min_crop) or not 0 < self.min_crop <= 1:
+            raise ConfigError(f"min_crop must be in (0, 1], got {self.min_crop!r}")
+        if not _is_real(self.head_min_dist) or not 0 <= self.head_min_dist < 1:
+            raise ConfigError(f"head_min_dist must be in [0, 1), got {self.head_min_dist!r}")
+        for name in ("temperature", "min_crop", "head_min_dist"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if self.kind == "contrastive" and self.loss != "mse":
+            raise ConfigError(
+                f"the contrastive recipe trains its decoder with mse; loss {self.loss!r} "
+                "applies to the autoencoder kinds (dense, conv, vae)"
+            )
+
+    def head_config(self) -> HeadConfig:
+        """The neighbourhood head's settings (contrastive kind)."""
+        return HeadConfig(n_neighbors=self.head_neighbors, min_dist=self.head_min_dist,
+                          epochs=self.head_epochs, hidden=self.head_hidden,
+                          learning_rate=self.learning_rate, max_points=self.head_max_points)
 
 
 def _positive_ints(name: str, values: Iterable[Any]) -> tuple[int, ...]:

@@ -1,0 +1,127 @@
+"""The ``contrastive`` recipe: augmentation-invariant backbone + neighbourhood head + decoder.
+
+Three stages, each logged with its progress:
+
+1. a conv backbone learns augmentation-invariant features (SimCLR's NT-Xent loss);
+2. the fuzzy k-nearest-neighbour graph of those features (cosine) trains a small MLP
+   head to a ``latent_dim`` embedding in which neighbours stay close (parametric UMAP);
+3. a conv decoder learns to reconstruct images from the frozen embedding (MSE), so the
+   bundle still answers reconstructions.
+
+The exported encoder is one network, images -> backbone -> unit norm -> head, so the
+service embeds and assigns new images exactly as during training. No label is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training import neighbors
+from training.data import LoadedData, batches, to_numpy
+from training.errors import ConfigError
+from training.fit import fit_model
+from training.models import ModelConfig, build_networks
+from training.models.contrastive import build_contrastive
+from training.models.neighborhood import build_head, fit_head
+
+logger = logging.getLogger(__name__)
+
+_DECODER_MIN_STEPS = 1000
+
+
+@dataclass
+class FittedNetworks:
+    """What :mod:`training.train` exports: encoder and decoder, and the training curves."""
+
+    encoder: keras.Model
+    decoder: keras.Model
+    history: dict[str, list[float]]
+
+
+def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch_size: int,
+                    strategy: tf.distribute.Strategy, seed: int,
+                    augment_flip: bool = False,
+                    tensorboard_dir: Path | None = None) -> FittedNetworks:
+    """Run the three stages on ``data.train`` (``data.heldout`` only reports losses)."""
+    shape = (data.height, data.width, data.channels)
+    if batch_size < 2:
+        raise ConfigError("the contrastive recipe needs --batch-size >= 2 (each image's "
+                          "negatives are the other images of its batch)")
+    if data.train.size <= config.head_neighbors:
+        raise ConfigError(f"the contrastive recipe needs more than {config.head_neighbors} "
+                          f"training images (--neighbors), got {data.train.size}")
+
+    # Stage 1: augmentation-invariant backbone.
+    with strategy.scope():
+        contrastive = build_contrastive(
+            shape, filters=config.backbone_filters, feature_dim=config.feature_dim,
+            temperature=config.temperature, min_crop=config.min_crop,
+            learning_rate=config.learning_rate, seed=config.seed)
+    # drop_remainder: a last batch of one image has no negatives.
+    train = batches(data.train, batch_size, shuffle=True, seed=seed, augment_flip=augment_flip)
+    history = fit_model(contrastive, train.filter(lambda x, y: tf.shape(x)[0] >= 2), None,
+                        epochs=epochs, label="contrastive", image_shape=shape,
+                        learning_rate=config.learning_rate, tensorboard_dir=tensorboard_dir)
+    backbone = contrastive.backbone
+
+    # Stage 2: the neighbourhood head on the unit-normalised backbone features.
+    normalised = keras.Sequential([keras.Input(shape), backbone,
+                                   keras.layers.UnitNormalization(name="features_unit_norm")],
+                                  name="features")
+    started = time.perf_counter()
+    images, _ = to_numpy(data.train)
+    features = normalised.predict(images, batch_size=1024, verbose=0)
+    logger.info("features of %d training images in %.1f s", len(features),
+                time.perf_counter() - started)
+    rng = np.random.default_rng(seed)
+    sample = (np.sort(rng.choice(len(features), config.head_max_points, replace=False))
+              if len(features) > config.head_max_points else np.arange(len(features)))
+    distances, indices = neighbors.nearest_neighbors(features[sample], config.head_neighbors)
+    graph = neighbors.fuzzy_graph(distances, indices)
+    logger.info("neighbour graph: %d points, %d edges", graph.n, graph.n_edges)
+    keras.utils.set_random_seed(config.seed)
+    head = build_head(config.feature_dim, config.latent_dim, config.head_hidden)
+    head_config = config.head_config()
+    history["head_loss"] = fit_head(head, features[sample], graph, head_config, seed=seed)
+
+    inputs = keras.Input(shape, name="images")
+    embedding = head(normalised(inputs))
+    encoder = keras.Model(inputs, keras.layers.Identity(name="embedding")(embedding),
+                          name="encoder")
+
+    # Stage 3: a decoder from the frozen embedding back to images.
+    decoder = build_networks(dataclasses.replace(config, kind="conv"), shape).decoder
+    z = encoder.predict(images, batch_size=1024, verbose=0)
+    history["decoder_loss"] = _fit_decoder(decoder, z, images, config, seed=seed)
+    return FittedNetworks(encoder=encoder, decoder=decoder, history=history)
+
+
+def _fit_decoder(decoder: keras.Model, z: np.ndarray, images: np.ndarray, config: ModelConfig,
+                 *, seed: int) -> list[float]:
+    trainer = keras.Sequential([keras.Input((z.shape[1],)), decoder], name="decoder_trainer")
+    trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="mse")
+    losses: list[float] = []
+    batch = 256
+    dataset = (tf.data.Dataset.from_tensor_slices((z, images))
+               .shuffle(min(len(z), 65_536), seed=seed).batch(batch).prefetch(2))
+    # Small datasets give few steps per epoch: train at least _DECODER_MIN_STEPS steps.
+    epochs = max(config.decoder_epochs, math.ceil(_DECODER_MIN_STEPS / math.ceil(len(z) / batch)))
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        result = trainer.fit(dataset, epochs=1, verbose=0)
+        losses.append(float(result.history["loss"][-1]))
+        if not math.isfinite(losses[-1]):
+            raise ConfigError(f"the decoder diverged (loss {losses[-1]}); lower --learning-rate")
+        if epoch == epochs - 1 or epochs <= 20 or epoch % max(1, epochs // 10) == 0:
+            logger.info("decoder epoch %d/%d: mse %.5f (%.1f s)", epoch + 1, epochs,
+                        losses[-1], time.perf_counter() - started)
+    return losses
