@@ -1,0 +1,275 @@
+"""The contrastive recipe end to end: config checks, CLI wiring, a real digits bundle served."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from service import bundle
+from service.runtime import ModelRuntime
+from training.cli import build_parser, main
+from training.data import DataOptions, to_numpy
+from training.errors import ConfigError
+from training.evaluate import load_bundle
+from training.models import ModelConfig, build_autoencoder, build_networks
+from training.recipe_contrastive import FittedNetworks
+from training.train import TrainJob, TrainResult, run_training
+
+# Small enough for 2 cores: the stages' own minimum step counts set most of the run time.
+SMALL: dict[str, Any] = {
+    "kind": "contrastive", "latent_dim": 4, "backbone_filters": (8, 16), "feature_dim": 32,
+    "head_hidden": (32,), "head_epochs": 1, "decoder_epochs": 1, "head_neighbors": 5,
+    "conv_filters": (8, 8), "seed": 0,
+}
+
+
+# --- ModelConfig --------------------------------------------------------------------------------
+
+
+def test_contrastive_config_defaults_and_head_config() -> None:
+    config = ModelConfig(kind="contrastive")
+    assert config.loss == "mse"
+    head = config.head_config()
+    assert (head.n_neighbors, head.epochs, head.hidden, head.min_dist) == (15, 5, (256, 256), 0.0)
+    assert head.learning_rate == config.learning_rate
+    assert head.max_points == config.head_max_points
+    small = ModelConfig(**SMALL)
+    assert small.head_config().n_neighbors == 5 and small.head_config().hidden == (32,)
+    # Lists and NumPy integers are accepted and normalised.
+    loose: dict[str, Any] = {"backbone_filters": [8, np.int64(16)], "head_hidden": [32],
+                             "feature_dim": np.int64(32), "temperature": 1}
+    listed = ModelConfig(kind="contrastive", **loose)
+    assert listed.backbone_filters == (8, 16) and listed.head_hidden == (32,)
+    assert type(listed.feature_dim) is int and type(listed.temperature) is float
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"loss": "perceptual"}, "the contrastive recipe trains its decoder with mse"),
+        ({"loss": "bce"}, "loss 'bce' applies to the autoencoder kinds"),
+        ({"temperature": 0.0}, "temperature must be a number > 0, got 0.0"),
+        ({"temperature": -1.0}, "temperature must be a number > 0"),
+        ({"temperature": float("nan")}, "temperature must be a number > 0"),
+        ({"temperature": "0.5"}, "temperature must be a number > 0"),
+        ({"min_crop": 0.0}, "min_crop must be in (0, 1], got 0.0"),
+        ({"min_crop": 1.01}, "min_crop must be in (0, 1]"),
+        ({"head_neighbors": 0}, "head_neighbors must be a positive integer, got 0"),
+        ({"head_neighbors": 2.5}, "head_neighbors must be a positive integer"),
+        ({"head_epochs": 0}, "head_epochs must be a positive integer"),
+        ({"head_max_points": -1}, "head_max_points must be a positive integer"),
+        ({"decoder_epochs": 0}, "decoder_epochs must be a positive integer"),
+        ({"feature_dim": 0}, "feature_dim must be a positive integer"),
+        ({"head_min_dist": 1.0}, "head_min_dist must be in [0, 1), got 1.0"),
+        ({"backbone_filters": ()}, "backbone_filters must name at least one convolution"),
+        ({"backbone_filters": (8, 0)}, "backbone_filters"),
+        ({"head_hidden": (32, -1)}, "head_hidden"),
+    ],
+)
+def test_bad_contrastive_config_raises(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ModelConfig(**{**SMALL, **changes})
+    assert message in str(info.value)
+
+
+def test_recipe_settings_are_checked_for_every_kind() -> None:
+    # The fields exist on every config; a bad value is refused even when the kind ignores it,
+    # so a typo is caught before a long run rather than silently kept in the manifest.
+    with pytest.raises(ConfigError, match="temperature"):
+        ModelConfig(kind="conv", temperature=0.0)
+    assert ModelConfig(kind="conv", loss="perceptual").loss == "perceptual"
+
+
+def test_contrastive_is_not_an_autoencoder() -> None:
+    config = ModelConfig(**SMALL)
+    with pytest.raises(ConfigError, match="not an autoencoder"):
+        build_networks(config, (8, 8, 1))
+    with pytest.raises(ConfigError, match="not an autoencoder"):
+        build_autoencoder(config, (8, 8, 1))
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    out = tmp_path_factory.mktemp("repo") / "digits" / "1"
+    job = TrainJob(dataset="digits", out=out, data=DataOptions(val_fraction=0.1, seed=0),
+                   model=ModelConfig(**SMALL), epochs=2, batch_size=128, clusters=10, seed=0)
+    return run_training(job)
+
+
+def test_bundle_records_the_recipe(trained: TrainResult) -> None:
+    manifest = bundle.read_manifest(trained.out)
+    bundle.verify_checksums(trained.out, manifest)
+    info = manifest.training
+    assert info.model_kind == "contrastive" and info.loss == "mse"
+    assert info.labels_used is False
+    assert manifest.latent_dim == 4 and manifest.n_clusters == 10
+    assert info.n_train == 1617 and info.n_heldout == 180
+    hp = info.hyperparameters
+    assert hp["kind"] == "contrastive" and hp["backbone_filters"] == [8, 16]
+    assert (hp["feature_dim"], hp["head_neighbors"], hp["epochs"], hp["batch_size"]) == (
+        32, 5, 2, 128)
+    assert {"loss", "head_loss", "decoder_loss"} <= set(info.final_losses)
+
+
+def test_history_has_every_stage(trained: TrainResult) -> None:
+    history = trained.history
+    assert {"loss", "head_loss", "decoder_loss"} <= set(history)
+    assert len(history["loss"]) == 2
+    # head_epochs and decoder_epochs are 1, but each stage trains a minimum number of steps.
+    assert len(history["head_loss"]) > 1
+    # The decoder: 1617 images in batches of 256 are 7 steps an epoch; 1000 steps at least.
+    assert len(history["decoder_loss"]) == 143
+    for name in ("loss", "head_loss", "decoder_loss"):
+        assert all(np.isfinite(history[name])), name
+    assert history["head_loss"][-1] < history["head_loss"][0]
+    assert history["decoder_loss"][-1] < history["decoder_loss"][0]
+    saved = json.loads((trained.out / "report" / "history.json").read_text())
+    assert saved.keys() == history.keys()
+    for name, values in history.items():
+        np.testing.assert_allclose(saved[name], values, rtol=1e-12)
+    assert isinstance(trained.model, FittedNetworks)
+
+
+def test_exported_encoder_matches_the_trained_one(trained: TrainResult) -> None:
+    assert trained.data.heldout is not None
+    images, _ = to_numpy(trained.data.heldout)
+    keras_z = trained.model.encoder.predict(images, verbose=0)
+    keras_r = trained.model.decoder.predict(keras_z, verbose=0)
+    loaded = load_bundle(trained.out)
+    assert loaded.manifest.training.model_kind == "contrastive"
+    saved_z = np.asarray(loaded.encode(tf.constant(images)))
+    saved_r = np.asarray(loaded.decode(tf.constant(saved_z)))
+    assert saved_z.shape == (180, 4) and saved_r.shape == (180, 8, 8, 1)
+    np.testing.assert_allclose(saved_z, keras_z, atol=1e-5)
+    np.testing.assert_allclose(saved_r, keras_r, atol=1e-5)
+    ids, _ = bundle.assign(saved_z, loaded.centroids)
+    np.testing.assert_array_equal(ids, trained.kmeans.estimator.predict(keras_z))
+
+
+def test_service_serves_the_bundle(trained: TrainResult) -> None:
+    manifest = bundle.read_manifest(trained.out)
+    centroids = bundle.load_centroids(trained.out, manifest)
+    runtime = ModelRuntime(trained.out, manifest, centroids, device="/CPU:0", batch_sizes=(1, 8))
+    runtime.warmup()
+    images, _ = to_numpy(trained.data.train)
+    out = runtime.run(images[:8], with_reconstruction=True)
+    expected = trained.model.encoder.predict(images[:8], verbose=0)
+    np.testing.assert_allclose(out.embedding, expected, atol=1e-5)
+    np.testing.assert_array_equal(out.cluster_id, trained.kmeans.estimator.predict(expected))
+    assert out.reconstruction is not None and out.reconstruction.shape == (8, 8, 8, 1)
+
+
+def test_clusters_beat_chance(trained: TrainResult) -> None:
+    # Two backbone epochs and a 32-unit head: far from the recipe's real quality, but the
+    # clusters must carry signal (chance is 0.1).
+    assert trained.manifest.evaluation["hungarian_accuracy"] > 0.3
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--temperature", "0"], "expected > 0"),
+        (["--temperature", "x"], "--temperature"),
+        (["--neighbors", "0"], "--neighbors"),
+        (["--head-epochs", "0"], "--head-epochs"),
+        (["--decoder-epochs", "-2"], "--decoder-epochs"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_bad_recipe_options_exit_2(args: list[str], message: str, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--model", "contrastive", "--out", str(tmp_path / "m" / "1"), *args])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--loss", "perceptual"], "error: the contrastive recipe trains its decoder with mse"),
+        (["--loss", "bce"], "loss 'bce' applies to the autoencoder kinds"),
+        (["--batch-size", "1"], "needs --batch-size >= 2"),
+        (["--neighbors", "2000"], "needs more than 2000 training images (--neighbors), got 1617"),
+    ],
+)
+def test_impossible_combinations_exit_2_without_a_bundle(
+        args: list[str], message: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m" / "1"
+    code, _, err = _run(["train", "--dataset", "digits", "--model", "contrastive",
+                         "--out", str(out), *args], capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    args = parser.parse_args(["train", "--model", "contrastive", "--out", "x/m/1"])
+    assert args.model == "contrastive"
+    assert args.epochs is None and args.batch_size is None
+    assert (args.temperature, args.neighbors, args.head_epochs, args.decoder_epochs) == (
+        0.5, 15, 5, 5)
+    explicit = parser.parse_args(["train", "--model", "contrastive", "--epochs", "3",
+                                  "--batch-size", "32", "--out", "x/m/1"])
+    assert (explicit.epochs, explicit.batch_size) == (3, 32)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "contrastive backbone's (default 15)" in text
+    assert "contrastive: 256" in text
+    for option in ("--temperature", "--neighbors", "--head-epochs", "--decoder-epochs"):
+        assert option in text
+
+
+class _InterruptAfterFirstEpoch(logging.Handler):
+    """Records the first per-epoch log line of a fit, then stops the run as Ctrl-C would."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.epochs: list[tuple[Any, ...]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, str) and record.msg.startswith("%s epoch %d/%d"):
+            assert isinstance(record.args, tuple)
+            self.epochs.append(record.args[:3])
+            raise KeyboardInterrupt
+
+
+def test_cli_trains_the_backbone_15_epochs_by_default(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A full default run takes minutes on 2 cores; the epoch count is in the first epoch's
+    # log line, after which the run is interrupted like a user's Ctrl-C.
+    caplog.set_level(logging.INFO, logger="training.fit")
+    stopper = _InterruptAfterFirstEpoch()
+    fit_logger = logging.getLogger("training.fit")
+    fit_logger.addHandler(stopper)
+    out = tmp_path / "m" / "1"
+    try:
+        code, _, err = _run(["train", "--dataset", "digits", "--model", "contrastive",
+                             "--out", str(out)], capsys)
+    finally:
+        fit_logger.removeHandler(stopper)
+    assert stopper.epochs == [("contrastive", 1, 15)]
+    assert code == 130 and "interrupted: no bundle was written" in err
+    assert not out.exists()
