@@ -24,10 +24,11 @@ logger = logging.getLogger(__name__)
 class EpochLogger(keras.callbacks.Callback):
     """Logs one INFO line per epoch with every metric Keras reports and the epoch's seconds."""
 
-    def __init__(self, label: str, epochs: int) -> None:
+    def __init__(self, label: str, epochs: int, *, every: int = 1) -> None:
         super().__init__()
         self.label = label
         self.epochs = epochs
+        self.every = every  # log every n-th epoch (and the last)
         self.seconds: list[float] = []
         self._start = 0.0
 
@@ -37,6 +38,8 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         seconds = time.perf_counter() - self._start
         self.seconds.append(seconds)
+        if epoch % self.every and epoch != self.epochs - 1:
+            return
         logger.info("%s epoch %d/%d: %s (%.1f s)", self.label, epoch + 1, self.epochs,
                     format_metrics(logs or {}), seconds)
 

@@ -28,7 +28,7 @@ import tensorflow as tf
 from training import neighbors
 from training.data import LoadedData, batches, to_numpy
 from training.errors import ConfigError
-from training.fit import fit_model
+from training.fit import EpochLogger, fit_model
 from training.models import ModelConfig, build_networks
 from training.models.contrastive import build_contrastive
 from training.models.neighborhood import build_head, fit_head
@@ -51,7 +51,7 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
                     strategy: tf.distribute.Strategy, seed: int,
                     augment_flip: bool = False,
                     tensorboard_dir: Path | None = None) -> FittedNetworks:
-    """Run the three stages on ``data.train`` (``data.heldout`` only reports losses)."""
+    """Run the three stages on ``data.train`` (``data.heldout`` is not used in fitting)."""
     shape = (data.height, data.width, data.channels)
     if batch_size < 2:
         raise ConfigError("the contrastive recipe needs --batch-size >= 2 (each image's "
@@ -66,9 +66,13 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
             shape, filters=config.backbone_filters, feature_dim=config.feature_dim,
             temperature=config.temperature, min_crop=config.min_crop,
             learning_rate=config.learning_rate, seed=config.seed)
-    # drop_remainder: a last batch of one image has no negatives.
-    train = batches(data.train, batch_size, shuffle=True, seed=seed, augment_flip=augment_flip)
-    history = fit_model(contrastive, train.filter(lambda x, y: tf.shape(x)[0] >= 2), None,
+    # A last batch of one image has no negatives: drop it. The filter hides the number of
+    # batches from Keras, which would then warn that the data ran out; restate it.
+    n_batches = math.ceil(data.train.size / batch_size) - (data.train.size % batch_size == 1)
+    train = (batches(data.train, batch_size, shuffle=True, seed=seed, augment_flip=augment_flip)
+             .filter(lambda x, y: tf.shape(x)[0] >= 2)
+             .apply(tf.data.experimental.assert_cardinality(n_batches)))
+    history = fit_model(contrastive, train, None,
                         epochs=epochs, label="contrastive", image_shape=shape,
                         learning_rate=config.learning_rate, tensorboard_dir=tensorboard_dir)
     backbone = contrastive.backbone
@@ -109,19 +113,15 @@ def _fit_decoder(decoder: keras.Model, z: np.ndarray, images: np.ndarray, config
                  *, seed: int) -> list[float]:
     trainer = keras.Sequential([keras.Input((z.shape[1],)), decoder], name="decoder_trainer")
     trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="mse")
-    losses: list[float] = []
     batch = 256
     dataset = (tf.data.Dataset.from_tensor_slices((z, images))
-               .shuffle(min(len(z), 65_536), seed=seed).batch(batch).prefetch(2))
+               .shuffle(min(len(z), 65_536), seed=seed, reshuffle_each_iteration=True)
+               .batch(batch).prefetch(2))
     # Small datasets give few steps per epoch: train at least _DECODER_MIN_STEPS steps.
     epochs = max(config.decoder_epochs, math.ceil(_DECODER_MIN_STEPS / math.ceil(len(z) / batch)))
-    for epoch in range(epochs):
-        started = time.perf_counter()
-        result = trainer.fit(dataset, epochs=1, verbose=0)
-        losses.append(float(result.history["loss"][-1]))
-        if not math.isfinite(losses[-1]):
-            raise ConfigError(f"the decoder diverged (loss {losses[-1]}); lower --learning-rate")
-        if epoch == epochs - 1 or epochs <= 20 or epoch % max(1, epochs // 10) == 0:
-            logger.info("decoder epoch %d/%d: mse %.5f (%.1f s)", epoch + 1, epochs,
-                        losses[-1], time.perf_counter() - started)
+    result = trainer.fit(dataset, epochs=epochs, verbose=0,
+                         callbacks=[EpochLogger("decoder", epochs, every=max(1, epochs // 10))])
+    losses = [float(v) for v in result.history["loss"]]
+    if not all(math.isfinite(v) for v in losses):
+        raise ConfigError(f"the decoder diverged (loss {losses[-1]}); lower --learning-rate")
     return losses

@@ -93,6 +93,8 @@ def fit_head(head: keras.Model, features: np.ndarray, graph: NeighborGraph, conf
         raise ConfigError(f"features {features.shape} do not match a graph of {graph.n} points")
     if graph.n_edges == 0:
         raise ConfigError("the neighbour graph has no edges")
+    if not np.all(np.isfinite(features)):
+        raise ConfigError("the head's input features contain NaN or infinite values")
     a, b = similarity_curve(config.min_dist)
     x = tf.constant(features, dtype=tf.float32)
     optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
@@ -133,9 +135,13 @@ def fit_head(head: keras.Model, features: np.ndarray, graph: NeighborGraph, conf
                                 tf.constant(others)))
             steps += 1
         losses.append(total / steps)
-        if not math.isfinite(losses[-1]):
+        # A NaN weight need not show in the loss (a ReLU may turn NaN into 0 and the clipped
+        # loss stays finite), so the weights are checked too.
+        if not math.isfinite(losses[-1]) or not all(
+                np.all(np.isfinite(w)) for w in head.get_weights()):
             raise ConfigError(
-                f"the neighbourhood head diverged (loss {losses[-1]}) in epoch {epoch + 1}; "
+                f"the neighbourhood head diverged (loss {losses[-1]}, NaN or infinite values "
+                f"in its weights or loss) in epoch {epoch + 1}; "
                 f"lower its learning rate (now {config.learning_rate})"
             )
         if epoch == epochs - 1 or epochs <= 20 or epoch % max(1, epochs // 10) == 0:
