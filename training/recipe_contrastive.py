@@ -119,7 +119,7 @@ def _fit_decoder(decoder: keras.Model, z: np.ndarray, images: np.ndarray, config
                .batch(batch).prefetch(2))
     # Small datasets give few steps per epoch: train at least _DECODER_MIN_STEPS steps.
     epochs = max(config.decoder_epochs, math.ceil(_DECODER_MIN_STEPS / math.ceil(len(z) / batch)))
-    result = trainer.fit(dataset, epochs=epochs, verbose=0,
+    result = trainer.fit(dataset, epochs=epochs, verbose=0, shuffle=False,
                          callbacks=[EpochLogger("decoder", epochs, every=max(1, epochs // 10))])
     losses = [float(v) for v in result.history["loss"]]
     if not all(math.isfinite(v) for v in losses):

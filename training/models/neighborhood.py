@@ -105,7 +105,9 @@ def fit_head(head: keras.Model, features: np.ndarray, graph: NeighborGraph, conf
         # The small offset keeps the gradient of d^(2b) finite at d = 0 (b < 1).
         return 1.0 / (1.0 + a * tf.pow(squared + 1e-6, b))
 
-    @tf.function(reduce_retracing=True)
+    # autograph=False: the step has no tensor-dependent Python control flow, and AutoGraph
+    # cannot convert a closure defined inside a function (it warns and runs it as-is).
+    @tf.function(reduce_retracing=True, autograph=False)
     def step(heads: tf.Tensor, tails: tf.Tensor, others: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             h = head(tf.gather(x, heads), training=True)
