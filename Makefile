@@ -56,9 +56,10 @@ bench: $(STAMP)
 	$(PY) bench/bench_service.py --model-repo models --model digits
 
 ## make bench-quality: the Fashion-MNIST clustering-quality table (all rows, 3 seeds; hours on
-## 2 CPU cores). QUICK=1 runs one seed of the main rows.
+## 2 CPU cores). QUICK=1 runs one seed of the main rows. Finished runs are kept in
+## bench/results/runs/ and reused; FRESH=1 runs them all again.
 bench-quality: $(STAMP)
-	$(PY) bench/quality.py $(if $(QUICK),--quick,)
+	$(PY) bench/quality.py $(if $(QUICK),--quick,) $(if $(FRESH),--fresh,)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
