@@ -10,7 +10,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 HTTP_PORT ?= 8501
 GRPC_PORT ?= 8500
-RUN_ARGS ?= --dataset digits --model conv --latent 10 --clusters 10 --epochs 30 --seed 0
+RUN_ARGS ?= --dataset digits --model contrastive --latent 10 --clusters 10 --seed 0
 
 .PHONY: run train test test-slow lint venv bench bench-quality clean
 
