@@ -14,7 +14,8 @@ summarised as mean ± standard deviation.
 Every (row, seed) run is saved as it finishes under ``bench/results/runs/`` and reused by
 later invocations (hours of CPU are not thrown away when a session ends); ``--fresh``
 runs everything again. The summary (``quality.json``, ``quality.md``; ``quality-quick.*``
-with ``--quick``) is rebuilt from the saved runs of the chosen rows and seeds.
+with ``--quick``, ``quality-partial.*`` when ``--recipes`` or ``--seeds`` pick a subset) is
+rebuilt from the saved runs of the chosen rows and seeds.
 The ``digits`` rows apply the same recipes, unchanged, to scikit-learn's digits (its
 held-out split is the 10% ``--val-fraction`` split; ACC/NMI/ARI at K=10).
 """
@@ -172,6 +173,13 @@ def markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _write(path: Path, text: str) -> None:
+    """Write through a temporary file so an interrupted run leaves no half-written table."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def run_file(runs: Path, recipe: Recipe, seed: int) -> Path:
     return runs / f"{recipe.name}-s{seed}.json"
 
@@ -191,10 +199,12 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     seeds = args.seeds[:1] if args.quick else args.seeds
+    known = [r.name for r in recipes(args.quick)]
+    unknown = sorted(set(args.recipes or []) - set(known))
+    if unknown:
+        parser.error(f"no row named {', '.join(unknown)}"
+                     f"{' in --quick mode' if args.quick else ''}; rows: {', '.join(known)}")
     chosen = [r for r in recipes(args.quick) if args.recipes is None or r.name in args.recipes]
-    if not chosen:
-        parser.error(f"no recipe named {args.recipes}; rows: "
-                     f"{', '.join(r.name for r in recipes(False))}")
     runs = args.out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -208,13 +218,16 @@ def main() -> int:
                 continue
             logger.info("== %s seed %d", recipe.name, seed)
             rows.append(run_one(recipe, seed, args.work))
-            saved.write_text(json.dumps(rows[-1], indent=2) + "\n")
+            _write(saved, json.dumps(rows[-1], indent=2) + "\n")
             logger.info("%s", json.dumps(rows[-1]))
     table = summarise(rows)
-    suffix = "-quick" if args.quick else ("-" + "+".join(args.recipes) if args.recipes else "")
-    (args.out / f"quality{suffix}.json").write_text(
-        json.dumps({"rows": rows, "summary": table}, indent=2) + "\n")
-    (args.out / f"quality{suffix}.md").write_text(markdown(table) + "\n")
+    # Only the whole benchmark writes quality.*; a subset of rows or seeds must not
+    # overwrite the full table.
+    partial = args.recipes is not None or sorted(seeds) != [0, 1, 2]
+    suffix = "-quick" if args.quick else ("-partial" if partial else "")
+    _write(args.out / f"quality{suffix}.json",
+           json.dumps({"rows": rows, "summary": table}, indent=2) + "\n")
+    _write(args.out / f"quality{suffix}.md", markdown(table) + "\n")
     print(markdown(table))
     return 0
 
