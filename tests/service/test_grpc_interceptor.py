@@ -182,6 +182,8 @@ async def test_grpc_deadline_reaches_the_handler(served: Served) -> None:
     # The client's timeout arrives as an absolute monotonic deadline the data plane can use.
     with_deadline = await served.stub.Cluster(pb.ClusterRequest(model="deadline"), timeout=30)
     assert with_deadline.model == "deadline"
-    assert 25_000 < with_deadline.version <= 30_000
+    # gRPC core rounds the grpc-timeout header up to a coarse unit on the wire (seen here:
+    # 30.099 s left of a 30 s timeout), so the server may see slightly more than was asked.
+    assert 25_000 < with_deadline.version <= 31_000
     without = await served.stub.Cluster(pb.ClusterRequest(model="deadline"))
     assert without.model == "no deadline"
