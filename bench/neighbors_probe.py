@@ -1,7 +1,8 @@
 """Probe a bundle's embedding: neighbour purity, k-means quality, and what a head adds.
 
-Used to choose issue 5's recipe. For a Fashion-MNIST bundle it embeds the 60,000
-training and 10,000 test images through the exported encoder and reports
+Used to choose issue 5's recipe. It embeds the training and held-out images (for
+Fashion-MNIST the 60,000 training and 10,000 test images) through the exported encoder
+and reports
 
 - purity@k: the share of each training image's k nearest neighbours (in the embedding)
   that carry its label, a diagnostic of how good a neighbour graph built there would be
@@ -12,6 +13,7 @@ training and 10,000 test images through the exported encoder and reports
   the embedding, i.e. what the contrastive recipe's stage 2 adds to this feature space.
 
     .venv/bin/python bench/neighbors_probe.py bench/work/conv-mse-latent10-s0/1 --head
+    .venv/bin/python bench/neighbors_probe.py models/digits/1 --dataset digits --head
 """
 
 from __future__ import annotations
@@ -55,7 +57,10 @@ def scores(train: Any, test: Any, y_train: Any, y_test: Any, *, k: int, seed: in
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundle", type=Path, help="bundle version directory (Fashion-MNIST)")
+    parser.add_argument("bundle", type=Path, help="bundle version directory")
+    parser.add_argument("--dataset", default="fashion-mnist",
+                        help="the bundle's dataset, as for `training evaluate` (default "
+                             "fashion-mnist; its held-out split is the test set)")
     parser.add_argument("--head", action="store_true",
                         help="also fit a neighbourhood head on the embedding and score it")
     parser.add_argument("--unit-norm", action="store_true",
@@ -76,7 +81,7 @@ def main() -> int:
     from training.neighbors import fuzzy_graph, nearest_neighbors
 
     loaded = load_bundle(args.bundle)
-    data = load_dataset("fashion-mnist", data_options_for(loaded.manifest, DataOptions()))
+    data = load_dataset(args.dataset, data_options_for(loaded.manifest, DataOptions()))
     assert data.heldout is not None
     train = embed(loaded.encode, batches(data.train, 512, shuffle=False, seed=0),
                   total=data.train.size, what="embedding train")
