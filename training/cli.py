@@ -247,7 +247,6 @@ def _train(args: argparse.Namespace) -> int:
     from training.models import ModelConfig
     from training.train import TrainJob, run_training
 
-    contrastive = args.model == "contrastive"
     job = TrainJob(
         dataset=args.dataset,
         out=args.out,
@@ -257,8 +256,8 @@ def _train(args: argparse.Namespace) -> int:
                           learning_rate=args.learning_rate, temperature=args.temperature,
                           head_neighbors=args.neighbors, head_epochs=args.head_epochs,
                           decoder_epochs=args.decoder_epochs, seed=args.seed),
-        epochs=args.epochs if args.epochs is not None else (15 if contrastive else 10),
-        batch_size=args.batch_size or (256 if contrastive else 64),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
         clusters=args.clusters,
         k_range=args.k_range,
         augment_flip=args.augment_flip,

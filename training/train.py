@@ -30,6 +30,12 @@ from training.recipe_contrastive import fit_contrastive
 logger = logging.getLogger(__name__)
 
 
+# Recipe defaults when a job leaves epochs or batch size unset: SimCLR needs more passes
+# than an autoencoder, and larger batches give each image more negatives.
+_DEFAULT_EPOCHS = {"contrastive": 15}
+_DEFAULT_BATCH_SIZE = {"contrastive": 256}
+
+
 @dataclass(frozen=True)
 class TrainJob:
     """Everything one training run needs; built by the CLI, usable from Python."""
@@ -38,8 +44,8 @@ class TrainJob:
     out: Path
     data: DataOptions
     model: ModelConfig
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: int | None = None  # None: the recipe's default (fit_epochs)
+    batch_size: int | None = None  # None: the recipe's default (fit_batch_size)
     clusters: int | None = 10  # None: choose K by silhouette over k_range
     k_range: tuple[int, int] = (2, 20)
     augment_flip: bool = False
@@ -52,13 +58,25 @@ class TrainJob:
     memory_growth: bool = True
     seed: int = 0
 
+    @property
+    def fit_epochs(self) -> int:
+        """Epochs to train: as given, else 10 (15 for the contrastive backbone)."""
+        return self.epochs if self.epochs is not None else _DEFAULT_EPOCHS.get(self.model.kind, 10)
+
+    @property
+    def fit_batch_size(self) -> int:
+        """Batch size: as given, else 64 (256 for the contrastive recipe)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return _DEFAULT_BATCH_SIZE.get(self.model.kind, 64)
+
     def hyperparameters(self) -> dict[str, Any]:
         """The settings recorded in the manifest (paths left out: they are not portable)."""
         model = dataclasses.asdict(self.model)
         return {
             **{k: list(v) if isinstance(v, tuple) else v for k, v in model.items()},
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
+            "epochs": self.fit_epochs,
+            "batch_size": self.fit_batch_size,
             "clusters": self.clusters if self.clusters is not None else "auto",
             "k_range": list(self.k_range),
             "augment_flip": self.augment_flip,
@@ -85,10 +103,10 @@ class TrainResult:
 
 
 def _check_job(job: TrainJob, data: LoadedData) -> None:
-    if job.epochs < 0:
-        raise ConfigError(f"--epochs must be >= 0, got {job.epochs}")
-    if job.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {job.batch_size}")
+    if job.fit_epochs < 0:
+        raise ConfigError(f"--epochs must be >= 0, got {job.fit_epochs}")
+    if job.fit_batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {job.fit_batch_size}")
     if job.exemplars < 0:
         raise ConfigError(f"--exemplars must be >= 0 (0: none), got {job.exemplars}")
     if job.clusters is not None and not 1 <= job.clusters <= data.train.size:
@@ -135,16 +153,16 @@ def run_training(job: TrainJob) -> TrainResult:
         data.heldout_kind, *shape, "labelled" if data.class_names else "unlabelled",
     )
 
-    train_batches = batches(data.train, job.batch_size, shuffle=True, seed=job.seed,
+    train_batches = batches(data.train, job.fit_batch_size, shuffle=True, seed=job.seed,
                             augment_flip=job.augment_flip)
     heldout_batches = (
-        batches(data.heldout, job.batch_size, shuffle=False, seed=job.seed)
+        batches(data.heldout, job.fit_batch_size, shuffle=False, seed=job.seed)
         if data.heldout is not None else None
     )
 
     if job.model.kind == "contrastive":
-        model: Any = fit_contrastive(job.model, data, epochs=job.epochs,
-                                     batch_size=job.batch_size, strategy=strategy,
+        model: Any = fit_contrastive(job.model, data, epochs=job.fit_epochs,
+                                     batch_size=job.fit_batch_size, strategy=strategy,
                                      seed=job.seed, augment_flip=job.augment_flip,
                                      tensorboard_dir=job.tensorboard_dir)
         history = model.history
@@ -155,17 +173,17 @@ def run_training(job: TrainJob) -> TrainResult:
                 assert data.class_names is not None  # _check_job guarantees it
                 logger.info("perceptual loss: training the feature classifier on the labels")
                 extractor = train_feature_classifier(
-                    batches(_labelled(data.train), job.batch_size, shuffle=True, seed=job.seed),
-                    batches(_labelled(data.heldout), job.batch_size, shuffle=False,
+                    batches(_labelled(data.train), job.fit_batch_size, shuffle=True, seed=job.seed),
+                    batches(_labelled(data.heldout), job.fit_batch_size, shuffle=False,
                             seed=job.seed) if data.heldout is not None else None,
                     shape, len(data.class_names), epochs=job.classifier_epochs, seed=job.seed,
                 )
             model = build_autoencoder(job.model, shape, feature_extractor=extractor)
-        history = fit_autoencoder(model, train_batches, heldout_batches, epochs=job.epochs,
+        history = fit_autoencoder(model, train_batches, heldout_batches, epochs=job.fit_epochs,
                                   tensorboard_dir=job.tensorboard_dir)
 
     # Embeddings of the training images, in a fixed order and without augmentation.
-    plain_train = batches(data.train, job.batch_size * 4, shuffle=False, seed=job.seed)
+    plain_train = batches(data.train, job.fit_batch_size * 4, shuffle=False, seed=job.seed)
     encode, decode = keras_fn(model.encoder), keras_fn(model.decoder)
     train_emb = embed(encode, plain_train, total=data.train.size, decode=decode,
                       what="embedding train")
@@ -210,7 +228,7 @@ def run_training(job: TrainJob) -> TrainResult:
         labels_used=job.model.loss == "perceptual",
         hyperparameters={**job.hyperparameters(), "clusters_chosen": n_clusters,
                          "kmeans_algorithm": result.algorithm},
-        epochs=job.epochs,
+        epochs=job.fit_epochs,
         final_losses=final_losses,
         n_train=data.train.size,
         n_heldout=data.heldout.size if data.heldout is not None else 0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -239,6 +240,21 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     assert "contrastive: 256" in text
     for option in ("--temperature", "--neighbors", "--head-epochs", "--decoder-epochs"):
         assert option in text
+
+
+@pytest.mark.parametrize(("kind", "epochs", "batch_size"),
+                         [("conv", 10, 64), ("dense", 10, 64), ("contrastive", 15, 256)])
+def test_train_job_resolves_the_recipe_defaults(kind: str, epochs: int, batch_size: int,
+                                                tmp_path: Path) -> None:
+    # The Python API and the CLI share one place for the defaults.
+    job = TrainJob(dataset="digits", out=tmp_path, data=DataOptions(),
+                   model=ModelConfig(kind=kind))  # type: ignore[arg-type]
+    assert (job.epochs, job.batch_size) == (None, None)
+    assert (job.fit_epochs, job.fit_batch_size) == (epochs, batch_size)
+    assert (job.hyperparameters()["epochs"], job.hyperparameters()["batch_size"]) == (
+        epochs, batch_size)
+    given = dataclasses.replace(job, epochs=0, batch_size=8)
+    assert (given.fit_epochs, given.fit_batch_size) == (0, 8)
 
 
 class _InterruptAfterFirstEpoch(logging.Handler):
