@@ -162,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec = train.add_argument_group("contrastive recipe (--model contrastive)")
     rec.add_argument("--temperature", type=_number(float, lambda v: v > 0, "expected > 0"),
                      default=0.5, help="NT-Xent temperature")
+    rec.add_argument("--min-crop", type=_number(float, lambda v: 0 < v <= 1, "expected in (0, 1]"),
+                     default=0.4, help="smallest share of the image area a random crop keeps")
+    rec.add_argument("--no-view-flip", dest="view_flip", action="store_false",
+                     help="never mirror the views (for images whose mirror is something else: "
+                          "digits, text, oriented scans)")
     rec.add_argument("--neighbors", type=_positive_int, default=15,
                      help="neighbours per image in the graph the head preserves")
     rec.add_argument("--head-epochs", type=_positive_int, default=5,
@@ -254,6 +259,7 @@ def _train(args: argparse.Namespace) -> int:
         model=ModelConfig(kind=args.model, latent_dim=args.latent, loss=args.loss,
                           kl_weight=args.kl_weight, denoise_sigma=args.denoise,
                           learning_rate=args.learning_rate, temperature=args.temperature,
+                          min_crop=args.min_crop, view_flip=args.view_flip,
                           head_neighbors=args.neighbors, head_epochs=args.head_epochs,
                           decoder_epochs=args.decoder_epochs, seed=args.seed),
         epochs=args.epochs,

@@ -69,6 +69,21 @@ def test_views_of_a_constant_image_differ_only_in_light() -> None:
     assert len(np.unique(views[:, 0, 0, 0].round(4))) > 1
 
 
+def test_views_are_mirrored_only_when_flips_are_on() -> None:
+    # Left half white, right half black: a view keeps its left side brighter unless mirrored
+    # (crops keep >= 88% of the width, and light changes preserve the order).
+    images = np.zeros((64, 8, 8, 1), np.float32)
+    images[:, :, :4] = 1.0
+
+    def mirrored(flip: bool) -> np.ndarray:
+        views = augment_views(tf.constant(images), keras.random.SeedGenerator(3), min_crop=1.0,
+                              flip=flip).numpy()
+        return views[:, :, :4].mean(axis=(1, 2, 3)) < views[:, :, 4:].mean(axis=(1, 2, 3))
+
+    assert not mirrored(False).any()
+    assert 10 < mirrored(True).sum() < 54  # about half of 64
+
+
 # --- nt_xent ------------------------------------------------------------------------------------
 
 

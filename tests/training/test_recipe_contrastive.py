@@ -71,6 +71,8 @@ def test_contrastive_config_defaults_and_head_config() -> None:
         ({"backbone_filters": ()}, "backbone_filters must name at least one convolution"),
         ({"backbone_filters": (8, 0)}, "backbone_filters"),
         ({"head_hidden": (32, -1)}, "head_hidden"),
+        ({"view_flip": "no"}, "view_flip must be true or false, got 'no'"),
+        ({"view_flip": 0}, "view_flip must be true or false"),
     ],
 )
 def test_bad_contrastive_config_raises(changes: dict[str, Any], message: str) -> None:
@@ -193,6 +195,8 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
         (["--head-epochs", "0"], "--head-epochs"),
         (["--decoder-epochs", "-2"], "--decoder-epochs"),
         (["--batch-size", "0"], "--batch-size"),
+        (["--min-crop", "0"], "expected in (0, 1]"),
+        (["--min-crop", "1.5"], "--min-crop"),
     ],
 )
 def test_bad_recipe_options_exit_2(args: list[str], message: str, tmp_path: Path,
@@ -230,6 +234,10 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     assert args.epochs is None and args.batch_size is None
     assert (args.temperature, args.neighbors, args.head_epochs, args.decoder_epochs) == (
         0.5, 15, 5, 5)
+    assert (args.min_crop, args.view_flip) == (0.4, True)
+    unflipped = parser.parse_args(["train", "--model", "contrastive", "--no-view-flip",
+                                   "--min-crop", "0.6", "--out", "x/m/1"])
+    assert (unflipped.min_crop, unflipped.view_flip) == (0.6, False)
     explicit = parser.parse_args(["train", "--model", "contrastive", "--epochs", "3",
                                   "--batch-size", "32", "--out", "x/m/1"])
     assert (explicit.epochs, explicit.batch_size) == (3, 32)
@@ -238,7 +246,8 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     text = " ".join(capsys.readouterr().out.split())
     assert "contrastive backbone's (default 15)" in text
     assert "contrastive: 256" in text
-    for option in ("--temperature", "--neighbors", "--head-epochs", "--decoder-epochs"):
+    for option in ("--temperature", "--min-crop", "--no-view-flip", "--neighbors",
+                   "--head-epochs", "--decoder-epochs"):
         assert option in text
 
 

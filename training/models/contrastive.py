@@ -24,8 +24,12 @@ logger = logging.getLogger(__name__)
 
 
 def augment_views(images: tf.Tensor, seed: keras.random.SeedGenerator, *,
-                  min_crop: float) -> tf.Tensor:
-    """One random view per image: resized crop of ``min_crop``..1 of the area, flip, light."""
+                  min_crop: float, flip: bool = True) -> tf.Tensor:
+    """One random view per image: resized crop of ``min_crop``..1 of the area, flip, light.
+
+    ``flip=False`` never mirrors: for images whose mirror is another thing (digits, text,
+    oriented scans) a flip-invariant embedding would merge what should stay apart.
+    """
     n = tf.shape(images)[0]
     height, width = images.shape[1], images.shape[2]
     area = keras.random.uniform((n,), min_crop, 1.0, seed=seed)
@@ -36,10 +40,12 @@ def augment_views(images: tf.Tensor, seed: keras.random.SeedGenerator, *,
     w = tf.clip_by_value(side / tf.sqrt(ratio), 0.2, 1.0)
     y1 = keras.random.uniform((n,), seed=seed) * (1.0 - h)
     x1 = keras.random.uniform((n,), seed=seed) * (1.0 - w)
-    flip = keras.random.uniform((n,), seed=seed) < 0.5
+    mirrored = keras.random.uniform((n,), seed=seed) < 0.5
+    if not flip:
+        mirrored = tf.zeros_like(mirrored)
     # crop_and_resize mirrors a crop whose x1 > x2: the flip costs nothing extra.
-    left = tf.where(flip, x1 + w, x1)
-    right = tf.where(flip, x1, x1 + w)
+    left = tf.where(mirrored, x1 + w, x1)
+    right = tf.where(mirrored, x1, x1 + w)
     boxes = tf.stack([y1, left, y1 + h, right], axis=1)
     views = tf.image.crop_and_resize(images, boxes, tf.range(n), (height, width))
     contrast = keras.random.uniform((n, 1, 1, 1), 0.6, 1.4, seed=seed)
@@ -81,7 +87,7 @@ class ContrastiveModel(StepModel):
     """
 
     def __init__(self, backbone: keras.Model, *, projection_dim: int, temperature: float,
-                 min_crop: float, seed: int, **kwargs: Any) -> None:
+                 min_crop: float, seed: int, flip: bool = True, **kwargs: Any) -> None:
         super().__init__(name=kwargs.pop("name", "contrastive"), **kwargs)
         self.backbone = backbone
         width = int(backbone.output_shape[-1])
@@ -93,6 +99,7 @@ class ContrastiveModel(StepModel):
         ], name="projector")
         self.temperature = temperature
         self.min_crop = min_crop
+        self.flip = flip
         self._seed = keras.random.SeedGenerator(seed, name="view_seed")
         self._loss_tracker = keras.metrics.Mean(name="loss")
         self.built = True
@@ -105,7 +112,8 @@ class ContrastiveModel(StepModel):
         return self.backbone(inputs, training=training)
 
     def _loss(self, images: tf.Tensor, training: bool) -> tf.Tensor:
-        views = [augment_views(images, self._seed, min_crop=self.min_crop) for _ in range(2)]
+        views = [augment_views(images, self._seed, min_crop=self.min_crop, flip=self.flip)
+                 for _ in range(2)]
         both = self.projector(self.backbone(tf.concat(views, axis=0), training=training),
                               training=training)
         z1, z2 = tf.split(both, 2, axis=0)
@@ -129,7 +137,7 @@ class ContrastiveModel(StepModel):
 
 def build_contrastive(input_shape: tuple[int, int, int], *, filters: tuple[int, ...],
                       feature_dim: int = 256, projection_dim: int = 128,
-                      temperature: float = 0.5, min_crop: float = 0.4,
+                      temperature: float = 0.5, min_crop: float = 0.4, flip: bool = True,
                       learning_rate: float = 1e-3, seed: int = 0) -> ContrastiveModel:
     """Build and compile the contrastive model (call inside ``strategy.scope()``)."""
     if not 0 < temperature < math.inf:
@@ -139,7 +147,7 @@ def build_contrastive(input_shape: tuple[int, int, int], *, filters: tuple[int, 
     keras.utils.set_random_seed(seed)
     model = ContrastiveModel(build_backbone(input_shape, filters, feature_dim),
                              projection_dim=projection_dim, temperature=temperature,
-                             min_crop=min_crop, seed=seed)
+                             min_crop=min_crop, flip=flip, seed=seed)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate))
     model.build_optimizer()
     logger.info("built contrastive backbone for %dx%dx%d images: conv %s, %d features, "
