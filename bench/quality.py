@@ -173,18 +173,13 @@ def markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _write(path: Path, text: str) -> None:
-    """Write through a temporary file so an interrupted run leaves no half-written table."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def run_file(runs: Path, recipe: Recipe, seed: int) -> Path:
     return runs / f"{recipe.name}-s{seed}.json"
 
 
 def main() -> int:
+    from training.files import write_text_atomic
+
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one seed of the main rows")
@@ -218,16 +213,16 @@ def main() -> int:
                 continue
             logger.info("== %s seed %d", recipe.name, seed)
             rows.append(run_one(recipe, seed, args.work))
-            _write(saved, json.dumps(rows[-1], indent=2) + "\n")
+            write_text_atomic(saved, json.dumps(rows[-1], indent=2) + "\n")
             logger.info("%s", json.dumps(rows[-1]))
     table = summarise(rows)
     # Only the whole benchmark writes quality.*; a subset of rows or seeds must not
     # overwrite the full table.
-    partial = args.recipes is not None or sorted(seeds) != [0, 1, 2]
+    partial = args.recipes is not None or sorted(seeds) != parser.get_default("seeds")
     suffix = "-quick" if args.quick else ("-partial" if partial else "")
-    _write(args.out / f"quality{suffix}.json",
+    write_text_atomic(args.out / f"quality{suffix}.json",
            json.dumps({"rows": rows, "summary": table}, indent=2) + "\n")
-    _write(args.out / f"quality{suffix}.md", markdown(table) + "\n")
+    write_text_atomic(args.out / f"quality{suffix}.md", markdown(table) + "\n")
     print(markdown(table))
     return 0
 

@@ -35,6 +35,7 @@ from training.data.base import COLOR_MODES, ColorMode, DataOptions, HeldoutKind,
 from training.data.pipeline import AUTOTUNE, Target, convert, decode, native_color, resolve_target
 from training.data.splits import heldout_mask
 from training.errors import DataError
+from training.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -226,12 +227,6 @@ def _example(png: bytes, label: int, split: bytes, shape: tuple[int, int, int]) 
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_tfrecord(data: LoadedData, out: Path, *, include_heldout: bool = True) -> int:
     """Write ``data`` as PNG records (and the sidecar) to ``out``; returns the record count.
 
@@ -267,7 +262,7 @@ def write_tfrecord(data: LoadedData, out: Path, *, include_heldout: bool = True)
             "width": data.width,
             "channels": data.channels,
         }
-        _atomic_text(sidecar_path(out), json.dumps(sidecar, indent=2) + "\n")
+        write_text_atomic(sidecar_path(out), json.dumps(sidecar, indent=2) + "\n")
         os.replace(tmp, out)
     except (OSError, tf.errors.OpError) as exc:
         raise DataError(f"{out}: cannot write the TFRecord file ({exc})") from exc

@@ -40,6 +40,7 @@ def augment_views(images: tf.Tensor, seed: keras.random.SeedGenerator, *,
     w = tf.clip_by_value(side / tf.sqrt(ratio), 0.2, 1.0)
     y1 = keras.random.uniform((n,), seed=seed) * (1.0 - h)
     x1 = keras.random.uniform((n,), seed=seed) * (1.0 - w)
+    # Drawn even without flips, so the light draws below come from the same seed stream.
     mirrored = keras.random.uniform((n,), seed=seed) < 0.5
     if not flip:
         mirrored = tf.zeros_like(mirrored)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from training.files import write_text_atomic
+
 
 @dataclass(frozen=True)
 class Text:
@@ -147,8 +149,4 @@ def render(title: str, subtitle: str, sections: Sequence[Section], base: Path) -
 
 def write_page(path: Path, title: str, subtitle: str, sections: Sequence[Section]) -> Path:
     """Render and write atomically (a reader never sees half a page); return ``path``."""
-    page = render(title, subtitle, sections, path.parent)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, render(title, subtitle, sections, path.parent))
