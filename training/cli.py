@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "than one GPU training uses tf.distribute.MirroredStrategy")
     fit.add_argument("--no-memory-growth", action="store_true",
                      help="let TensorFlow reserve all GPU memory up front")
+    fit.add_argument("--deterministic", action="store_true",
+                     help="deterministic TensorFlow kernels: the same seed, data and hardware "
+                          "give the same bundle bit for bit (slower, most on GPUs)")
     rec = train.add_argument_group("contrastive recipe (--model contrastive)")
     rec.add_argument("--temperature", type=_number(float, lambda v: v > 0, "expected > 0"),
                      default=0.5, help="NT-Xent temperature")
@@ -274,6 +277,7 @@ def _train(args: argparse.Namespace) -> int:
         tensorboard_dir=args.tensorboard,
         device=args.device,
         memory_growth=not args.no_memory_growth,
+        deterministic=args.deterministic,
         seed=args.seed,
     )
     result = run_training(job)

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 
+import keras
 import tensorflow as tf
 
 from training.errors import ConfigError
@@ -18,6 +19,22 @@ from training.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|gpu)(?::(\d+(?:,\d+)*))?$")
+
+
+def configure_determinism(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow and make TensorFlow's kernels deterministic.
+
+    Same seed, data, code and hardware then give the same bundle, bit for bit. Without it,
+    multi-threaded kernels (reductions, and most GPU kernels) may add floating-point
+    numbers in a different order on every run, and a long training run amplifies those
+    last-bit differences into different weights. The switch is process-wide and cannot be
+    undone; it costs speed (most on GPUs), and an op with no deterministic kernel raises
+    instead of running.
+    """
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    logger.info("deterministic kernels on (tf.config.experimental.enable_op_determinism), "
+                "seed %d", seed)
 
 
 def configure_devices(device: str = "auto", *, memory_growth: bool = True) -> list[str]:

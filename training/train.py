@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from service import bundle
 from training import clustering, evaluation, exemplars, export
 from training.data import DataOptions, LoadedData, Split, batches, load_dataset
-from training.devices import configure_devices, is_chief, select_strategy
+from training.devices import configure_determinism, configure_devices, is_chief, select_strategy
 from training.embed import Embedded, TensorFn, embed, keras_fn
 from training.errors import ConfigError
 from training.fit import fit_autoencoder
@@ -56,6 +57,7 @@ class TrainJob:
     tensorboard_dir: Path | None = None
     device: str = "auto"
     memory_growth: bool = True
+    deterministic: bool = False  # deterministic TensorFlow kernels (process-wide; slower)
     seed: int = 0
 
     @property
@@ -86,6 +88,7 @@ class TrainJob:
             "val_fraction": self.data.val_fraction,
             "image_size": list(self.data.image_size) if self.data.image_size else None,
             "color": self.data.color,
+            "deterministic": self.deterministic,
             "seed": self.seed,
         }
 
@@ -141,6 +144,13 @@ def run_training(job: TrainJob) -> TrainResult:
     if chief:
         export.check_target(job.out, overwrite=job.overwrite)  # fail before hours of training
     devices = configure_devices(job.device, memory_growth=job.memory_growth)
+    if job.deterministic:
+        configure_determinism(job.seed)
+    else:
+        # Seed before any dataset or model exists. A tf.data shuffle built before the seed
+        # is set draws its randomness from the process's history, so a second run in the
+        # same process (a notebook, the quality bench) trained differently from the first.
+        keras.utils.set_random_seed(job.seed)
     strategy = select_strategy(devices)
     logger.info("devices: %s; strategy: %s", ", ".join(devices), type(strategy).__name__)
 
