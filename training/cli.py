@@ -349,8 +349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's Python logger repeats SavedModel chatter ("Assets written to") at INFO.
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     from service.bundle import BundleError
+    from training import interrupt
     from training.errors import TrainingError
 
+    interrupt.install()  # Ctrl-C during a fit stops after the current step
     handlers = {"train": _train, "evaluate": _evaluate, "to-tfrecord": _to_tfrecord,
                 "report": _report}
     try:

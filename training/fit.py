@@ -14,6 +14,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from training.errors import ConfigError, DataError
+from training.interrupt import StopOnInterrupt
 
 if TYPE_CHECKING:
     from training.models import Autoencoder
@@ -151,6 +152,7 @@ def fit_model(model: keras.Model, train: tf.data.Dataset, heldout: tf.data.Datas
     callbacks: list[keras.callbacks.Callback] = [
         EpochLogger(label, epochs),
         keras.callbacks.TerminateOnNaN(),
+        StopOnInterrupt(),
     ]
     if tensorboard_dir is not None:
         callbacks.append(EpochSummaries(tensorboard_dir))

@@ -176,7 +176,15 @@ async def test_cluster_stream_answers_each_request_in_order(stack: Stack) -> Non
     streamed = [answer async for answer in stack.native.ClusterStream(iter(requests))]
     unary = [await stack.native.Cluster(request) for request in requests]
     assert [len(a.predictions) for a in streamed] == [1 + k % 3 for k in range(10)]
-    assert streamed == unary
+    # The batcher may put streamed images in one batch and unary ones in others; the
+    # encoder's float arithmetic depends on the batch shape (oneDNN kernels), so distances
+    # agree to float noise rather than bit for bit.
+    for s, u in zip(streamed, unary, strict=True):
+        assert (s.model, s.version) == (u.model, u.version)
+        assert [(p.cluster_id, p.label) for p in s.predictions] == \
+            [(p.cluster_id, p.label) for p in u.predictions]
+        assert [p.distance for p in s.predictions] == \
+            pytest.approx([p.distance for p in u.predictions], rel=1e-4)
 
 
 async def test_an_error_ends_the_stream_after_the_answers_before_it(stack: Stack) -> None:

@@ -119,6 +119,9 @@ def test_ctrl_c_during_training_leaves_no_bundle(tmp_path: Path) -> None:
         [sys.executable, "-m", "training", "train", "--dataset", "digits", "--epochs", "500",
          "--out", str(out)],
         cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        # A suite started in the background by a shell inherits an ignored SIGINT, and so
+        # would the child: give it the default disposition, as in a terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stderr is not None
     seen = []

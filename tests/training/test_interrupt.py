@@ -1,0 +1,83 @@
+"""Ctrl-C handling: a fit stops at a step boundary; elsewhere the interrupt is immediate."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from training import interrupt
+from training.interrupt import StopOnInterrupt
+
+
+@pytest.fixture(autouse=True)
+def _restore_sigint() -> Iterator[None]:
+    original = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, original)
+    interrupt._State.requested = False
+    interrupt._State.fits = 0
+
+
+class _PressCtrlC(keras.callbacks.Callback):
+    """Delivers a Ctrl-C (the handler, as the signal would) at the end of batch ``at``."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+        self.batches = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.batches += 1
+        if batch == self.at:
+            interrupt._handle(signal.SIGINT, None)
+
+
+def _fit(callbacks: list[keras.callbacks.Callback]) -> None:
+    keras.utils.set_random_seed(0)  # the suite runs with deterministic ops, which need one
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.zeros((40, 2), np.float32)
+    model.fit(x, x[:, :1], batch_size=4, epochs=1, verbose=0, callbacks=callbacks)
+
+
+def test_ctrl_c_outside_a_fit_interrupts_at_once() -> None:
+    with pytest.raises(KeyboardInterrupt):
+        interrupt._handle(signal.SIGINT, None)
+
+
+def test_ctrl_c_during_a_fit_stops_after_the_current_step() -> None:
+    counter, presser = _PressCtrlC(at=-1), _PressCtrlC(at=1)
+    with pytest.raises(KeyboardInterrupt):
+        _fit([counter, StopOnInterrupt(), presser])
+    # Pressed after StopOnInterrupt looked at batch 1, as if during batch 2: the handler
+    # only set the flag, batch 2 ran to its end, and the interrupt came there.
+    assert counter.batches == 3
+    assert (interrupt._State.requested, interrupt._State.fits) == (False, 0)
+
+
+def test_a_second_ctrl_c_before_the_step_ends_interrupts_at_once() -> None:
+    interrupt._State.fits = 1
+    interrupt._handle(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt):
+        interrupt._handle(signal.SIGINT, None)
+
+
+def test_install_routes_sigint_but_keeps_an_ignored_one_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interrupt.install()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupt.install()
+    assert signal.getsignal(signal.SIGINT) is interrupt._handle
+
+
+def test_a_fit_without_ctrl_c_runs_to_the_end() -> None:
+    presser = _PressCtrlC(at=-1)
+    _fit([StopOnInterrupt(), presser])
+    assert presser.batches == 10
+    assert interrupt._State.fits == 0
