@@ -15,15 +15,15 @@ from pathlib import Path
 import joblib
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # conftest turns determinism on for the whole suite through TF_DETERMINISTIC_OPS; the
 # subprocesses drop it so that only the switch under test can turn it on.
 ENV = {**{k: v for k, v in os.environ.items() if k != "TF_DETERMINISTIC_OPS"},
-       "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+       "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO_ROOT)}
 
 
 def _run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, *args], cwd=REPO, env=ENV, capture_output=True,
+    result = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=ENV, capture_output=True,
                             text=True, timeout=timeout, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
