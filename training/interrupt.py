@@ -11,8 +11,10 @@ or on a second Ctrl-C, the interrupt is raised at once, as usual.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -21,7 +23,7 @@ import keras
 
 class _State:
     requested = False  # a Ctrl-C arrived during a fit and waits for the step to end
-    fits = 0  # Keras fits running (with StopOnInterrupt among their callbacks)
+    fits = 0  # fits running: Keras fits with StopOnInterrupt, custom loops in stoppable()
 
 
 def install() -> None:
@@ -56,3 +58,20 @@ class StopOnInterrupt(keras.callbacks.Callback):
             _State.requested = False
             _State.fits -= 1
             raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stoppable() -> Iterator[None]:
+    """Mark a custom training loop: a first Ctrl-C inside it waits for :func:`check`."""
+    _State.fits += 1
+    try:
+        yield
+    finally:
+        _State.fits -= 1
+
+
+def check() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C was pressed since the last step; call between steps."""
+    if _State.requested:
+        _State.requested = False
+        raise KeyboardInterrupt

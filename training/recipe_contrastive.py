@@ -29,6 +29,7 @@ from training import neighbors
 from training.data import LoadedData, batches, to_numpy
 from training.errors import ConfigError
 from training.fit import EpochLogger, fit_model
+from training.interrupt import StopOnInterrupt
 from training.models import ModelConfig, build_networks
 from training.models.contrastive import build_contrastive
 from training.models.neighborhood import build_head, fit_head
@@ -120,7 +121,8 @@ def _fit_decoder(decoder: keras.Model, z: np.ndarray, images: np.ndarray, config
     # Small datasets give few steps per epoch: train at least _DECODER_MIN_STEPS steps.
     epochs = max(config.decoder_epochs, math.ceil(_DECODER_MIN_STEPS / math.ceil(len(z) / batch)))
     result = trainer.fit(dataset, epochs=epochs, verbose=0, shuffle=False,
-                         callbacks=[EpochLogger("decoder", epochs, every=max(1, epochs // 10))])
+                         callbacks=[EpochLogger("decoder", epochs, every=max(1, epochs // 10)),
+                                    StopOnInterrupt()])
     losses = [float(v) for v in result.history["loss"]]
     if not all(math.isfinite(v) for v in losses):
         raise ConfigError(f"the decoder diverged (loss {losses[-1]}); lower --learning-rate")

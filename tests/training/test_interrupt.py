@@ -9,9 +9,14 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from training import interrupt
 from training.interrupt import StopOnInterrupt
+from training.models import ModelConfig, build_networks, train_feature_classifier
+from training.models.neighborhood import HeadConfig, build_head, fit_head
+from training.neighbors import fuzzy_graph, nearest_neighbors
+from training.recipe_contrastive import _fit_decoder
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +86,51 @@ def test_a_fit_without_ctrl_c_runs_to_the_end() -> None:
     _fit([StopOnInterrupt(), presser])
     assert presser.batches == 10
     assert interrupt._State.fits == 0
+
+
+# --- every training stage stops at a step boundary ---------------------------------------------
+# Each stage is entered with a Ctrl-C already waiting (as if it arrived during the first step):
+# a stage without a stop point would run to its end and return instead of raising.
+
+
+def test_a_custom_loop_in_stoppable_waits_for_check() -> None:
+    with interrupt.stoppable():
+        interrupt._handle(signal.SIGINT, None)  # only sets the flag: the step may finish
+        assert interrupt._State.requested
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+        interrupt.check()  # the flag was consumed
+    assert (interrupt._State.requested, interrupt._State.fits) == (False, 0)
+
+
+def _stops_at_the_first_step(stage: Any) -> None:
+    interrupt._State.requested = True
+    with pytest.raises(KeyboardInterrupt):
+        stage()
+    assert (interrupt._State.requested, interrupt._State.fits) == (False, 0)
+
+
+def test_the_feature_classifier_stops_at_a_step_boundary() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.random((64, 8, 8, 1), dtype=np.float32)
+    labels = rng.integers(0, 3, size=64)
+    batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
+    _stops_at_the_first_step(
+        lambda: train_feature_classifier(batches, None, (8, 8, 1), 3, epochs=50, seed=0))
+
+
+def test_the_neighbourhood_head_stops_at_a_step_boundary() -> None:
+    features = np.random.default_rng(0).normal(size=(100, 6)).astype(np.float32)
+    graph = fuzzy_graph(*nearest_neighbors(features, 5))
+    head = build_head(6, 2, (8,))
+    config = HeadConfig(n_neighbors=5, hidden=(8,), batch_size=32, epochs=50, min_steps=1)
+    _stops_at_the_first_step(lambda: fit_head(head, features, graph, config, seed=0))
+
+
+def test_the_contrastive_decoder_stops_at_a_step_boundary() -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(64, 4)).astype(np.float32)
+    images = rng.random((64, 8, 8, 1), dtype=np.float32)
+    config = ModelConfig(kind="conv", latent_dim=4, conv_filters=(8, 8, 8))
+    decoder = build_networks(config, (8, 8, 1)).decoder
+    _stops_at_the_first_step(lambda: _fit_decoder(decoder, z, images, config, seed=0))

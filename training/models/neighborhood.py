@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 from scipy.optimize import curve_fit
 
+from training import interrupt
 from training.errors import ConfigError
 from training.neighbors import NeighborGraph
 
@@ -130,12 +131,14 @@ def fit_head(head: keras.Model, features: np.ndarray, graph: NeighborGraph, conf
         started = time.perf_counter()
         edges = rng.choice(graph.n_edges, size=graph.n_edges, p=probability)
         total, steps = 0.0, 0
-        for start in range(0, edges.size, config.batch_size):
-            chosen = edges[start:start + config.batch_size]
-            others = rng.integers(0, graph.n, size=chosen.size * negatives)
-            total += float(step(tf.constant(graph.heads[chosen]), tf.constant(graph.tails[chosen]),
-                                tf.constant(others)))
-            steps += 1
+        with interrupt.stoppable():
+            for start in range(0, edges.size, config.batch_size):
+                chosen = edges[start:start + config.batch_size]
+                others = rng.integers(0, graph.n, size=chosen.size * negatives)
+                total += float(step(tf.constant(graph.heads[chosen]),
+                                    tf.constant(graph.tails[chosen]), tf.constant(others)))
+                steps += 1
+                interrupt.check()  # a Ctrl-C during the step stops here, between steps
         losses.append(total / steps)
         # A NaN weight need not show in the loss (a ReLU may turn NaN into 0 and the clipped
         # loss stays finite), so the weights are checked too.
