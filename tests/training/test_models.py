@@ -20,6 +20,7 @@ from training.models import (
     Autoencoder,
     ModelConfig,
     build_autoencoder,
+    build_classifier,
     conv_levels,
     train_feature_classifier,
 )
@@ -278,6 +279,20 @@ def test_two_replicas_take_the_same_steps_as_one(tmp_path: Path) -> None:
 
 
 # --- feature classifier -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("shape", "flat"), [
+    ((28, 28, 1), 7 * 7 * 64),  # two pooled blocks: 28 -> 14 -> 7
+    ((8, 8, 1), 2 * 2 * 64),
+    ((3, 3, 1), 3 * 3 * 64),  # too small to pool
+    ((32, 32, 3), 4 * 4 * 64),  # 8x8 after the blocks, pooled once more
+    ((224, 160, 3), 7 * 5 * 64),  # large images are pooled until the map is at most 7 wide
+])
+def test_classifier_flattens_a_small_map(shape: tuple[int, int, int], flat: int) -> None:
+    network = build_classifier(shape, 10)
+    assert network.get_layer("cls_flatten").output.shape[-1] == flat
+    assert network.get_layer("features").output.shape[-1] == 64
+    assert network.output.shape[-1] == 10
 
 
 def test_feature_classifier_gives_frozen_informative_features(
