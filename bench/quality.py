@@ -80,9 +80,6 @@ def recipes(quick: bool) -> list[Recipe]:
         Recipe("conv-perceptual-latent5", latent=5, loss="perceptual"),
         Recipe("conv-perceptual-latent10", latent=10, loss="perceptual"),
         Recipe("conv-perceptual-latent20", latent=20, loss="perceptual"),
-        # The perceptual row again with the feature classifier trained 10 epochs, not 3.
-        Recipe("conv-perceptual-latent10-cls10", latent=10, loss="perceptual",
-               job={"classifier_epochs": 10}),
         main[1],
         # The same recipes, unchanged, on digits (the `make run` data).
         Recipe("digits-conv-mse-latent10", dataset="digits", latent=10),
