@@ -1,12 +1,13 @@
-"""Ctrl-C during a Keras fit stops after the current step instead of inside it.
+"""Ctrl-C during a training loop stops after the current step instead of inside it.
 
 Python's default SIGINT handler raises KeyboardInterrupt wherever the main thread happens
 to be, often inside TensorFlow's Python wrappers between two C++ calls; unwinding from
 there sometimes killed the process with SIGSEGV instead of the clean "interrupted" exit
 (about 1 run in 8 of ``test_ctrl_c_during_training_leaves_no_bundle``). With
 :func:`install`, the first Ctrl-C during a fit only sets a flag, and
-:class:`StopOnInterrupt` raises KeyboardInterrupt at the next step boundary. Outside a fit,
-or on a second Ctrl-C, the interrupt is raised at once, as usual.
+:class:`StopOnInterrupt` (in a Keras fit) or :func:`check` (in a custom loop run inside
+:func:`stoppable`) raises KeyboardInterrupt at the next step boundary. Outside a fit, or on a
+second Ctrl-C, the interrupt is raised at once, as usual.
 """
 
 from __future__ import annotations
