@@ -56,7 +56,6 @@ class Recipe:
     epochs: int = 10
     batch_size: int = 64
     extra: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
-    job: dict[str, Any] = field(default_factory=dict)  # TrainJob fields, e.g. classifier_epochs
 
     @property
     def label_assisted(self) -> bool:
@@ -101,7 +100,7 @@ def run_one(recipe: Recipe, seed: int, work: Path) -> dict[str, Any]:
         model=ModelConfig(kind=recipe.model, latent_dim=recipe.latent, loss=recipe.loss,  # type: ignore[arg-type]
                           seed=seed, **recipe.extra),
         epochs=recipe.epochs, batch_size=recipe.batch_size, clusters=10, seed=seed,
-        overwrite=True, **recipe.job,
+        overwrite=True,
     ))
     return score_bundle(recipe, seed, out, train_seconds=time.monotonic() - started)
 
