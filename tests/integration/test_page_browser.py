@@ -13,12 +13,10 @@ Skipped with the reason when Chromium, chromedriver or selenium is missing
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from sklearn.datasets import load_digits
 from service import bundle
 from service.server import AppServer
 from service.settings import Settings
+from tests.loop_thread import LoopThread
 from tests.service.bundles import clone_version
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,43 +55,24 @@ def _require_browser() -> None:
                                            f"(and {INSTALL_HINT})")
 
 
-class ServerThread:
+class ServerThread(LoopThread):
     """The real AppServer on free ports, run by its own event loop in a thread."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__("page-test-server")
         self.settings = settings
         self.url = ""
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="page-test-server", daemon=True)
 
-    def __enter__(self) -> ServerThread:
-        self._thread.start()
-        if not self._ready.wait(180):
-            raise TimeoutError("the server did not start in 180 s")
-        if self._error is not None:
-            raise self._error
-        return self
+    def _stop(self) -> None:
+        self.server.request_stop()
 
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.server.request_stop)
-        self._thread.join(60)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # surfaced by __enter__
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self.loop = asyncio.get_running_loop()
+    async def _serve(self) -> None:
         self.server = AppServer(self.settings)
         await self.server.start()
         if not self.server.dataplane.is_ready():
             raise RuntimeError("the server started without a ready model")
         self.url = f"http://127.0.0.1:{self.server.http_port}"
-        self._ready.set()
+        self._started()
         await self.server.wait_and_shutdown()
 
 

@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from service.rest import create_app
 from service.runtime import runtime_factory
 from service.settings import Settings
 from service.types import ClusterOptions, ImageInput, ModelRef
+from tests.loop_thread import LoopThread
 from tests.service.bundles import clone_version
 
 T = TypeVar("T")
@@ -42,30 +42,19 @@ MAX_IMAGES = 16
 MAX_PIXELS = 100_000
 
 
-class LiveServer:
+class LiveServer(LoopThread):
     """create_app over a real DataPlane, served by uvicorn in a thread with its own loop."""
 
     def __init__(self, settings: Settings,
                  customize: Callable[[FastAPI], None] | None = None) -> None:
+        super().__init__("rest-test-server")
         self.settings = settings
         self.customize = customize
         self.port = 0
         self.metrics = Metrics()
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="rest-test-server", daemon=True)
 
-    def __enter__(self) -> LiveServer:
-        self._thread.start()
-        if not self._ready.wait(180):
-            raise TimeoutError("the test server did not start in 180 s")
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(setattr, self.server, "should_exit", True)
-        self._thread.join(60)
+    def _stop(self) -> None:
+        self.server.should_exit = True
 
     @property
     def url(self) -> str:
@@ -73,17 +62,10 @@ class LiveServer:
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         """Run ``coro`` on the server's loop (where the data plane lives)."""
+        assert self.loop is not None, "the server is not running"
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # surfaced by __enter__
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self.loop = asyncio.get_running_loop()
+    async def _serve(self) -> None:
         settings = self.settings
 
         factory = runtime_factory("/CPU:0", settings.batch_sizes())
@@ -106,7 +88,7 @@ class LiveServer:
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
-        self._ready.set()
+        self._started()
         await task
         await repository.stop(5)
 
