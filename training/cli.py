@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--no-view-flip", dest="view_flip", action="store_false",
                      help="never mirror the views (for images whose mirror is something else: "
                           "digits, text, oriented scans)")
+    rec.add_argument("--view-relight", action="store_true",
+                     help="a second, milder brightness/contrast change on each view (wider "
+                          "light invariance)")
     rec.add_argument("--neighbors", type=_positive_int, default=15,
                      help="neighbours per image in the graph the head preserves")
     rec.add_argument("--head-epochs", type=_positive_int, default=5,
@@ -263,6 +266,7 @@ def _train(args: argparse.Namespace) -> int:
                           kl_weight=args.kl_weight, denoise_sigma=args.denoise,
                           learning_rate=args.learning_rate, temperature=args.temperature,
                           min_crop=args.min_crop, view_flip=args.view_flip,
+                          view_relight=args.view_relight,
                           head_neighbors=args.neighbors, head_epochs=args.head_epochs,
                           decoder_epochs=args.decoder_epochs, seed=args.seed),
         epochs=args.epochs,

@@ -66,6 +66,7 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
         contrastive = build_contrastive(
             shape, filters=config.backbone_filters, feature_dim=config.feature_dim,
             temperature=config.temperature, min_crop=config.min_crop, flip=config.view_flip,
+            relight=config.view_relight,
             learning_rate=config.learning_rate, seed=config.seed)
     # A last batch of one image has no negatives: drop it. The filter hides the number of
     # batches from Keras, which would then warn that the data ran out; restate it.

@@ -84,6 +84,50 @@ def test_views_are_mirrored_only_when_flips_are_on() -> None:
     assert 10 < mirrored(True).sum() < 54  # about half of 64
 
 
+def test_relight_widens_the_light_change_and_stays_in_range() -> None:
+    # Constant mid-grey images: every view is a constant, so its value is the light change
+    # alone. The second change adds its own spread on top of the first.
+    images = tf.fill((512, 8, 8, 1), 0.5)
+
+    def levels(relight: bool) -> np.ndarray:
+        views = augment_views(images, keras.random.SeedGenerator(5), min_crop=1.0,
+                              relight=relight).numpy()
+        assert views.min() >= 0.0 and views.max() <= 1.0 and np.all(np.isfinite(views))
+        return views[:, 0, 0, 0]
+
+    once, twice = levels(False), levels(True)
+    # One change: contrast U(0.6, 1.4) x 0.5 + brightness U(-0.2, 0.2), std about 0.163.
+    assert once.std() == pytest.approx(0.163, abs=0.02)
+    assert twice.std() > once.std() + 0.02
+    assert not np.allclose(once, twice)
+
+
+def test_relight_keeps_the_first_draws(digits: np.ndarray) -> None:
+    # The second change is drawn after the first: the crop, flip and first light of a view
+    # are the same with or without it, so on the pixels neither view clipped the relit view
+    # is an affine function of the plain one (correlation 1).
+    plain = augment_views(tf.constant(digits), keras.random.SeedGenerator(2), min_crop=0.5)
+    relit = augment_views(tf.constant(digits), keras.random.SeedGenerator(2), min_crop=0.5,
+                          relight=True)
+    plain, relit = plain.numpy().reshape(len(digits), -1), relit.numpy().reshape(len(digits), -1)
+    inside = (plain > 0.01) & (plain < 0.99) & (relit > 0.01) & (relit < 0.99)
+    checked = 0
+    for p, r, keep in zip(plain[:20], relit[:20], inside[:20], strict=True):
+        if keep.sum() >= 3:
+            np.testing.assert_allclose(np.corrcoef(p[keep], r[keep])[0, 1], 1.0, atol=1e-4)
+            checked += 1
+    assert checked >= 15
+
+
+def test_build_contrastive_passes_relight_to_the_views(digits: np.ndarray) -> None:
+    model = build_contrastive(SHAPE, filters=(8,), feature_dim=8, projection_dim=4,
+                              relight=True, seed=0)
+    assert model.relight is True
+    assert build_contrastive(SHAPE, filters=(8,), feature_dim=8).relight is False
+    data = tf.data.Dataset.from_tensor_slices((digits[:64], np.zeros(64))).batch(32)
+    assert math.isfinite(model.fit(data, epochs=1, verbose=0).history["loss"][-1])
+
+
 # --- nt_xent ------------------------------------------------------------------------------------
 
 

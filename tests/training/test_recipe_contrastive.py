@@ -73,6 +73,8 @@ def test_contrastive_config_defaults_and_head_config() -> None:
         ({"head_hidden": (32, -1)}, "head_hidden"),
         ({"view_flip": "no"}, "view_flip must be true or false, got 'no'"),
         ({"view_flip": 0}, "view_flip must be true or false"),
+        ({"view_relight": "yes"}, "view_relight must be true or false, got 'yes'"),
+        ({"view_relight": 1}, "view_relight must be true or false"),
     ],
 )
 def test_bad_contrastive_config_raises(changes: dict[str, Any], message: str) -> None:
@@ -234,10 +236,10 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     assert args.epochs is None and args.batch_size is None
     assert (args.temperature, args.neighbors, args.head_epochs, args.decoder_epochs) == (
         0.5, 15, 5, 5)
-    assert (args.min_crop, args.view_flip) == (0.4, True)
+    assert (args.min_crop, args.view_flip, args.view_relight) == (0.4, True, False)
     unflipped = parser.parse_args(["train", "--model", "contrastive", "--no-view-flip",
-                                   "--min-crop", "0.6", "--out", "x/m/1"])
-    assert (unflipped.min_crop, unflipped.view_flip) == (0.6, False)
+                                   "--min-crop", "0.6", "--view-relight", "--out", "x/m/1"])
+    assert (unflipped.min_crop, unflipped.view_flip, unflipped.view_relight) == (0.6, False, True)
     explicit = parser.parse_args(["train", "--model", "contrastive", "--epochs", "3",
                                   "--batch-size", "32", "--out", "x/m/1"])
     assert (explicit.epochs, explicit.batch_size) == (3, 32)

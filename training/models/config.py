@@ -30,7 +30,7 @@ class ModelConfig:
     ``contrastive`` is a different recipe (:mod:`training.recipe_contrastive`): a conv
     backbone of ``backbone_filters`` trained for augmentation invariance (NT-Xent at
     ``temperature``, crops of at least ``min_crop`` of the area, horizontal flips unless
-    ``view_flip`` is false) to ``feature_dim``
+    ``view_flip`` is false, a second light change if ``view_relight``) to ``feature_dim``
     features, a neighbourhood head (``head_*``; see
     :class:`~training.models.neighborhood.HeadConfig`) to ``latent_dim``, and a conv
     decoder trained for ``decoder_epochs`` on the frozen embedding (loss ``mse`` only).
@@ -49,6 +49,7 @@ class ModelConfig:
     temperature: float = 0.5
     min_crop: float = 0.4
     view_flip: bool = True
+    view_relight: bool = False
     head_neighbors: int = 15
     head_epochs: int = 5
     head_hidden: tuple[int, ...] = (256, 256)
@@ -106,6 +107,8 @@ class ModelConfig:
             raise ConfigError(f"head_min_dist must be in [0, 1), got {self.head_min_dist!r}")
         if not isinstance(self.view_flip, bool):
             raise ConfigError(f"view_flip must be true or false, got {self.view_flip!r}")
+        if not isinstance(self.view_relight, bool):
+            raise ConfigError(f"view_relight must be true or false, got {self.view_relight!r}")
         for name in ("temperature", "min_crop", "head_min_dist"):
             object.__setattr__(self, name, float(getattr(self, name)))
         if self.kind == "contrastive" and self.loss != "mse":
