@@ -52,15 +52,20 @@ def augment_views(images: tf.Tensor, seed: keras.random.SeedGenerator, *,
     right = tf.where(mirrored, x1, x1 + w)
     boxes = tf.stack([y1, left, y1 + h, right], axis=1)
     views = tf.image.crop_and_resize(images, boxes, tf.range(n), (height, width))
-    contrast = keras.random.uniform((n, 1, 1, 1), 0.6, 1.4, seed=seed)
-    brightness = keras.random.uniform((n, 1, 1, 1), -0.2, 0.2, seed=seed)
-    views = tf.clip_by_value(views * contrast + brightness, 0.0, 1.0)
+    views = _light_change(views, seed, contrast=0.4, brightness=0.2)
     if relight:
         # Drawn after the first light change, so views without it keep their seed stream.
-        contrast = keras.random.uniform((n, 1, 1, 1), 0.7, 1.3, seed=seed)
-        brightness = keras.random.uniform((n, 1, 1, 1), -0.2, 0.2, seed=seed)
-        views = tf.clip_by_value(views * contrast + brightness, 0.0, 1.0)
+        views = _light_change(views, seed, contrast=0.3, brightness=0.2)
     return views
+
+
+def _light_change(views: tf.Tensor, seed: keras.random.SeedGenerator, *, contrast: float,
+                  brightness: float) -> tf.Tensor:
+    """Per image: x U(1 - contrast, 1 + contrast), + U(-brightness, brightness), clip to [0, 1]."""
+    shape = (tf.shape(views)[0], 1, 1, 1)
+    scale = keras.random.uniform(shape, 1.0 - contrast, 1.0 + contrast, seed=seed)
+    shift = keras.random.uniform(shape, -brightness, brightness, seed=seed)
+    return tf.clip_by_value(views * scale + shift, 0.0, 1.0)
 
 
 def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float) -> tf.Tensor:
