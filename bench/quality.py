@@ -85,6 +85,9 @@ def recipes(quick: bool) -> list[Recipe]:
         Recipe("contrastive-crop1-relight-latent10", latent=10,
                extra={"min_crop": 1.0, "view_relight": True},
                **CONTRASTIVE),  # type: ignore[arg-type]
+        # The head's output joined with the unit-length projector output (--joint-embedding).
+        Recipe("contrastive-joint-latent10", latent=10, extra={"joint_embedding": True},
+               **CONTRASTIVE),  # type: ignore[arg-type]
         # The same recipes, unchanged, on digits (the `make run` data).
         Recipe("digits-conv-mse-latent10", dataset="digits", latent=10),
         Recipe("digits-contrastive-latent10", dataset="digits", latent=10,

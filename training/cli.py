@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--view-relight", action="store_true",
                      help="a second, milder brightness/contrast change on each view (wider "
                           "light invariance)")
+    rec.add_argument("--joint-embedding", action="store_true",
+                     help="embed as the head's output joined with the unit-length SimCLR "
+                          "projector output (latent + 128 numbers)")
     rec.add_argument("--neighbors", type=_positive_int, default=15,
                      help="neighbours per image in the graph the head preserves")
     rec.add_argument("--head-epochs", type=_positive_int, default=5,
@@ -267,6 +270,7 @@ def _train(args: argparse.Namespace) -> int:
                           learning_rate=args.learning_rate, temperature=args.temperature,
                           min_crop=args.min_crop, view_flip=args.view_flip,
                           view_relight=args.view_relight,
+                          joint_embedding=args.joint_embedding,
                           head_neighbors=args.neighbors, head_epochs=args.head_epochs,
                           decoder_epochs=args.decoder_epochs, seed=args.seed),
         epochs=args.epochs,

@@ -100,15 +100,43 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
     history["head_loss"] = fit_head(head, features[sample], graph, head_config, seed=seed)
 
     inputs = keras.Input(shape, name="images")
-    embedding = head(normalised(inputs))
+    backbone_out = backbone(inputs)
+    embedding = head(normalised.get_layer("features_unit_norm")(backbone_out))
+    if config.joint_embedding:
+        embedding = _joint(backbone_out, embedding, contrastive.projector,
+                           head.predict(features[sample], batch_size=4096, verbose=0))
     encoder = keras.Model(inputs, keras.layers.Identity(name="embedding")(embedding),
                           name="encoder")
 
     # Stage 3: a decoder from the frozen embedding back to images.
-    decoder = build_networks(dataclasses.replace(config, kind="conv"), shape).decoder
+    decoder = build_networks(dataclasses.replace(config, kind="conv",
+                                                 latent_dim=int(encoder.output_shape[-1])),
+                             shape).decoder
     z = encoder.predict(images, batch_size=1024, verbose=0)
     history["decoder_loss"] = _fit_decoder(decoder, z, images, config, seed=seed)
     return FittedNetworks(encoder=encoder, decoder=decoder, history=history)
+
+
+def _joint(backbone_out: tf.Tensor, head_output: tf.Tensor, projector: keras.Model,
+           head_train: np.ndarray) -> tf.Tensor:
+    """The head's output joined with the unit-length SimCLR projector output.
+
+    The head's neighbourhoods keep fine structure; the projector, trained only to tell
+    images apart up to augmentation, groups more coarsely, and k-means on the two joined
+    finds groups closer to the classes than on either alone. The head's output is divided
+    by its total spread on the training images (the root of its summed variances) so that
+    both parts weigh about the same as the unit-length projector output.
+    """
+    spread = float(np.sqrt(np.sum(np.var(head_train, axis=0))))
+    if not math.isfinite(spread) or spread <= 0:
+        raise ConfigError(f"the head's embedding has no spread ({spread}); it cannot be "
+                          "joined with the projector output")
+    logger.info("joint embedding: head output / %.4f joined with the unit-length projector "
+                "output", spread)
+    projected = keras.layers.UnitNormalization(name="projection_unit_norm")(
+        projector(backbone_out))
+    scaled = keras.layers.Rescaling(1.0 / spread, name="head_rescale")(head_output)
+    return keras.layers.Concatenate(name="joint_embedding")([scaled, projected])
 
 
 def _fit_decoder(decoder: keras.Model, z: np.ndarray, images: np.ndarray, config: ModelConfig,

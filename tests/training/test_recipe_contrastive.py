@@ -75,6 +75,8 @@ def test_contrastive_config_defaults_and_head_config() -> None:
         ({"view_flip": 0}, "view_flip must be true or false"),
         ({"view_relight": "yes"}, "view_relight must be true or false, got 'yes'"),
         ({"view_relight": 1}, "view_relight must be true or false"),
+        ({"joint_embedding": "yes"}, "joint_embedding must be true or false, got 'yes'"),
+        ({"joint_embedding": 1}, "joint_embedding must be true or false"),
     ],
 )
 def test_bad_contrastive_config_raises(changes: dict[str, Any], message: str) -> None:
@@ -173,6 +175,49 @@ def test_service_serves_the_bundle(trained: TrainResult) -> None:
     assert out.reconstruction is not None and out.reconstruction.shape == (8, 8, 8, 1)
 
 
+@pytest.fixture(scope="module")
+def joint(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    out = tmp_path_factory.mktemp("repo") / "joint" / "1"
+    job = TrainJob(dataset="digits", out=out, data=DataOptions(val_fraction=0.1, seed=0),
+                   model=ModelConfig(**{**SMALL, "joint_embedding": True}), epochs=2,
+                   batch_size=128, clusters=10, seed=0)
+    return run_training(job)
+
+
+def test_joint_embedding_is_the_scaled_head_beside_the_unit_projector(
+        joint: TrainResult) -> None:
+    manifest = bundle.read_manifest(joint.out)
+    # latent 4 from the head, 128 from the SimCLR projector.
+    assert manifest.latent_dim == 132
+    assert manifest.training.hyperparameters["joint_embedding"] is True
+    images, _ = to_numpy(joint.data.train)
+    encoder = joint.model.encoder
+    z = encoder.predict(images, verbose=0)
+    head_part, projected = z[:, :4], z[:, 4:]
+    np.testing.assert_allclose(np.linalg.norm(projected, axis=1), 1.0, atol=1e-5)
+    # The head's part is rescaled to a total spread of 1 over the training images.
+    assert np.sqrt(np.sum(np.var(head_part, axis=0))) == pytest.approx(1.0, rel=1e-3)
+    # It is the head's own output, rescaled: the same directions, one common factor.
+    head = encoder.get_layer("neighborhood_head")
+    features = encoder.get_layer("features_unit_norm")(encoder.get_layer("backbone")(images))
+    raw = head.predict(np.asarray(features), verbose=0)
+    factor = raw / head_part
+    np.testing.assert_allclose(factor, factor.flat[0], rtol=1e-4)
+    # Served exactly as trained: the exported encoder, the decoder on 132 numbers, k-means.
+    loaded = load_bundle(joint.out)
+    saved_z = np.asarray(loaded.encode(tf.constant(images[:16])))
+    np.testing.assert_allclose(saved_z, z[:16], atol=1e-5)
+    assert np.asarray(loaded.decode(tf.constant(saved_z))).shape == (16, 8, 8, 1)
+    assert loaded.centroids.shape == (10, 132)
+    assert joint.manifest.evaluation["hungarian_accuracy"] > 0.3
+
+
+def test_default_embedding_has_no_projector_part(trained: TrainResult) -> None:
+    names = {layer.name for layer in trained.model.encoder.layers}
+    assert "joint_embedding" not in names and "projector" not in names
+    assert trained.model.encoder.output_shape == (None, 4)
+
+
 def test_clusters_beat_chance(trained: TrainResult) -> None:
     # Two backbone epochs and a 32-unit head: far from the recipe's real quality, but the
     # clusters must carry signal (chance is 0.1).
@@ -240,6 +285,9 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     unflipped = parser.parse_args(["train", "--model", "contrastive", "--no-view-flip",
                                    "--min-crop", "0.6", "--view-relight", "--out", "x/m/1"])
     assert (unflipped.min_crop, unflipped.view_flip, unflipped.view_relight) == (0.6, False, True)
+    assert args.joint_embedding is False
+    assert parser.parse_args(["train", "--model", "contrastive", "--joint-embedding",
+                              "--out", "x/m/1"]).joint_embedding is True
     explicit = parser.parse_args(["train", "--model", "contrastive", "--epochs", "3",
                                   "--batch-size", "32", "--out", "x/m/1"])
     assert (explicit.epochs, explicit.batch_size) == (3, 32)

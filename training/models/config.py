@@ -34,6 +34,9 @@ class ModelConfig:
     features, a neighbourhood head (``head_*``; see
     :class:`~training.models.neighborhood.HeadConfig`) to ``latent_dim``, and a conv
     decoder trained for ``decoder_epochs`` on the frozen embedding (loss ``mse`` only).
+    With ``joint_embedding`` the embedding is the head's output (rescaled to unit total
+    spread) joined with the unit-length output of the SimCLR projector: ``latent_dim``
+    + 128 numbers.
     """
 
     kind: ModelKind = "conv"
@@ -50,6 +53,7 @@ class ModelConfig:
     min_crop: float = 0.4
     view_flip: bool = True
     view_relight: bool = False
+    joint_embedding: bool = False
     head_neighbors: int = 15
     head_epochs: int = 5
     head_hidden: tuple[int, ...] = (256, 256)
@@ -109,6 +113,9 @@ class ModelConfig:
             raise ConfigError(f"view_flip must be true or false, got {self.view_flip!r}")
         if not isinstance(self.view_relight, bool):
             raise ConfigError(f"view_relight must be true or false, got {self.view_relight!r}")
+        if not isinstance(self.joint_embedding, bool):
+            raise ConfigError(
+                f"joint_embedding must be true or false, got {self.joint_embedding!r}")
         for name in ("temperature", "min_crop", "head_min_dist"):
             object.__setattr__(self, name, float(getattr(self, name)))
         if self.kind == "contrastive" and self.loss != "mse":
