@@ -8,7 +8,8 @@ Three stages, each logged with its progress:
 3. a conv decoder learns to reconstruct images from the frozen embedding (MSE), so the
    bundle still answers reconstructions.
 
-The exported encoder is one network, images -> backbone -> unit norm -> head, so the
+The exported encoder is one network, images -> backbone -> unit norm -> head (with
+``joint_embedding``, joined with the backbone -> projector -> unit norm branch), so the
 service embeds and assigns new images exactly as during training. No label is read.
 """
 
@@ -124,8 +125,8 @@ def _joint(backbone_out: tf.Tensor, head_output: tf.Tensor, projector: keras.Mod
     The head's neighbourhoods keep fine structure; the projector, trained only to tell
     images apart up to augmentation, groups more coarsely, and k-means on the two joined
     finds groups closer to the classes than on either alone. The head's output is divided
-    by its total spread on the training images (the root of its summed variances) so that
-    both parts weigh about the same as the unit-length projector output.
+    by its total spread on the training images (the root of its summed variances), so that
+    it weighs in k-means' distances about as much as the unit-length projector output.
     """
     spread = float(np.sqrt(np.sum(np.var(head_train, axis=0))))
     if not math.isfinite(spread) or spread <= 0:
