@@ -173,9 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--view-relight", action="store_true",
                      help="a second, milder brightness/contrast change on each view (wider "
                           "light invariance)")
-    rec.add_argument("--joint-embedding", action="store_true",
+    rec.add_argument("--joint-embedding", action=argparse.BooleanOptionalAction, default=True,
                      help="embed as the head's output joined with the unit-length SimCLR "
-                          "projector output (latent + 128 numbers)")
+                          "projector output (latent + 128 numbers); --no-joint-embedding: "
+                          "the head's latent numbers alone")
     rec.add_argument("--neighbors", type=_positive_int, default=15,
                      help="neighbours per image in the graph the head preserves")
     rec.add_argument("--head-epochs", type=_positive_int, default=5,

@@ -36,6 +36,7 @@ SMALL: dict[str, Any] = {
 def test_contrastive_config_defaults_and_head_config() -> None:
     config = ModelConfig(kind="contrastive")
     assert config.loss == "mse"
+    assert config.joint_embedding is True  # the best recipe measured is the default
     head = config.head_config()
     assert (head.n_neighbors, head.epochs, head.hidden, head.min_dist) == (15, 5, (256, 256), 0.0)
     assert head.learning_rate == config.learning_rate
@@ -118,7 +119,8 @@ def test_bundle_records_the_recipe(trained: TrainResult) -> None:
     info = manifest.training
     assert info.model_kind == "contrastive" and info.loss == "mse"
     assert info.labels_used is False
-    assert manifest.latent_dim == 4 and manifest.n_clusters == 10
+    # The default joint embedding: latent 4 from the head, 128 from the SimCLR projector.
+    assert manifest.latent_dim == 132 and manifest.n_clusters == 10
     assert info.n_train == 1617 and info.n_heldout == 180
     hp = info.hyperparameters
     assert hp["kind"] == "contrastive" and hp["backbone_filters"] == [8, 16]
@@ -155,7 +157,7 @@ def test_exported_encoder_matches_the_trained_one(trained: TrainResult) -> None:
     assert loaded.manifest.training.model_kind == "contrastive"
     saved_z = np.asarray(loaded.encode(tf.constant(images)))
     saved_r = np.asarray(loaded.decode(tf.constant(saved_z)))
-    assert saved_z.shape == (180, 4) and saved_r.shape == (180, 8, 8, 1)
+    assert saved_z.shape == (180, 132) and saved_r.shape == (180, 8, 8, 1)
     np.testing.assert_allclose(saved_z, keras_z, atol=1e-5)
     np.testing.assert_allclose(saved_r, keras_r, atol=1e-5)
     ids, _ = bundle.assign(saved_z, loaded.centroids)
@@ -175,17 +177,9 @@ def test_service_serves_the_bundle(trained: TrainResult) -> None:
     assert out.reconstruction is not None and out.reconstruction.shape == (8, 8, 8, 1)
 
 
-@pytest.fixture(scope="module")
-def joint(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
-    out = tmp_path_factory.mktemp("repo") / "joint" / "1"
-    job = TrainJob(dataset="digits", out=out, data=DataOptions(val_fraction=0.1, seed=0),
-                   model=ModelConfig(**{**SMALL, "joint_embedding": True}), epochs=2,
-                   batch_size=128, clusters=10, seed=0)
-    return run_training(job)
-
-
 def test_joint_embedding_is_the_scaled_head_beside_the_unit_projector(
-        joint: TrainResult) -> None:
+        trained: TrainResult) -> None:
+    joint = trained
     manifest = bundle.read_manifest(joint.out)
     # latent 4 from the head, 128 from the SimCLR projector.
     assert manifest.latent_dim == 132
@@ -212,10 +206,30 @@ def test_joint_embedding_is_the_scaled_head_beside_the_unit_projector(
     assert joint.manifest.evaluation["hungarian_accuracy"] > 0.3
 
 
-def test_default_embedding_has_no_projector_part(trained: TrainResult) -> None:
-    names = {layer.name for layer in trained.model.encoder.layers}
+@pytest.fixture(scope="module")
+def head_only(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    out = tmp_path_factory.mktemp("repo") / "head_only" / "1"
+    job = TrainJob(dataset="digits", out=out, data=DataOptions(val_fraction=0.1, seed=0),
+                   model=ModelConfig(**{**SMALL, "joint_embedding": False}), epochs=2,
+                   batch_size=128, clusters=10, seed=0)
+    return run_training(job)
+
+
+def test_head_only_embedding_has_no_projector_part(head_only: TrainResult) -> None:
+    names = {layer.name for layer in head_only.model.encoder.layers}
     assert "joint_embedding" not in names and "projector" not in names
-    assert trained.model.encoder.output_shape == (None, 4)
+    assert head_only.model.encoder.output_shape == (None, 4)
+    manifest = bundle.read_manifest(head_only.out)
+    assert manifest.latent_dim == 4
+    assert manifest.training.hyperparameters["joint_embedding"] is False
+    loaded = load_bundle(head_only.out)
+    assert head_only.data.heldout is not None
+    images, _ = to_numpy(head_only.data.heldout)
+    saved_z = np.asarray(loaded.encode(tf.constant(images)))
+    np.testing.assert_allclose(saved_z, head_only.model.encoder.predict(images, verbose=0),
+                               atol=1e-5)
+    assert loaded.centroids.shape == (10, 4)
+    assert head_only.manifest.evaluation["hungarian_accuracy"] > 0.3
 
 
 def test_clusters_beat_chance(trained: TrainResult) -> None:
@@ -285,7 +299,9 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     unflipped = parser.parse_args(["train", "--model", "contrastive", "--no-view-flip",
                                    "--min-crop", "0.6", "--view-relight", "--out", "x/m/1"])
     assert (unflipped.min_crop, unflipped.view_flip, unflipped.view_relight) == (0.6, False, True)
-    assert args.joint_embedding is False
+    assert args.joint_embedding is True
+    assert parser.parse_args(["train", "--model", "contrastive", "--no-joint-embedding",
+                              "--out", "x/m/1"]).joint_embedding is False
     assert parser.parse_args(["train", "--model", "contrastive", "--joint-embedding",
                               "--out", "x/m/1"]).joint_embedding is True
     explicit = parser.parse_args(["train", "--model", "contrastive", "--epochs", "3",
@@ -297,7 +313,7 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     assert "contrastive backbone's (default 15)" in text
     assert "contrastive: 256" in text
     for option in ("--temperature", "--min-crop", "--no-view-flip", "--neighbors",
-                   "--head-epochs", "--decoder-epochs"):
+                   "--head-epochs", "--decoder-epochs", "--joint-embedding, --no-joint-embedding"):
         assert option in text
 
 
