@@ -90,6 +90,11 @@ def recipes(quick: bool) -> list[Recipe]:
         Recipe("contrastive-headonly-crop1-relight-latent10", latent=10,
                extra={**HEAD_ONLY, "min_crop": 1.0, "view_relight": True},
                **CONTRASTIVE),  # type: ignore[arg-type]
+        # The same views with the default joint embedding: does it carry the better
+        # neighbourhoods to K=20 without the K=10 loss?
+        Recipe("contrastive-crop1-relight-latent10", latent=10,
+               extra={"min_crop": 1.0, "view_relight": True},
+               **CONTRASTIVE),  # type: ignore[arg-type]
         # The same recipes, unchanged, on digits (the `make run` data).
         Recipe("digits-conv-mse-latent10", dataset="digits", latent=10),
         Recipe("digits-contrastive-latent10", dataset="digits", latent=10,
