@@ -179,13 +179,12 @@ def test_service_serves_the_bundle(trained: TrainResult) -> None:
 
 def test_joint_embedding_is_the_scaled_head_beside_the_unit_projector(
         trained: TrainResult) -> None:
-    joint = trained
-    manifest = bundle.read_manifest(joint.out)
+    manifest = bundle.read_manifest(trained.out)
     # latent 4 from the head, 128 from the SimCLR projector.
     assert manifest.latent_dim == 132
     assert manifest.training.hyperparameters["joint_embedding"] is True
-    images, _ = to_numpy(joint.data.train)
-    encoder = joint.model.encoder
+    images, _ = to_numpy(trained.data.train)
+    encoder = trained.model.encoder
     z = encoder.predict(images, verbose=0)
     head_part, projected = z[:, :4], z[:, 4:]
     np.testing.assert_allclose(np.linalg.norm(projected, axis=1), 1.0, atol=1e-5)
@@ -198,12 +197,12 @@ def test_joint_embedding_is_the_scaled_head_beside_the_unit_projector(
     factor = raw / head_part
     np.testing.assert_allclose(factor, factor.flat[0], rtol=1e-4)
     # Served exactly as trained: the exported encoder, the decoder on 132 numbers, k-means.
-    loaded = load_bundle(joint.out)
+    loaded = load_bundle(trained.out)
     saved_z = np.asarray(loaded.encode(tf.constant(images[:16])))
     np.testing.assert_allclose(saved_z, z[:16], atol=1e-5)
     assert np.asarray(loaded.decode(tf.constant(saved_z))).shape == (16, 8, 8, 1)
     assert loaded.centroids.shape == (10, 132)
-    assert joint.manifest.evaluation["hungarian_accuracy"] > 0.3
+    assert trained.manifest.evaluation["hungarian_accuracy"] > 0.3
 
 
 @pytest.fixture(scope="module")
