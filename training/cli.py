@@ -81,6 +81,7 @@ _fraction = _number(float, lambda v: 0.0 <= v < 1.0, "--val-fraction must be in 
 _non_negative = _number(float, lambda v: v >= 0, "expected a value >= 0")
 _positive_int = _number(int, lambda v: v >= 1, "expected an integer >= 1")
 _count = _number(int, lambda v: v >= 0, "expected an integer >= 0")
+_graph_communities = _number(int, lambda v: v == 0 or v >= 2, "expected 0 (off) or an integer >= 2")
 
 
 def _add_data_options(parser: argparse.ArgumentParser, *, for_training: bool) -> None:
@@ -177,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="embed as the head's output joined with the unit-length SimCLR "
                           "projector output (latent + 128 numbers); --no-joint-embedding: "
                           "the head's latent numbers alone")
+    rec.add_argument("--graph-communities", type=_graph_communities, default=0, metavar="N",
+                     help="embed as the probabilities of N Louvain communities of the features' "
+                          "neighbour graph, learnt by a softmax head (0: off, the default); "
+                          "better groups at --clusters near N (README, Clustering quality)")
     rec.add_argument("--neighbors", type=_positive_int, default=15,
                      help="neighbours per image in the graph the head preserves")
     rec.add_argument("--head-epochs", type=_positive_int, default=5,
@@ -272,6 +277,7 @@ def _train(args: argparse.Namespace) -> int:
                           min_crop=args.min_crop, view_flip=args.view_flip,
                           view_relight=args.view_relight,
                           joint_embedding=args.joint_embedding,
+                          graph_communities=args.graph_communities,
                           head_neighbors=args.neighbors, head_epochs=args.head_epochs,
                           decoder_epochs=args.decoder_epochs, seed=args.seed),
         epochs=args.epochs,

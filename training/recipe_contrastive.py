@@ -4,7 +4,9 @@ Three stages, each logged with its progress:
 
 1. a conv backbone learns augmentation-invariant features (SimCLR's NT-Xent loss);
 2. the fuzzy k-nearest-neighbour graph of those features (cosine) trains a small MLP
-   head to a ``latent_dim`` embedding in which neighbours stay close (parametric UMAP);
+   head to a ``latent_dim`` embedding in which neighbours stay close (parametric UMAP) or,
+   with ``graph_communities``, a softmax head learns the graph's Louvain communities
+   (:mod:`training.communities`);
 3. a conv decoder learns to reconstruct images from the frozen embedding (MSE), so the
    bundle still answers reconstructions.
 
@@ -26,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training import neighbors
+from training import communities, neighbors
 from training.data import LoadedData, batches, to_numpy
 from training.errors import ConfigError
 from training.fit import EpochLogger, fit_model
@@ -62,6 +64,11 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
         raise ConfigError(f"the contrastive recipe needs more than {config.head_neighbors} "
                           f"training images (--neighbors), got {data.train.size}")
 
+    graph_points = min(data.train.size, config.head_max_points)
+    if config.graph_communities > graph_points:
+        raise ConfigError(f"{config.graph_communities} graph communities need at least as "
+                          f"many training images; the graph has {graph_points}")
+
     # Stage 1: augmentation-invariant backbone.
     with strategy.scope():
         contrastive = build_contrastive(
@@ -93,17 +100,21 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
     sample = (np.sort(rng.choice(len(features), config.head_max_points, replace=False))
               if len(features) > config.head_max_points else np.arange(len(features)))
     distances, indices = neighbors.nearest_neighbors(features[sample], config.head_neighbors)
-    graph = neighbors.fuzzy_graph(distances, indices)
-    logger.info("neighbour graph: %d points, %d edges", graph.n, graph.n_edges)
-    keras.utils.set_random_seed(config.seed)
-    head = build_head(config.feature_dim, config.latent_dim, config.head_hidden)
-    head_config = config.head_config()
-    history["head_loss"] = fit_head(head, features[sample], graph, head_config, seed=seed)
+    if config.graph_communities:
+        head, history["community_loss"] = _fit_community_head(features[sample], indices,
+                                                               config, seed=seed)
+    else:
+        graph = neighbors.fuzzy_graph(distances, indices)
+        logger.info("neighbour graph: %d points, %d edges", graph.n, graph.n_edges)
+        keras.utils.set_random_seed(config.seed)
+        head = build_head(config.feature_dim, config.latent_dim, config.head_hidden)
+        history["head_loss"] = fit_head(head, features[sample], graph, config.head_config(),
+                                        seed=seed)
 
     inputs = keras.Input(shape, name="images")
     backbone_out = backbone(inputs)
     embedding = head(normalised.get_layer("features_unit_norm")(backbone_out))
-    if config.joint_embedding:
+    if config.joint_embedding and not config.graph_communities:
         embedding = _joint(backbone_out, embedding, contrastive.projector,
                            head.predict(features[sample], batch_size=4096, verbose=0))
     encoder = keras.Model(inputs, keras.layers.Identity(name="embedding")(embedding),
@@ -116,6 +127,47 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
     z = encoder.predict(images, batch_size=1024, verbose=0)
     history["decoder_loss"] = _fit_decoder(decoder, z, images, config, seed=seed)
     return FittedNetworks(encoder=encoder, decoder=decoder, history=history)
+
+
+def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: ModelConfig,
+                        *, seed: int) -> tuple[keras.Model, list[float]]:
+    """A softmax head that predicts each image's Louvain community from its features.
+
+    The communities follow the neighbour graph where k-means' straight boundaries would
+    cut across it; the head carries them to new images, and its probabilities are the
+    embedding, so k-means on them (the bundle's centroids, nearest-centroid serving) finds
+    the communities again.
+    """
+    count = config.graph_communities
+    partition = communities.louvain_communities(communities.knn_adjacency(indices), count,
+                                               seed=seed)
+    keras.utils.set_random_seed(config.seed)
+    head = keras.Sequential(
+        [keras.Input((features.shape[1],)),
+         *[keras.layers.Dense(units, activation="relu") for units in config.head_hidden],
+         keras.layers.Dense(count, activation="softmax", name="community_probabilities")],
+        name="community_head")
+    head.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                 loss="sparse_categorical_crossentropy")
+    batch = 256
+    dataset = (tf.data.Dataset.from_tensor_slices((features, partition.labels))
+               .shuffle(min(len(features), 65_536), seed=seed, reshuffle_each_iteration=True)
+               .batch(batch).prefetch(2))
+    # As for the decoder: small datasets get at least _DECODER_MIN_STEPS steps.
+    epochs = max(config.head_epochs,
+                 math.ceil(_DECODER_MIN_STEPS / math.ceil(len(features) / batch)))
+    result = head.fit(dataset, epochs=epochs, verbose=0, shuffle=False,
+                      callbacks=[EpochLogger("community head", epochs, every=max(1, epochs // 10)),
+                                 StopOnInterrupt()])
+    losses = [float(v) for v in result.history["loss"]]
+    if not all(math.isfinite(v) for v in losses):
+        raise ConfigError(f"the community head diverged (loss {losses[-1]}); lower "
+                          "--learning-rate")
+    agreement = float(np.mean(head.predict(features, batch_size=4096, verbose=0).argmax(axis=1)
+                              == partition.labels))
+    logger.info("community head: predicts the community of %.1f %% of the training images",
+                100 * agreement)
+    return head, losses
 
 
 def _joint(backbone_out: tf.Tensor, head_output: tf.Tensor, projector: keras.Model,

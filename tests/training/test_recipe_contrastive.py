@@ -78,6 +78,10 @@ def test_contrastive_config_defaults_and_head_config() -> None:
         ({"view_relight": 1}, "view_relight must be true or false"),
         ({"joint_embedding": "yes"}, "joint_embedding must be true or false, got 'yes'"),
         ({"joint_embedding": 1}, "joint_embedding must be true or false"),
+        ({"graph_communities": 1}, "graph_communities must be 0 (off) or an integer >= 2, got 1"),
+        ({"graph_communities": -3}, "graph_communities must be 0 (off) or an integer >= 2"),
+        ({"graph_communities": 2.5}, "graph_communities must be 0 (off) or an integer >= 2"),
+        ({"graph_communities": True}, "graph_communities must be 0 (off) or an integer >= 2"),
     ],
 )
 def test_bad_contrastive_config_raises(changes: dict[str, Any], message: str) -> None:
@@ -231,6 +235,56 @@ def test_head_only_embedding_has_no_projector_part(head_only: TrainResult) -> No
     assert head_only.manifest.evaluation["hungarian_accuracy"] > 0.3
 
 
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    out = tmp_path_factory.mktemp("repo") / "graph" / "1"
+    job = TrainJob(dataset="digits", out=out, data=DataOptions(val_fraction=0.1, seed=0),
+                   model=ModelConfig(**{**SMALL, "graph_communities": 12}), epochs=2,
+                   batch_size=128, clusters=10, seed=0)
+    return run_training(job)
+
+
+def test_graph_communities_embed_as_community_probabilities(graph: TrainResult) -> None:
+    encoder = graph.model.encoder
+    names = {layer.name for layer in encoder.layers}
+    assert "community_head" in names
+    assert "neighborhood_head" not in names and "joint_embedding" not in names
+    assert encoder.output_shape == (None, 12)
+    manifest = bundle.read_manifest(graph.out)
+    assert manifest.latent_dim == 12
+    assert manifest.training.hyperparameters["graph_communities"] == 12
+    assert "community_loss" in graph.history and "head_loss" not in graph.history
+    losses = graph.history["community_loss"]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    images, _ = to_numpy(graph.data.train)
+    z = encoder.predict(images, verbose=0)
+    # Probabilities over the 12 communities, and the head has learnt to commit to one.
+    np.testing.assert_allclose(z.sum(axis=1), 1.0, atol=1e-5)
+    assert np.all(z >= 0) and np.median(z.max(axis=1)) > 0.5
+    assert len(np.unique(z.argmax(axis=1))) >= 10
+    # Served exactly as trained: exported encoder, decoder on 12 numbers, 10 centroids.
+    loaded = load_bundle(graph.out)
+    assert graph.data.heldout is not None
+    held, _ = to_numpy(graph.data.heldout)
+    saved_z = np.asarray(loaded.encode(tf.constant(held)))
+    np.testing.assert_allclose(saved_z, encoder.predict(held, verbose=0), atol=1e-5)
+    assert np.asarray(loaded.decode(tf.constant(saved_z))).shape == (180, 8, 8, 1)
+    assert loaded.centroids.shape == (10, 12)
+    assert graph.manifest.evaluation["hungarian_accuracy"] > 0.3
+
+
+def test_graph_communities_repeat_from_the_seed(graph: TrainResult, tmp_path: Path) -> None:
+    # The communities and the head come from the seed alone: a second run gives the same
+    # bundle's embeddings and centroids.
+    job = TrainJob(dataset="digits", out=tmp_path / "again" / "1",
+                   data=DataOptions(val_fraction=0.1, seed=0),
+                   model=ModelConfig(**{**SMALL, "graph_communities": 12}), epochs=2,
+                   batch_size=128, clusters=10, seed=0)
+    again = run_training(job)
+    np.testing.assert_allclose(load_bundle(again.out).centroids, load_bundle(graph.out).centroids,
+                               atol=1e-6)
+
+
 def test_clusters_beat_chance(trained: TrainResult) -> None:
     # Two backbone epochs and a 32-unit head: far from the recipe's real quality, but the
     # clusters must carry signal (chance is 0.1).
@@ -257,6 +311,8 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
         (["--batch-size", "0"], "--batch-size"),
         (["--min-crop", "0"], "expected in (0, 1]"),
         (["--min-crop", "1.5"], "--min-crop"),
+        (["--graph-communities", "1"], "expected 0 (off) or an integer >= 2, got 1"),
+        (["--graph-communities", "x"], "--graph-communities"),
     ],
 )
 def test_bad_recipe_options_exit_2(args: list[str], message: str, tmp_path: Path,
@@ -274,6 +330,8 @@ def test_bad_recipe_options_exit_2(args: list[str], message: str, tmp_path: Path
         (["--loss", "bce"], "loss 'bce' applies to the autoencoder kinds"),
         (["--batch-size", "1"], "needs --batch-size >= 2"),
         (["--neighbors", "2000"], "needs more than 2000 training images (--neighbors), got 1617"),
+        (["--graph-communities", "1700"],
+         "1700 graph communities need at least as many training images; the graph has 1617"),
     ],
 )
 def test_impossible_combinations_exit_2_without_a_bundle(
@@ -295,6 +353,10 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     assert (args.temperature, args.neighbors, args.head_epochs, args.decoder_epochs) == (
         0.5, 15, 5, 5)
     assert (args.min_crop, args.view_flip, args.view_relight) == (0.4, True, False)
+    assert args.graph_communities == 0
+    graph = parser.parse_args(["train", "--model", "contrastive", "--graph-communities", "20",
+                               "--out", "x/m/1"])
+    assert graph.graph_communities == 20
     unflipped = parser.parse_args(["train", "--model", "contrastive", "--no-view-flip",
                                    "--min-crop", "0.6", "--view-relight", "--out", "x/m/1"])
     assert (unflipped.min_crop, unflipped.view_flip, unflipped.view_relight) == (0.6, False, True)

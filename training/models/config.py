@@ -37,7 +37,11 @@ class ModelConfig:
     With ``joint_embedding`` (the default; the best recipe measured on Fashion-MNIST) the
     embedding is the head's output (rescaled to unit total spread) joined with the
     unit-length output of the SimCLR projector: ``latent_dim`` + 128 numbers; without it,
-    the head's ``latent_dim`` numbers alone. Other kinds ignore it.
+    the head's ``latent_dim`` numbers alone. With ``graph_communities`` N >= 2 the head
+    and the joint embedding give way to a community head: the Leiden communities of the
+    features' neighbour graph, N of them, are learnt by a softmax head whose N
+    probabilities are the embedding (:mod:`training.communities`; better groups at K
+    around N, see README). Other kinds ignore these fields.
     """
 
     kind: ModelKind = "conv"
@@ -55,6 +59,7 @@ class ModelConfig:
     view_flip: bool = True
     view_relight: bool = False
     joint_embedding: bool = True
+    graph_communities: int = 0
     head_neighbors: int = 15
     head_epochs: int = 5
     head_hidden: tuple[int, ...] = (256, 256)
@@ -104,6 +109,11 @@ class ModelConfig:
             if not _is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
             object.__setattr__(self, name, int(value))
+        if not _is_int(self.graph_communities) or self.graph_communities < 0 \
+                or self.graph_communities == 1:
+            raise ConfigError("graph_communities must be 0 (off) or an integer >= 2, got "
+                              f"{self.graph_communities!r}")
+        object.__setattr__(self, "graph_communities", int(self.graph_communities))
         if not _is_real(self.temperature) or not 0 < self.temperature < float("inf"):
             raise ConfigError(f"temperature must be a number > 0, got {self.temperature!r}")
         if not _is_real(self.min_crop) or not 0 < self.min_crop <= 1:

@@ -1,0 +1,102 @@
+"""Louvain communities of k-NN graphs: exact counts, the best start kept, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+from sknetwork.clustering import get_modularity
+
+from training import communities
+from training.errors import ConfigError
+from training.neighbors import nearest_neighbors
+
+
+def _blobs(per: int = 150, centres: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    offsets = np.array([[4 * i, 5 * (i % 2)] for i in range(centres)], dtype=float)
+    points = np.concatenate([rng.normal(0, 0.3, (per, 2)) + offset for offset in offsets])
+    return points, np.repeat(np.arange(centres), per)
+
+
+def test_adjacency_is_symmetric_without_self_loops() -> None:
+    indices = np.array([[1, 2], [0, 0], [0, 1]])  # point 1 lists 0 twice; 0 -> 1 and 2
+    a = communities.knn_adjacency(indices).toarray()
+    np.testing.assert_array_equal(a, a.T)
+    assert np.all(np.diag(a) == 0)
+    np.testing.assert_array_equal(a, [[0, 1, 1], [1, 0, 1], [1, 1, 0]])
+    # A self match in the list is dropped rather than kept as a loop.
+    assert communities.knn_adjacency(np.array([[0], [0]])).toarray().tolist() == [[0, 1], [1, 0]]
+
+
+@pytest.mark.parametrize(
+    ("indices", "message"),
+    [
+        (np.zeros(3, dtype=int), "must be [n, k]"),
+        (np.zeros((3, 0), dtype=int), "must be [n, k]"),
+        (np.array([[1], [3], [0]]), "must lie in [0, 3)"),
+        (np.array([[1], [-1], [0]]), "must lie in [0, 3)"),
+    ],
+)
+def test_bad_neighbour_lists_are_refused(indices: np.ndarray, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        communities.knn_adjacency(indices)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("count", [4, 8])
+def test_exactly_the_requested_count_and_the_blobs_found(count: int) -> None:
+    points, truth = _blobs()
+    _, indices = nearest_neighbors(points, 10)
+    partition = communities.louvain_communities(communities.knn_adjacency(indices), count)
+    assert partition.count == count
+    assert sorted(np.unique(partition.labels)) == list(range(count))
+    if count == 4:
+        # Four separate blobs: the four communities are the blobs exactly.
+        assert adjusted_rand_score(truth, partition.labels) == 1.0
+    else:
+        # Eight: the blobs are split, never mixed.
+        for community in range(count):
+            assert len(set(truth[partition.labels == community])) == 1
+
+
+def test_the_kept_start_has_the_best_modularity_and_the_run_repeats() -> None:
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(600, 5))  # no real groups: starts disagree
+    _, indices = nearest_neighbors(points, 8)
+    adjacency = communities.knn_adjacency(indices)
+    one = communities.louvain_communities(adjacency, 6, seed=3, starts=1)
+    best = communities.louvain_communities(adjacency, 6, seed=3, starts=6)
+    assert one.count == best.count == 6 and best.starts_tried == 6 and one.starts_tried == 1
+    # The first start is the one a single-start run keeps; a later one is better here.
+    assert best.modularity > one.modularity
+    assert best.modularity == pytest.approx(
+        get_modularity(adjacency, best.labels, resolution=best.resolution))
+    again = communities.louvain_communities(adjacency, 6, seed=3, starts=6)
+    np.testing.assert_array_equal(again.labels, best.labels)
+
+
+@pytest.mark.parametrize(
+    ("count", "message"),
+    [
+        (1, "must be an integer >= 2, got 1"),
+        (True, "must be an integer >= 2"),
+        (2.0, "must be an integer >= 2"),
+        (9, "9 communities need at least 9 images; there are 8"),
+    ],
+)
+def test_bad_counts_are_refused(count: object, message: str) -> None:
+    pairs = communities.knn_adjacency(np.array([[1], [0], [3], [2], [5], [4], [7], [6]]))
+    with pytest.raises(ConfigError) as info:
+        communities.louvain_communities(pairs, count)  # type: ignore[arg-type]
+    assert message in str(info.value)
+
+
+def test_an_unreachable_count_names_the_problem() -> None:
+    # Four separate pairs: no resolution joins points that share no edge, so two
+    # communities cannot be had.
+    pairs = communities.knn_adjacency(np.array([[1], [0], [3], [2], [5], [4], [7], [6]]))
+    with pytest.raises(ConfigError, match="no Louvain resolution splits the neighbour graph "
+                                          r"into exactly 2 communities \(the search saw 4-"):
+        communities.louvain_communities(pairs, 2)
+    assert communities.louvain_communities(pairs, 4).count == 4
