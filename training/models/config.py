@@ -38,7 +38,7 @@ class ModelConfig:
     embedding is the head's output (rescaled to unit total spread) joined with the
     unit-length output of the SimCLR projector: ``latent_dim`` + 128 numbers; without it,
     the head's ``latent_dim`` numbers alone. With ``graph_communities`` N >= 2 the head
-    and the joint embedding give way to a community head: the Leiden communities of the
+    and the joint embedding give way to a community head: the Louvain communities of the
     features' neighbour graph, N of them, are learnt by a softmax head whose N
     probabilities are the embedding (:mod:`training.communities`; better groups at K
     around N, see README). Other kinds ignore these fields.
