@@ -95,7 +95,7 @@ def recipes(quick: bool) -> list[Recipe]:
         Recipe("contrastive-crop1-relight-latent10", latent=10,
                extra={"min_crop": 1.0, "view_relight": True},
                **CONTRASTIVE),  # type: ignore[arg-type]
-        # The same views, embedded as the probabilities of 20 Leiden communities of the
+        # The same views, embedded as the probabilities of 20 Louvain communities of the
         # features' neighbour graph (`--graph-communities 20`): a preset for K = 20.
         Recipe("contrastive-crop1-relight-graph20", latent=10,
                extra={"min_crop": 1.0, "view_relight": True, "graph_communities": 20},

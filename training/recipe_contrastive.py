@@ -39,7 +39,7 @@ from training.models.neighborhood import build_head, fit_head
 
 logger = logging.getLogger(__name__)
 
-_DECODER_MIN_STEPS = 1000
+_MIN_STEPS = 1000
 
 
 @dataclass
@@ -147,22 +147,9 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
          *[keras.layers.Dense(units, activation="relu") for units in config.head_hidden],
          keras.layers.Dense(count, activation="softmax", name="community_probabilities")],
         name="community_head")
-    head.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                 loss="sparse_categorical_crossentropy")
-    batch = 256
-    dataset = (tf.data.Dataset.from_tensor_slices((features, partition.labels))
-               .shuffle(min(len(features), 65_536), seed=seed, reshuffle_each_iteration=True)
-               .batch(batch).prefetch(2))
-    # As for the decoder: small datasets get at least _DECODER_MIN_STEPS steps.
-    epochs = max(config.head_epochs,
-                 math.ceil(_DECODER_MIN_STEPS / math.ceil(len(features) / batch)))
-    result = head.fit(dataset, epochs=epochs, verbose=0, shuffle=False,
-                      callbacks=[EpochLogger("community head", epochs, every=max(1, epochs // 10)),
-                                 StopOnInterrupt()])
-    losses = [float(v) for v in result.history["loss"]]
-    if not all(math.isfinite(v) for v in losses):
-        raise ConfigError(f"the community head diverged (loss {losses[-1]}); lower "
-                          "--learning-rate")
+    losses = _fit_arrays(head, features, partition.labels, loss="sparse_categorical_crossentropy",
+                         min_epochs=config.head_epochs, label="community head", config=config,
+                         seed=seed)
     agreement = float(np.mean(head.predict(features, batch_size=4096, verbose=0).argmax(axis=1)
                               == partition.labels))
     logger.info("community head: predicts the community of %.1f %% of the training images",
@@ -195,17 +182,24 @@ def _joint(backbone_out: tf.Tensor, head_output: tf.Tensor, projector: keras.Mod
 def _fit_decoder(decoder: keras.Model, z: np.ndarray, images: np.ndarray, config: ModelConfig,
                  *, seed: int) -> list[float]:
     trainer = keras.Sequential([keras.Input((z.shape[1],)), decoder], name="decoder_trainer")
-    trainer.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="mse")
+    return _fit_arrays(trainer, z, images, loss="mse", min_epochs=config.decoder_epochs,
+                       label="decoder", config=config, seed=seed)
+
+
+def _fit_arrays(model: keras.Model, inputs: np.ndarray, targets: np.ndarray, *, loss: str,
+                min_epochs: int, label: str, config: ModelConfig, seed: int) -> list[float]:
+    """Fit ``model`` on in-memory arrays with Adam; the per-epoch losses, all finite."""
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss)
     batch = 256
-    dataset = (tf.data.Dataset.from_tensor_slices((z, images))
-               .shuffle(min(len(z), 65_536), seed=seed, reshuffle_each_iteration=True)
+    dataset = (tf.data.Dataset.from_tensor_slices((inputs, targets))
+               .shuffle(min(len(inputs), 65_536), seed=seed, reshuffle_each_iteration=True)
                .batch(batch).prefetch(2))
-    # Small datasets give few steps per epoch: train at least _DECODER_MIN_STEPS steps.
-    epochs = max(config.decoder_epochs, math.ceil(_DECODER_MIN_STEPS / math.ceil(len(z) / batch)))
-    result = trainer.fit(dataset, epochs=epochs, verbose=0, shuffle=False,
-                         callbacks=[EpochLogger("decoder", epochs, every=max(1, epochs // 10)),
-                                    StopOnInterrupt()])
+    # Small datasets give few steps per epoch: train at least _MIN_STEPS steps.
+    epochs = max(min_epochs, math.ceil(_MIN_STEPS / math.ceil(len(inputs) / batch)))
+    result = model.fit(dataset, epochs=epochs, verbose=0, shuffle=False,
+                       callbacks=[EpochLogger(label, epochs, every=max(1, epochs // 10)),
+                                  StopOnInterrupt()])
     losses = [float(v) for v in result.history["loss"]]
     if not all(math.isfinite(v) for v in losses):
-        raise ConfigError(f"the decoder diverged (loss {losses[-1]}); lower --learning-rate")
+        raise ConfigError(f"the {label} diverged (loss {losses[-1]}); lower --learning-rate")
     return losses
