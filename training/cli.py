@@ -182,9 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="embed as the probabilities of N Louvain communities of the features' "
                           "neighbour graph, learnt by a softmax head (0: off, the default); "
                           "better groups at --clusters near N (README, Clustering quality)")
-    rec.add_argument("--graph-consensus", type=_count, default=30, metavar="R",
-                     help="find the communities on the consensus of R Louvain runs, edges "
-                          "weighted by the share of runs joining their ends (0: one run)")
     rec.add_argument("--neighbors", type=_positive_int, default=15,
                      help="neighbours per image in the graph the head preserves")
     rec.add_argument("--head-epochs", type=_positive_int, default=5,
@@ -281,7 +278,6 @@ def _train(args: argparse.Namespace) -> int:
                           view_relight=args.view_relight,
                           joint_embedding=args.joint_embedding,
                           graph_communities=args.graph_communities,
-                          graph_consensus=args.graph_consensus,
                           head_neighbors=args.neighbors, head_epochs=args.head_epochs,
                           decoder_epochs=args.decoder_epochs, seed=args.seed),
         epochs=args.epochs,

@@ -14,13 +14,6 @@ until the partition has exactly the requested number, and among a few seeded sta
 orders) at that resolution the one with the highest modularity (the objective itself, no
 label) is kept. Louvain rather than Leiden: scikit-network's Leiden gave different
 partitions for the same seed, and a bundle must be repeatable from its seed.
-
-One Louvain run depends on the order it visits the nodes: runs that differ only in that
-order agree on most edges and disagree on the borders between communities. With
-``consensus_runs`` R, R more runs at the found resolution vote on every edge, and the
-final partition is found, the same way, on the graph whose edge weights are the share of
-runs that kept both ends together (a consensus clustering, Lancichinetti & Fortunato,
-2012): edges the runs agree on bind, borders they disagree on loosen.
 """
 
 from __future__ import annotations
@@ -42,8 +35,6 @@ logger = logging.getLogger(__name__)
 # (about 0.1-3 for 10-40 communities of 60,000 images).
 _LOW, _HIGH = 1e-4, 1e3
 _BISECTION_STEPS = 24
-# Consensus weight of an edge that no run kept (see consensus_graph).
-_CUT_EDGE_WEIGHT = 1e-3
 
 
 @dataclass(frozen=True)
@@ -54,7 +45,6 @@ class Partition:
     resolution: float
     modularity: float
     starts_tried: int
-    consensus_runs: int = 0
 
     @property
     def count(self) -> int:
@@ -79,56 +69,12 @@ def knn_adjacency(indices: np.ndarray) -> sp.csr_matrix:
 
 
 def louvain_communities(adjacency: sp.csr_matrix, count: int, *, seed: int = 0,
-                        starts: int = 5, consensus_runs: int = 0) -> Partition:
+                       starts: int = 5) -> Partition:
     """A Louvain partition of ``adjacency`` into exactly ``count`` communities.
-
-    With ``consensus_runs`` R > 0 the partition is that of the consensus graph of R runs
-    (module docstring); its resolution and modularity are those on the consensus graph.
 
     Raises :class:`ConfigError` when no resolution gives ``count`` communities (a graph of
     fewer nodes, or one whose communities jump past ``count`` at every resolution).
     """
-    if isinstance(consensus_runs, bool) or not isinstance(consensus_runs, int | np.integer) \
-            or consensus_runs < 0:
-        raise ConfigError(f"consensus_runs must be an integer >= 0, got {consensus_runs!r}")
-    single = _best_partition(adjacency, count, seed=seed, starts=starts)
-    if not consensus_runs:
-        return single
-    started = time.perf_counter()
-    weights = consensus_graph(adjacency, single.resolution, runs=int(consensus_runs),
-                              seed=seed + starts)
-    logger.info("consensus graph of %d Louvain runs in %.1f s", consensus_runs,
-                time.perf_counter() - started)
-    final = _best_partition(weights, count, seed=seed, starts=starts)
-    return Partition(labels=final.labels, resolution=final.resolution,
-                     modularity=final.modularity, starts_tried=final.starts_tried,
-                     consensus_runs=int(consensus_runs))
-
-
-def consensus_graph(adjacency: sp.csr_matrix, resolution: float, *, runs: int,
-                    seed: int) -> sp.csr_matrix:
-    """``adjacency``'s edges weighted by the share of ``runs`` Louvain runs joining their ends.
-
-    An edge no run kept keeps a weight of a thousandth rather than none: a node whose
-    every edge was cut would otherwise become a community of its own. (A weight floor as
-    large as one run's share, (together + 1) / (runs + 1), undoes the consensus: seed 0's
-    crop 1.0 features then gave the single run's 0.779 majority, against 0.789 here.)
-    """
-    if runs < 1:
-        raise ConfigError(f"a consensus needs at least one run, got {runs!r}")
-    edges = sp.coo_matrix(adjacency)
-    together = np.zeros(edges.nnz)
-    for run in range(runs):
-        labels = Louvain(resolution=resolution, shuffle_nodes=True, random_state=seed + run,
-                         sort_clusters=True).fit_predict(adjacency)
-        together += labels[edges.row] == labels[edges.col]
-    weights = np.maximum(together / runs, _CUT_EDGE_WEIGHT)
-    return sp.csr_matrix((weights, (edges.row, edges.col)), shape=adjacency.shape)
-
-
-def _best_partition(adjacency: sp.csr_matrix, count: int, *, seed: int,
-                    starts: int) -> Partition:
-    """The bisection for ``count`` communities, then the best modularity of ``starts``."""
     if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 2:
         raise ConfigError(f"the community count must be an integer >= 2, got {count!r}")
     n = adjacency.shape[0]

@@ -140,8 +140,7 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
     """
     count = config.graph_communities
     partition = communities.louvain_communities(communities.knn_adjacency(indices), count,
-                                                seed=seed,
-                                                consensus_runs=config.graph_consensus)
+                                               seed=seed)
     keras.utils.set_random_seed(config.seed)
     head = keras.Sequential(
         [keras.Input((features.shape[1],)),

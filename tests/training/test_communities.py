@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score
 from sknetwork.clustering import get_modularity
 
@@ -101,57 +100,3 @@ def test_an_unreachable_count_names_the_problem() -> None:
                                           r"into exactly 2 communities \(the search saw 4-"):
         communities.louvain_communities(pairs, 2)
     assert communities.louvain_communities(pairs, 4).count == 4
-
-
-# --- consensus of runs ----------------------------------------------------------------------------
-
-
-def test_consensus_weights_keep_agreed_edges_and_cut_the_bridge() -> None:
-    # Two cliques of six joined by one bridge edge: every run at a two-community
-    # resolution keeps each clique whole and cuts the bridge.
-    left = [(i, j) for i in range(6) for j in range(6) if i != j]
-    right = [(i + 6, j + 6) for i, j in left]
-    rows, cols = zip(*left, *right, (0, 6), (6, 0), strict=True)
-    adjacency = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(12, 12))
-    two = communities.louvain_communities(adjacency, 2, starts=1)
-    weights = communities.consensus_graph(adjacency, two.resolution, runs=7, seed=0)
-    assert (weights != weights.T).nnz == 0
-    assert weights.nnz == adjacency.nnz  # the same edges, none dropped
-    assert weights[0, 6] == pytest.approx(1e-3)  # cut in every run: the floor, not zero
-    assert weights[0, 1] == weights[7, 8] == 1.0
-    assert weights.data.min() == pytest.approx(1e-3) and weights.data.max() == 1.0
-
-
-def test_consensus_partitions_count_repeat_and_agree_more_across_seeds() -> None:
-    rng = np.random.default_rng(1)
-    points = rng.normal(size=(600, 5))  # no real groups: single runs disagree most
-    _, indices = nearest_neighbors(points, 8)
-    adjacency = communities.knn_adjacency(indices)
-    found = communities.louvain_communities(adjacency, 6, seed=3, consensus_runs=10)
-    assert found.count == 6 and found.consensus_runs == 10
-    again = communities.louvain_communities(adjacency, 6, seed=3, consensus_runs=10)
-    np.testing.assert_array_equal(again.labels, found.labels)
-    # The modularity reported is the consensus graph's at the reported resolution.
-    single = communities.louvain_communities(adjacency, 6, seed=3)
-    weights = communities.consensus_graph(adjacency, single.resolution, runs=10, seed=3 + 5)
-    assert found.modularity == pytest.approx(
-        get_modularity(weights, found.labels, resolution=found.resolution))
-    # The point of a consensus: partitions from different seeds agree more than single runs'.
-    singles = [communities.louvain_communities(adjacency, 6, seed=s).labels for s in (0, 10, 20)]
-    votes = [communities.louvain_communities(adjacency, 6, seed=s, consensus_runs=10).labels
-             for s in (0, 10, 20)]
-
-    def agreement(parts: list[np.ndarray]) -> float:
-        return float(np.mean([adjusted_rand_score(a, b) for i, a in enumerate(parts)
-                              for b in parts[i + 1:]]))
-
-    assert agreement(votes) > agreement(singles)
-
-
-@pytest.mark.parametrize("runs", [-1, True, 1.5, "3"])
-def test_bad_consensus_run_counts_are_refused(runs: object) -> None:
-    pairs = communities.knn_adjacency(np.array([[1], [0], [3], [2]]))
-    with pytest.raises(ConfigError, match="consensus_runs must be an integer >= 0"):
-        communities.louvain_communities(pairs, 2, consensus_runs=runs)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="a consensus needs at least one run, got 0"):
-        communities.consensus_graph(pairs, 1.0, runs=0, seed=0)

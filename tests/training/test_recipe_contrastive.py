@@ -82,9 +82,6 @@ def test_contrastive_config_defaults_and_head_config() -> None:
         ({"graph_communities": -3}, "graph_communities must be 0 (off) or an integer >= 2"),
         ({"graph_communities": 2.5}, "graph_communities must be 0 (off) or an integer >= 2"),
         ({"graph_communities": True}, "graph_communities must be 0 (off) or an integer >= 2"),
-        ({"graph_consensus": -1}, "graph_consensus must be 0 (off) or a positive integer, got -1"),
-        ({"graph_consensus": 2.5}, "graph_consensus must be 0 (off) or a positive integer"),
-        ({"graph_consensus": True}, "graph_consensus must be 0 (off) or a positive integer"),
     ],
 )
 def test_bad_contrastive_config_raises(changes: dict[str, Any], message: str) -> None:
@@ -256,7 +253,6 @@ def test_graph_communities_embed_as_community_probabilities(graph: TrainResult) 
     manifest = bundle.read_manifest(graph.out)
     assert manifest.latent_dim == 12
     assert manifest.training.hyperparameters["graph_communities"] == 12
-    assert manifest.training.hyperparameters["graph_consensus"] == 30
     assert "community_loss" in graph.history and "head_loss" not in graph.history
     losses = graph.history["community_loss"]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
@@ -317,8 +313,6 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
         (["--min-crop", "1.5"], "--min-crop"),
         (["--graph-communities", "1"], "expected 0 (off) or an integer >= 2, got 1"),
         (["--graph-communities", "x"], "--graph-communities"),
-        (["--graph-consensus", "-1"], "expected an integer >= 0, got -1"),
-        (["--graph-consensus", "2.5"], "--graph-consensus"),
     ],
 )
 def test_bad_recipe_options_exit_2(args: list[str], message: str, tmp_path: Path,
@@ -363,9 +357,6 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     graph = parser.parse_args(["train", "--model", "contrastive", "--graph-communities", "20",
                                "--out", "x/m/1"])
     assert graph.graph_communities == 20
-    assert args.graph_consensus == 30 and graph.graph_consensus == 30
-    assert parser.parse_args(["train", "--model", "contrastive", "--graph-consensus", "0",
-                              "--out", "x/m/1"]).graph_consensus == 0
     unflipped = parser.parse_args(["train", "--model", "contrastive", "--no-view-flip",
                                    "--min-crop", "0.6", "--view-relight", "--out", "x/m/1"])
     assert (unflipped.min_crop, unflipped.view_flip, unflipped.view_relight) == (0.6, False, True)
@@ -434,27 +425,3 @@ def test_cli_trains_the_backbone_15_epochs_by_default(
     assert stopper.epochs == [("contrastive", 1, 15)]
     assert code == 130 and "interrupted: no bundle was written" in err
     assert not out.exists()
-
-
-@pytest.mark.parametrize("runs", [0, 4])
-def test_community_head_finds_its_communities_by_the_configured_consensus(
-        runs: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    from training import communities, recipe_contrastive
-    from training.neighbors import nearest_neighbors
-
-    calls: list[dict[str, Any]] = []
-    real = communities.louvain_communities
-
-    def spy(*args: Any, **kwargs: Any) -> communities.Partition:
-        calls.append(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(recipe_contrastive.communities, "louvain_communities", spy)
-    rng = np.random.default_rng(0)
-    features = np.concatenate([rng.normal(0, 0.2, (60, 8)) + 3 * np.eye(8)[i % 8]
-                               for i in range(4)]).astype("float32")
-    _, indices = nearest_neighbors(features, 5)
-    config = ModelConfig(**{**SMALL, "graph_communities": 4, "graph_consensus": runs})
-    head, losses = recipe_contrastive._fit_community_head(features, indices, config, seed=0)
-    assert [call["consensus_runs"] for call in calls] == [runs]
-    assert head.output_shape == (None, 4) and losses[-1] < losses[0]

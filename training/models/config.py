@@ -41,8 +41,7 @@ class ModelConfig:
     and the joint embedding give way to a community head: the Louvain communities of the
     features' neighbour graph, N of them, are learnt by a softmax head whose N
     probabilities are the embedding (:mod:`training.communities`; better groups at K
-    around N, see README); ``graph_consensus`` R > 0 finds them on the consensus of R
-    Louvain runs instead of one. Other kinds ignore these fields.
+    around N, see README). Other kinds ignore these fields.
     """
 
     kind: ModelKind = "conv"
@@ -61,7 +60,6 @@ class ModelConfig:
     view_relight: bool = False
     joint_embedding: bool = True
     graph_communities: int = 0
-    graph_consensus: int = 30
     head_neighbors: int = 15
     head_epochs: int = 5
     head_hidden: tuple[int, ...] = (256, 256)
@@ -116,10 +114,6 @@ class ModelConfig:
             raise ConfigError("graph_communities must be 0 (off) or an integer >= 2, got "
                               f"{self.graph_communities!r}")
         object.__setattr__(self, "graph_communities", int(self.graph_communities))
-        if not _is_int(self.graph_consensus) or self.graph_consensus < 0:
-            raise ConfigError("graph_consensus must be 0 (off) or a positive integer, got "
-                              f"{self.graph_consensus!r}")
-        object.__setattr__(self, "graph_consensus", int(self.graph_consensus))
         if not _is_real(self.temperature) or not 0 < self.temperature < float("inf"):
             raise ConfigError(f"temperature must be a number > 0, got {self.temperature!r}")
         if not _is_real(self.min_crop) or not 0 < self.min_crop <= 1:
