@@ -100,6 +100,11 @@ def recipes(quick: bool) -> list[Recipe]:
         Recipe("contrastive-crop1-relight-graph20", latent=10,
                extra={"min_crop": 1.0, "view_relight": True, "graph_communities": 20},
                **CONTRASTIVE),  # type: ignore[arg-type]
+        # The same with the backbone trained twice as long (30 epochs): do better features
+        # carry the communities further, within the 20-minute budget?
+        Recipe("contrastive-crop1-relight-graph20-e30", latent=10,
+               extra={"min_crop": 1.0, "view_relight": True, "graph_communities": 20},
+               **{**CONTRASTIVE, "epochs": 30}),  # type: ignore[arg-type]
         # The same recipes, unchanged, on digits (the `make run` data).
         Recipe("digits-conv-mse-latent10", dataset="digits", latent=10),
         Recipe("digits-contrastive-latent10", dataset="digits", latent=10,
