@@ -75,6 +75,9 @@ GRAPH20 = {**CROP1_RELIGHT, "graph_communities": 20}
 # Views never mirrored (`--no-view-flip`): purer neighbourhoods on Fashion-MNIST, whose shoes
 # and bags all face one way; measured through the bundle, neither row below gains from it.
 NO_FLIP = {"view_flip": False}
+# The graph and head also see the pixels' edge-direction histograms at half weight
+# (`--hog-weight 0.5`): the outline detail the backbone's views wash out.
+HOG = {"hog_weight": 0.5}
 # The contrastive recipe with its backbone trained twice as long (`--epochs 30`).
 CONTRASTIVE_E30 = {**CONTRASTIVE, "epochs": 30}
 
@@ -120,6 +123,10 @@ def recipes(quick: bool) -> list[Recipe]:
         # The same without mirrored views.
         Recipe("contrastive-crop1-relight-noflip-graph20-e30", latent=10,
                extra={**GRAPH20, **NO_FLIP},
+               **CONTRASTIVE_E30),  # type: ignore[arg-type]
+        # The same with the pixels' edge-direction histograms in the graph and the head.
+        Recipe("contrastive-crop1-relight-hog-graph20-e30", latent=10,
+               extra={**GRAPH20, **HOG},
                **CONTRASTIVE_E30),  # type: ignore[arg-type]
         # The same recipes, unchanged, on digits (the `make run` data).
         Recipe("digits-conv-mse-latent10", dataset="digits", latent=10),

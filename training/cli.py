@@ -182,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="embed as the probabilities of N Louvain communities of the features' "
                           "neighbour graph, learnt by a softmax head (0: off, the default); "
                           "better groups at --clusters near N (README, Clustering quality)")
+    rec.add_argument("--hog-weight", type=_number(float, lambda v: 0 <= v < float("inf"),
+                                                  "expected a number >= 0"),
+                     default=0.0, metavar="W",
+                     help="join W times the pixels' edge-direction histograms (HOG-like, 4x4 "
+                          "cells, 9 bins, computed in the encoder) to the backbone features "
+                          "the neighbour graph and head see (0: off, the default)")
     rec.add_argument("--neighbors", type=_positive_int, default=15,
                      help="neighbours per image in the graph the head preserves")
     rec.add_argument("--head-epochs", type=_positive_int, default=5,
@@ -278,6 +284,7 @@ def _train(args: argparse.Namespace) -> int:
                           view_relight=args.view_relight,
                           joint_embedding=args.joint_embedding,
                           graph_communities=args.graph_communities,
+                          hog_weight=args.hog_weight,
                           head_neighbors=args.neighbors, head_epochs=args.head_epochs,
                           decoder_epochs=args.decoder_epochs, seed=args.seed),
         epochs=args.epochs,

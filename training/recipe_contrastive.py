@@ -35,6 +35,7 @@ from training.fit import EpochLogger, fit_model
 from training.interrupt import StopOnInterrupt
 from training.models import ModelConfig, build_networks
 from training.models.contrastive import build_contrastive
+from training.models.gradients import OrientationHistograms
 from training.models.neighborhood import build_head, fit_head
 
 logger = logging.getLogger(__name__)
@@ -87,10 +88,23 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
                         learning_rate=config.learning_rate, tensorboard_dir=tensorboard_dir)
     backbone = contrastive.backbone
 
-    # Stage 2: the neighbourhood head on the unit-normalised backbone features.
-    normalised = keras.Sequential([keras.Input(shape), backbone,
-                                   keras.layers.UnitNormalization(name="features_unit_norm")],
-                                  name="features")
+    # Stage 2: the neighbourhood head on the unit-normalised backbone features (joined, with
+    # hog_weight, by the pixels' orientation histograms). The same layers feed the exported
+    # encoder, so served images get exactly the features the graph was built on.
+    unit_norm = keras.layers.UnitNormalization(name="features_unit_norm")
+    histograms = OrientationHistograms(name="orientation_histograms")
+    hog_scale = keras.layers.Rescaling(config.hog_weight, name="hog_weight")
+    joined = keras.layers.Concatenate(name="graph_features")
+
+    def graph_features(images_in: tf.Tensor, backbone_out: tf.Tensor) -> tf.Tensor:
+        features_out = unit_norm(backbone_out)
+        if not config.hog_weight:
+            return features_out
+        return joined([features_out, hog_scale(histograms(images_in))])
+
+    feature_in = keras.Input(shape)
+    normalised = keras.Model(feature_in, graph_features(feature_in, backbone(feature_in)),
+                             name="features")
     started = time.perf_counter()
     images, _ = to_numpy(data.train)
     features = normalised.predict(images, batch_size=1024, verbose=0)
@@ -107,13 +121,13 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
         graph = neighbors.fuzzy_graph(distances, indices)
         logger.info("neighbour graph: %d points, %d edges", graph.n, graph.n_edges)
         keras.utils.set_random_seed(config.seed)
-        head = build_head(config.feature_dim, config.latent_dim, config.head_hidden)
+        head = build_head(features.shape[1], config.latent_dim, config.head_hidden)
         history["head_loss"] = fit_head(head, features[sample], graph, config.head_config(),
                                         seed=seed)
 
     inputs = keras.Input(shape, name="images")
     backbone_out = backbone(inputs)
-    embedding = head(normalised.get_layer("features_unit_norm")(backbone_out))
+    embedding = head(graph_features(inputs, backbone_out))
     if config.joint_embedding and not config.graph_communities:
         embedding = _joint(backbone_out, embedding, contrastive.projector,
                            head.predict(features[sample], batch_size=4096, verbose=0))

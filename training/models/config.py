@@ -41,7 +41,10 @@ class ModelConfig:
     and the joint embedding give way to a community head: the Louvain communities of the
     features' neighbour graph, N of them, are learnt by a softmax head whose N
     probabilities are the embedding (:mod:`training.communities`; better groups at K
-    around N, see README). Other kinds ignore these fields.
+    around N, see README). With ``hog_weight`` w > 0 the graph and the head see the unit
+    backbone features joined with w times the pixels' unit-length orientation histograms
+    (:mod:`training.models.gradients`), computed inside the encoder. Other kinds ignore
+    these fields.
     """
 
     kind: ModelKind = "conv"
@@ -60,6 +63,7 @@ class ModelConfig:
     view_relight: bool = False
     joint_embedding: bool = True
     graph_communities: int = 0
+    hog_weight: float = 0.0
     head_neighbors: int = 15
     head_epochs: int = 5
     head_hidden: tuple[int, ...] = (256, 256)
@@ -118,6 +122,9 @@ class ModelConfig:
             raise ConfigError(f"temperature must be a number > 0, got {self.temperature!r}")
         if not _is_real(self.min_crop) or not 0 < self.min_crop <= 1:
             raise ConfigError(f"min_crop must be in (0, 1], got {self.min_crop!r}")
+        if not _is_real(self.hog_weight) or not 0 <= self.hog_weight < float("inf"):
+            raise ConfigError(f"hog_weight must be a number >= 0 (0 is off), "
+                              f"got {self.hog_weight!r}")
         if not _is_real(self.head_min_dist) or not 0 <= self.head_min_dist < 1:
             raise ConfigError(f"head_min_dist must be in [0, 1), got {self.head_min_dist!r}")
         if not isinstance(self.view_flip, bool):
@@ -127,7 +134,7 @@ class ModelConfig:
         if not isinstance(self.joint_embedding, bool):
             raise ConfigError(
                 f"joint_embedding must be true or false, got {self.joint_embedding!r}")
-        for name in ("temperature", "min_crop", "head_min_dist"):
+        for name in ("temperature", "min_crop", "head_min_dist", "hog_weight"):
             object.__setattr__(self, name, float(getattr(self, name)))
         if self.kind == "contrastive" and self.loss != "mse":
             raise ConfigError(
