@@ -19,6 +19,7 @@ from training.data import DataOptions, to_numpy
 from training.errors import ConfigError
 from training.evaluate import load_bundle
 from training.models import ModelConfig, build_autoencoder, build_networks
+from training.models.gradients import OrientationHistograms
 from training.recipe_contrastive import FittedNetworks
 from training.train import TrainJob, TrainResult, run_training
 
@@ -82,6 +83,10 @@ def test_contrastive_config_defaults_and_head_config() -> None:
         ({"graph_communities": -3}, "graph_communities must be 0 (off) or an integer >= 2"),
         ({"graph_communities": 2.5}, "graph_communities must be 0 (off) or an integer >= 2"),
         ({"graph_communities": True}, "graph_communities must be 0 (off) or an integer >= 2"),
+        ({"hog_weight": -0.5}, "hog_weight must be a number >= 0 (0 is off), got -0.5"),
+        ({"hog_weight": float("nan")}, "hog_weight must be a number >= 0"),
+        ({"hog_weight": float("inf")}, "hog_weight must be a number >= 0"),
+        ({"hog_weight": "0.5"}, "hog_weight must be a number >= 0"),
     ],
 )
 def test_bad_contrastive_config_raises(changes: dict[str, Any], message: str) -> None:
@@ -285,6 +290,61 @@ def test_graph_communities_repeat_from_the_seed(graph: TrainResult, tmp_path: Pa
                                atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def graph_hog(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    out = tmp_path_factory.mktemp("repo") / "graph-hog" / "1"
+    job = TrainJob(dataset="digits", out=out, data=DataOptions(val_fraction=0.1, seed=0),
+                   model=ModelConfig(**{**SMALL, "graph_communities": 12, "hog_weight": 0.5}),
+                   epochs=2, batch_size=128, clusters=10, seed=0)
+    return run_training(job)
+
+
+def test_hog_weight_joins_edge_histograms_inside_the_encoder(graph_hog: TrainResult,
+                                                             graph: TrainResult) -> None:
+    encoder = graph_hog.model.encoder
+    names = {layer.name for layer in encoder.layers}
+    assert {"orientation_histograms", "hog_weight", "graph_features", "community_head"} <= names
+    # The head sees 32 unit backbone features and 0.5 x 36 histogram numbers (8x8 digits:
+    # 2x2 cells of 9 bins).
+    head = encoder.get_layer("community_head")
+    assert head.layers[0].kernel.shape[0] == 32 + 36
+    # The embedding is the head applied to [unit backbone features ; 0.5 x histograms].
+    images, _ = to_numpy(graph_hog.data.train)
+    images = images[:50]
+    backbone = encoder.get_layer("backbone")(images).numpy()
+    joined = np.hstack([backbone / np.linalg.norm(backbone, axis=1, keepdims=True),
+                        0.5 * OrientationHistograms()(images).numpy()])
+    np.testing.assert_allclose(head(joined).numpy(), encoder.predict(images, verbose=0),
+                               atol=1e-5)
+    manifest = bundle.read_manifest(graph_hog.out)
+    assert manifest.training.hyperparameters["hog_weight"] == 0.5
+    assert bundle.read_manifest(graph.out).training.hyperparameters["hog_weight"] == 0.0
+    # Served exactly as trained: the exported encoder computes the histograms itself.
+    loaded = load_bundle(graph_hog.out)
+    assert graph_hog.data.heldout is not None
+    held, _ = to_numpy(graph_hog.data.heldout)
+    np.testing.assert_allclose(np.asarray(loaded.encode(tf.constant(held))),
+                               encoder.predict(held, verbose=0), atol=1e-5)
+    # The histograms change the graph, hence the communities the head learnt.
+    assert not np.allclose(load_bundle(graph.out).centroids, loaded.centroids, atol=1e-3)
+    assert graph_hog.manifest.evaluation["hungarian_accuracy"] > 0.3
+
+
+def test_hog_weight_feeds_the_neighbourhood_head_too(tmp_path: Path) -> None:
+    job = TrainJob(dataset="digits", out=tmp_path / "hog" / "1",
+                   data=DataOptions(val_fraction=0.1, seed=0),
+                   model=ModelConfig(**{**SMALL, "hog_weight": 1.0}), epochs=1,
+                   batch_size=128, clusters=10, seed=0)
+    result = run_training(job)
+    encoder = result.model.encoder
+    assert "orientation_histograms" in {layer.name for layer in encoder.layers}
+    assert encoder.get_layer("neighborhood_head").get_layer("head_dense_0").kernel.shape[0] == 32 + 36
+    assert bundle.read_manifest(result.out).latent_dim == 4 + 128  # joint embedding as before
+    held, _ = to_numpy(result.data.heldout)  # type: ignore[arg-type]
+    np.testing.assert_allclose(np.asarray(load_bundle(result.out).encode(tf.constant(held))),
+                               encoder.predict(held, verbose=0), atol=1e-5)
+
+
 def test_clusters_beat_chance(trained: TrainResult) -> None:
     # Two backbone epochs and a 32-unit head: far from the recipe's real quality, but the
     # clusters must carry signal (chance is 0.1).
@@ -313,6 +373,9 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
         (["--min-crop", "1.5"], "--min-crop"),
         (["--graph-communities", "1"], "expected 0 (off) or an integer >= 2, got 1"),
         (["--graph-communities", "x"], "--graph-communities"),
+        (["--hog-weight", "-1"], "expected a number >= 0, got -1"),
+        (["--hog-weight", "nan"], "--hog-weight"),
+        (["--hog-weight", "x"], "--hog-weight"),
     ],
 )
 def test_bad_recipe_options_exit_2(args: list[str], message: str, tmp_path: Path,
@@ -353,7 +416,9 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     assert (args.temperature, args.neighbors, args.head_epochs, args.decoder_epochs) == (
         0.5, 15, 5, 5)
     assert (args.min_crop, args.view_flip, args.view_relight) == (0.4, True, False)
-    assert args.graph_communities == 0
+    assert args.graph_communities == 0 and args.hog_weight == 0.0
+    assert parser.parse_args(["train", "--model", "contrastive", "--hog-weight", "0.5",
+                              "--out", "x/m/1"]).hog_weight == 0.5
     graph = parser.parse_args(["train", "--model", "contrastive", "--graph-communities", "20",
                                "--out", "x/m/1"])
     assert graph.graph_communities == 20
@@ -374,7 +439,8 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     assert "contrastive backbone's (default 15)" in text
     assert "contrastive: 256" in text
     for option in ("--temperature", "--min-crop", "--no-view-flip", "--neighbors",
-                   "--head-epochs", "--decoder-epochs", "--joint-embedding, --no-joint-embedding"):
+                   "--head-epochs", "--decoder-epochs", "--joint-embedding, --no-joint-embedding",
+                   "--hog-weight"):
         assert option in text
 
 

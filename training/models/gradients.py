@@ -8,7 +8,8 @@ the neighbour graph purer (README, "Clustering quality"). As a layer inside the 
 is computed for served images exactly as for the training images, so the bundle contract
 (an encoder SavedModel, nearest-centroid assignment) is unchanged.
 
-For each pixel the central-difference gradient (zero at the border) gives a magnitude and
+For each pixel the central-difference gradient (each component zero on the first and last
+column or row, where it cannot be centred) gives a magnitude and
 an unsigned direction in [0, 180) degrees; the magnitude is shared between the two nearest
 of ``bins`` direction centres (linear interpolation, wrapping at 180 degrees) and summed
 over ``cell`` x ``cell`` pixel cells (pixels past the last whole cell are dropped). The
@@ -56,7 +57,7 @@ class OrientationHistograms(keras.layers.Layer):
 
     def call(self, images: tf.Tensor) -> tf.Tensor:
         grey = tf.reduce_mean(tf.cast(images, tf.float32), axis=-1)
-        # Central differences, zero on the outermost rows and columns.
+        # Central differences; x is zero on the outer columns, y on the outer rows.
         gx = tf.pad(grey[:, :, 2:] - grey[:, :, :-2], [[0, 0], [0, 0], [1, 1]])
         gy = tf.pad(grey[:, 2:, :] - grey[:, :-2, :], [[0, 0], [1, 1], [0, 0]])
         magnitude = tf.sqrt(gx * gx + gy * gy)
