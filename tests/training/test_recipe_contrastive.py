@@ -338,7 +338,8 @@ def test_hog_weight_feeds_the_neighbourhood_head_too(tmp_path: Path) -> None:
     result = run_training(job)
     encoder = result.model.encoder
     assert "orientation_histograms" in {layer.name for layer in encoder.layers}
-    assert encoder.get_layer("neighborhood_head").get_layer("head_dense_0").kernel.shape[0] == 32 + 36
+    first = encoder.get_layer("neighborhood_head").get_layer("head_dense_0")
+    assert first.kernel.shape[0] == 32 + 36
     assert bundle.read_manifest(result.out).latent_dim == 4 + 128  # joint embedding as before
     held, _ = to_numpy(result.data.heldout)  # type: ignore[arg-type]
     np.testing.assert_allclose(np.asarray(load_bundle(result.out).encode(tf.constant(held))),

@@ -50,7 +50,10 @@ class OrientationHistograms(keras.layers.Layer):
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        return (input_shape[0], self.output_dim(input_shape[1], input_shape[2]))
+        height, width = input_shape[1], input_shape[2]
+        if height is None or width is None:
+            return (input_shape[0], None)
+        return (input_shape[0], self.output_dim(height, width))
 
     def output_dim(self, height: int, width: int) -> int:
         return (height // self.cell) * (width // self.cell) * self.bins
