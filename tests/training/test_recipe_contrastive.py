@@ -492,3 +492,44 @@ def test_cli_trains_the_backbone_15_epochs_by_default(
     assert stopper.epochs == [("contrastive", 1, 15)]
     assert code == 130 and "interrupted: no bundle was written" in err
     assert not out.exists()
+
+
+# --- presets ------------------------------------------------------------------------------------
+
+
+def test_preset_sets_defaults_and_explicit_options_win(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser("contrastive-graph20").parse_args(
+        ["train", "--preset", "contrastive-graph20", "--out", "x/m/1"])
+    assert (args.model, args.min_crop, args.view_relight, args.view_flip) == (
+        "contrastive", 1.0, True, True)
+    assert (args.graph_communities, args.hog_weight, args.epochs, args.clusters) == (
+        20, 0.5, 30, 20)
+    mine = build_parser("contrastive-graph20").parse_args(
+        ["train", "--preset", "contrastive-graph20", "--epochs", "5", "--clusters", "25",
+         "--out", "x/m/1"])
+    assert (mine.epochs, mine.clusters, mine.graph_communities) == (5, 25, 20)
+    # Without a preset nothing changes.
+    plain = build_parser().parse_args(["train", "--out", "x/m/1"])
+    assert (plain.preset, plain.model, plain.hog_weight, plain.clusters) == (None, "conv", 0.0, 10)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--preset", "best", "--out", "x/m/1"])
+    assert info.value.code == 2
+    assert "invalid choice: 'best'" in capsys.readouterr().err
+
+
+def test_preset_trains_its_recipe_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "m" / "1"
+    with caplog.at_level(logging.INFO):
+        code, _, err = _run(["train", "--dataset", "digits", "--preset", "contrastive-graph20",
+                             "--epochs", "1", "--head-epochs", "1", "--decoder-epochs", "1",
+                             "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "preset contrastive-graph20: model=contrastive, min_crop=1.0" in caplog.text
+    manifest = bundle.read_manifest(out)
+    hp = manifest.training.hyperparameters
+    assert manifest.training.model_kind == "contrastive" and manifest.n_clusters == 20
+    assert (hp["graph_communities"], hp["hog_weight"], hp["min_crop"], hp["view_relight"]) == (
+        20, 0.5, 1.0, True)
+    assert manifest.latent_dim == 20 and manifest.training.epochs == 1
