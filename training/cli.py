@@ -121,6 +121,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def preset_options(name: str) -> str:
+    """The command-line options a preset stands for, e.g. ``--model contrastive ...``."""
+    words = []
+    for key, value in PRESETS[name].items():
+        option = "--" + key.replace("_", "-")
+        words.append(option if value is True else f"{option} {value}")
+    return " ".join(words)
+
+
 def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     """The parser of `python -m training` and its sub-commands.
 
@@ -141,10 +150,8 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     model = train.add_argument_group("model")
     model.add_argument("--preset", choices=sorted(PRESETS), default=None,
                        help="a named recipe whose settings become the defaults (options given "
-                            "here still win): contrastive-graph20 = --model contrastive "
-                            "--min-crop 1.0 --view-relight --graph-communities 20 --hog-weight "
-                            "0.5 --epochs 30 --clusters 20, the best measured for about 20 "
-                            "groups")
+                            "here still win): " + "; ".join(
+                                f"{name} = {preset_options(name)}" for name in sorted(PRESETS)))
     model.add_argument("--model", choices=["dense", "conv", "vae", "contrastive"], default="conv",
                        help="dense: fully connected; conv: strided convolutions; "
                             "vae: variational (the served embedding is the mean); contrastive: "

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from service import bundle
 from service.runtime import ModelRuntime
-from training.cli import build_parser, main
+from training.cli import build_parser, main, preset_options
 from training.data import DataOptions, to_numpy
 from training.errors import ConfigError
 from training.evaluate import load_bundle
@@ -509,6 +509,14 @@ def test_preset_sets_defaults_and_explicit_options_win(
         ["train", "--preset", "contrastive-graph20", "--epochs", "5", "--clusters", "25",
          "--out", "x/m/1"])
     assert (mine.epochs, mine.clusters, mine.graph_communities) == (5, 25, 20)
+    # The help names the options the preset stands for, and each is a real option.
+    words = preset_options("contrastive-graph20")
+    assert words == ("--model contrastive --min-crop 1.0 --view-relight --graph-communities 20 "
+                     "--hog-weight 0.5 --epochs 30 --clusters 20")
+    spelled = build_parser().parse_args(["train", *words.split(), "--out", "x/m/1"])
+    assert all(getattr(spelled, key) == getattr(args, key)
+               for key in ("model", "min_crop", "view_relight", "graph_communities", "hog_weight",
+                           "epochs", "clusters"))
     # Without a preset nothing changes.
     plain = build_parser().parse_args(["train", "--out", "x/m/1"])
     assert (plain.preset, plain.model, plain.hog_weight, plain.clusters) == (None, "conv", 0.0, 10)
