@@ -325,6 +325,14 @@ def test_hog_weight_joins_edge_histograms_inside_the_encoder(graph_hog: TrainRes
     held, _ = to_numpy(graph_hog.data.heldout)
     np.testing.assert_allclose(np.asarray(loaded.encode(tf.constant(held))),
                                encoder.predict(held, verbose=0), atol=1e-5)
+    # And the service's runtime (batched SavedModel calls, nearest centroid) answers the same.
+    runtime = ModelRuntime(graph_hog.out, manifest, bundle.load_centroids(graph_hog.out, manifest),
+                           device="/CPU:0", batch_sizes=(1, 8))
+    runtime.warmup()
+    served = runtime.run(held[:8], with_reconstruction=False)
+    expected = encoder.predict(held[:8], verbose=0)
+    np.testing.assert_allclose(served.embedding, expected, atol=1e-5)
+    np.testing.assert_array_equal(served.cluster_id, graph_hog.kmeans.estimator.predict(expected))
     # The histograms change the graph, hence the communities the head learnt.
     assert not np.allclose(load_bundle(graph.out).centroids, loaded.centroids, atol=1e-3)
     assert graph_hog.manifest.evaluation["hungarian_accuracy"] > 0.3
