@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -84,11 +85,11 @@ def test_colour_is_averaged_to_grey() -> None:
                                atol=1e-6)
 
 
-def test_round_trips_through_a_saved_model(tmp_path: pytest.TempPathFactory) -> None:
+def test_round_trips_through_a_saved_model(tmp_path: Path) -> None:
     inputs = keras.Input((8, 8, 1))
     model = keras.Model(inputs, OrientationHistograms(name="hog")(inputs))
     images = np.random.default_rng(3).random((5, 8, 8, 1)).astype(np.float32)
-    path = str(tmp_path) + "/hog"  # type: ignore[operator]
+    path = str(tmp_path / "hog")
     model.export(path, verbose=False)
     served = tf.saved_model.load(path).serve(tf.constant(images)).numpy()
     np.testing.assert_allclose(served, model.predict(images, verbose=0), atol=1e-6)
