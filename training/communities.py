@@ -10,9 +10,10 @@ a small head to predict these communities (:mod:`training.recipe_contrastive`).
 
 Louvain (Blondel et al., 2008; scikit-network's implementation) maximises modularity at a
 resolution; higher resolutions give more, smaller communities. The resolution is bisected
-until the partition has exactly the requested number, and among a few seeded starts (node
-orders) at that resolution the one with the highest modularity (the objective itself, no
-label) is kept. Louvain rather than Leiden: scikit-network's Leiden gave different
+until the partition has exactly the requested number (when the first seeded node order
+steps over it, the next orders are searched the same way), and among a few seeded starts
+(node orders) at that resolution the one with the highest modularity (the objective itself,
+no label) is kept. Louvain rather than Leiden: scikit-network's Leiden gave different
 partitions for the same seed, and a bundle must be repeatable from its seed.
 """
 
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 # (about 0.1-3 for 10-40 communities of 60,000 images).
 _LOW, _HIGH = 1e-4, 1e3
 _BISECTION_STEPS = 24
+# Node orders searched for an exact count before giving up (each a full bisection).
+_ORDERS_TO_SEARCH = 8
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,9 @@ def louvain_communities(adjacency: sp.csr_matrix, count: int, *, seed: int = 0,
                        starts: int = 5) -> Partition:
     """A Louvain partition of ``adjacency`` into exactly ``count`` communities.
 
-    Raises :class:`ConfigError` when no resolution gives ``count`` communities (a graph of
-    fewer nodes, or one whose communities jump past ``count`` at every resolution).
+    Raises :class:`ConfigError` when no resolution gives ``count`` communities for any of
+    the node orders searched (a graph whose communities jump past ``count``, such as one of
+    more separate pieces than ``count``).
     """
     if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 2:
         raise ConfigError(f"the community count must be an integer >= 2, got {count!r}")
@@ -90,30 +94,44 @@ def louvain_communities(adjacency: sp.csr_matrix, count: int, *, seed: int = 0,
                          sort_clusters=True).fit_predict(adjacency)
         return np.asarray(labels, dtype=np.int64)
 
-    low, high = math.log(_LOW), math.log(_HIGH)
-    found: tuple[float, np.ndarray] | None = None
+    def bisect(start: int) -> tuple[float, np.ndarray] | None:
+        low, high = math.log(_LOW), math.log(_HIGH)
+        for _ in range(_BISECTION_STEPS):
+            middle = (low + high) / 2
+            labels = run(math.exp(middle), start)
+            got = int(labels.max()) + 1
+            counts.append(got)
+            if got == count:
+                return math.exp(middle), labels
+            if got < count:
+                low = middle
+            else:
+                high = middle
+        return None
+
+    # The count is a step function of the resolution, and for one node order it can step
+    # over ``count`` (19 to 21 at the same resolution, to six digits); another order
+    # usually lands on it. Order 0 comes first, so a graph it splits keeps its partition.
     counts: list[int] = []
-    for _ in range(_BISECTION_STEPS):
-        middle = (low + high) / 2
-        labels = run(math.exp(middle), 0)
-        got = int(labels.max()) + 1
-        counts.append(got)
-        if got == count:
-            found = (math.exp(middle), labels)
+    found: tuple[int, float, np.ndarray] | None = None
+    for start in range(_ORDERS_TO_SEARCH):
+        hit = bisect(start)
+        if hit is not None:
+            found = (start, *hit)
             break
-        if got < count:
-            low = middle
-        else:
-            high = middle
     if found is None:
         raise ConfigError(
             f"no Louvain resolution splits the neighbour graph into exactly {count} "
-            f"communities (the search saw {min(counts)}-{max(counts)}); choose another "
-            f"--graph-communities")
-    resolution, best = found
+            f"communities (the search saw {min(counts)}-{max(counts)} over "
+            f"{_ORDERS_TO_SEARCH} node orders); choose another --graph-communities")
+    first, resolution, best = found
+    if first:
+        logger.warning("communities: the first %d node order(s) of seed %d step over %d "
+                       "communities at every resolution; node order %d gives exactly %d",
+                       first, seed, count, first, count)
     best_q = float(get_modularity(adjacency, best, resolution=resolution))
     tried = 1
-    for start in range(1, starts):
+    for start in range(first + 1, first + starts):
         labels = run(resolution, start)
         tried += 1
         if int(labels.max()) + 1 != count:

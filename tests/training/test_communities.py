@@ -92,11 +92,35 @@ def test_bad_counts_are_refused(count: object, message: str) -> None:
     assert message in str(info.value)
 
 
+def test_a_node_order_that_steps_over_the_count_gives_way_to_the_next(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # On this graph the first node order of seed 0 goes from 9 to 11 communities at the
+    # same resolution; the run must not die for it when the next order lands on 10.
+    points = np.random.default_rng(0).normal(size=(300, 5))
+    _, indices = nearest_neighbors(points, 10)
+    adjacency = communities.knn_adjacency(indices)
+    with caplog.at_level("WARNING", logger="training.communities"):
+        partition = communities.louvain_communities(adjacency, 10, seed=0)
+    assert partition.count == 10 and partition.starts_tried == 5
+    assert np.bincount(partition.labels).min() > 0
+    assert "the first 1 node order(s) of seed 0 step over 10 communities" in caplog.text
+    assert partition.modularity == pytest.approx(
+        get_modularity(adjacency, partition.labels, resolution=partition.resolution))
+    again = communities.louvain_communities(adjacency, 10, seed=0)
+    np.testing.assert_array_equal(again.labels, partition.labels)
+    # Where the first order lands on the count, nothing is searched past it or logged.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="training.communities"):
+        communities.louvain_communities(adjacency, 10, seed=1)
+    assert "step over" not in caplog.text
+
+
 def test_an_unreachable_count_names_the_problem() -> None:
     # Four separate pairs: no resolution joins points that share no edge, so two
     # communities cannot be had.
     pairs = communities.knn_adjacency(np.array([[1], [0], [3], [2], [5], [4], [7], [6]]))
     with pytest.raises(ConfigError, match="no Louvain resolution splits the neighbour graph "
-                                          r"into exactly 2 communities \(the search saw 4-"):
+                                          r"into exactly 2 communities \(the search saw 4-4 over 8 "
+                                          r"node orders\)"):
         communities.louvain_communities(pairs, 2)
     assert communities.louvain_communities(pairs, 4).count == 4
