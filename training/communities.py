@@ -110,8 +110,9 @@ def louvain_communities(adjacency: sp.csr_matrix, count: int, *, seed: int = 0,
         return None
 
     # The count is a step function of the resolution, and for one node order it can step
-    # over ``count`` (19 to 21 at the same resolution, to six digits); another order
-    # usually lands on it. Order 0 comes first, so a graph it splits keeps its partition.
+    # over ``count`` (19 communities just below a resolution, 21 just above it); another
+    # order usually lands on it. Order 0 comes first, so a graph it splits keeps its
+    # partition. ``bisect`` records every count it sees in ``counts`` for the error.
     counts: list[int] = []
     found: tuple[int, float, np.ndarray] | None = None
     for start in range(_ORDERS_TO_SEARCH):
