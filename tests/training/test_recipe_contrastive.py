@@ -385,6 +385,9 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
         (["--hog-weight", "-1"], "expected a number >= 0, got -1"),
         (["--hog-weight", "nan"], "--hog-weight"),
         (["--hog-weight", "x"], "--hog-weight"),
+        (["--backbone-filters", "32,0,64"], "every filter count must be >= 1, got '32,0,64'"),
+        (["--backbone-filters", "32;64"], "'32;64' is not a comma-separated list of filter counts"),
+        (["--backbone-filters", ""], "--backbone-filters"),
     ],
 )
 def test_bad_recipe_options_exit_2(args: list[str], message: str, tmp_path: Path,
@@ -426,6 +429,8 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
         0.5, 15, 5, 5)
     assert (args.min_crop, args.view_flip, args.view_relight) == (0.4, True, False)
     assert args.graph_communities == 0 and args.hog_weight == 0.0
+    # The CLI states the backbone's default itself (it must not import Keras to parse).
+    assert args.backbone_filters == ModelConfig().backbone_filters == (32, 64, 128)
     assert parser.parse_args(["train", "--model", "contrastive", "--hog-weight", "0.5",
                               "--out", "x/m/1"]).hog_weight == 0.5
     graph = parser.parse_args(["train", "--model", "contrastive", "--graph-communities", "20",
@@ -449,7 +454,7 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     assert "contrastive: 256" in text
     for option in ("--temperature", "--min-crop", "--no-view-flip", "--neighbors",
                    "--head-epochs", "--decoder-epochs", "--joint-embedding, --no-joint-embedding",
-                   "--hog-weight"):
+                   "--hog-weight", "--backbone-filters"):
         assert option in text
 
 
@@ -549,3 +554,18 @@ def test_preset_trains_its_recipe_end_to_end(tmp_path: Path, capsys: pytest.Capt
     assert (hp["graph_communities"], hp["hog_weight"], hp["min_crop"], hp["view_relight"]) == (
         20, 0.5, 1.0, True)
     assert manifest.latent_dim == 20 and manifest.training.epochs == 1
+
+
+def test_backbone_filters_reach_the_backbone_and_the_manifest(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "m" / "1"
+    with caplog.at_level(logging.INFO):
+        code, _, err = _run(["train", "--dataset", "digits", "--model", "contrastive",
+                             "--backbone-filters", "8,12,16", "--epochs", "1",
+                             "--head-epochs", "1", "--decoder-epochs", "1", "--out", str(out)],
+                            capsys)
+    assert code == 0, err
+    assert "built contrastive backbone for 8x8x1 images: conv 8-12-16" in caplog.text
+    manifest = bundle.read_manifest(out)
+    assert manifest.training.hyperparameters["backbone_filters"] == [8, 12, 16]
