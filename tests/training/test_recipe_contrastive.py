@@ -563,6 +563,8 @@ def test_backbone_filters_reach_the_backbone_and_the_manifest(
     with caplog.at_level(logging.INFO):
         code, _, err = _run(["train", "--dataset", "digits", "--model", "contrastive",
                              "--backbone-filters", "8,12,16", "--epochs", "1",
+                             # The community head: the cheapest head to train.
+                             "--graph-communities", "12",
                              "--head-epochs", "1", "--decoder-epochs", "1", "--out", str(out)],
                             capsys)
     assert code == 0, err
