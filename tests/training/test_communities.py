@@ -94,8 +94,9 @@ def test_bad_counts_are_refused(count: object, message: str) -> None:
 
 def test_a_node_order_that_steps_over_the_count_gives_way_to_the_next(
         caplog: pytest.LogCaptureFixture) -> None:
-    # On this graph the first node order of seed 0 goes from 9 to 11 communities at the
-    # same resolution; the run must not die for it when the next order lands on 10.
+    # On this graph the first node order of seed 0 gives 9 communities just below a
+    # resolution and 11 just above it; the run must not die for it when the next order
+    # lands on 10.
     points = np.random.default_rng(0).normal(size=(300, 5))
     _, indices = nearest_neighbors(points, 10)
     adjacency = communities.knn_adjacency(indices)
