@@ -221,6 +221,10 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                      help="embed as the probabilities of N Louvain communities of the features' "
                           "neighbour graph, learnt by a softmax head (0: off, the default); "
                           "better groups at --clusters near N (README, Clustering quality)")
+    rec.add_argument("--community-searches", type=_positive_int, default=1, metavar="N",
+                     help="independent Louvain searches for the --graph-communities partition; "
+                          "the one with the most even community sizes is kept (default 1; "
+                          "each search takes about 10 s on 60,000 images)")
     rec.add_argument("--hog-weight", type=_number(float, lambda v: 0 <= v < float("inf"),
                                                   "expected a number >= 0"),
                      default=0.0, metavar="W",
@@ -330,6 +334,7 @@ def _train(args: argparse.Namespace) -> int:
                           view_relight=args.view_relight,
                           joint_embedding=args.joint_embedding,
                           graph_communities=args.graph_communities,
+                          community_searches=args.community_searches,
                           hog_weight=args.hog_weight,
                           backbone_filters=args.backbone_filters,
                           head_neighbors=args.neighbors, head_epochs=args.head_epochs,

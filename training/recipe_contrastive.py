@@ -153,8 +153,8 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
     the communities again.
     """
     count = config.graph_communities
-    partition = communities.louvain_communities(communities.knn_adjacency(indices), count,
-                                               seed=seed)
+    partition = communities.most_even_communities(communities.knn_adjacency(indices), count,
+                                                 seed=seed, searches=config.community_searches)
     keras.utils.set_random_seed(config.seed)
     head = keras.Sequential(
         [keras.Input((features.shape[1],)),

@@ -1,4 +1,5 @@
-"""Louvain communities of k-NN graphs: exact counts, the best start kept, clear errors."""
+"""Louvain communities of k-NN graphs: exact counts, the best start kept, the most even of
+several searches kept, clear errors."""
 
 from __future__ import annotations
 
@@ -125,3 +126,45 @@ def test_an_unreachable_count_names_the_problem() -> None:
                                           r"node orders\)"):
         communities.louvain_communities(pairs, 2)
     assert communities.louvain_communities(pairs, 4).count == 4
+
+
+@pytest.mark.parametrize(
+    ("labels", "entropy"),
+    [
+        ([0, 0, 1, 1], np.log(2)),
+        ([0, 0, 0, 1], -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))),
+        ([0, 1, 2, 0, 1, 2], np.log(3)),
+    ],
+)
+def test_size_entropy_by_hand(labels: list[int], entropy: float) -> None:
+    partition = communities.Partition(labels=np.array(labels), resolution=1.0, modularity=0.0,
+                                      starts_tried=1)
+    assert partition.size_entropy == pytest.approx(entropy)
+
+
+def test_the_most_even_of_several_searches_is_kept(caplog: pytest.LogCaptureFixture) -> None:
+    points = np.random.default_rng(1).normal(size=(600, 5))  # no real groups: searches differ
+    _, indices = nearest_neighbors(points, 8)
+    adjacency = communities.knn_adjacency(indices)
+    singles = [communities.louvain_communities(adjacency, 6, seed=3 + 100 * i)
+               for i in range(4)]
+    entropies = [p.size_entropy for p in singles]
+    assert len(set(np.round(entropies, 9))) > 1  # the searches really differ here
+    # One search is exactly the single Louvain search of the same seed.
+    one = communities.most_even_communities(adjacency, 6, seed=3, searches=1)
+    np.testing.assert_array_equal(one.labels, singles[0].labels)
+    with caplog.at_level("INFO", logger="training.communities"):
+        kept = communities.most_even_communities(adjacency, 6, seed=3, searches=4)
+    winner = int(np.argmax(entropies))
+    np.testing.assert_array_equal(kept.labels, singles[winner].labels)
+    assert kept.size_entropy == max(entropies) and kept.count == 6
+    assert "kept the most even of 4 searches (effective counts " in caplog.text
+    again = communities.most_even_communities(adjacency, 6, seed=3, searches=4)
+    np.testing.assert_array_equal(again.labels, kept.labels)
+
+
+@pytest.mark.parametrize("searches", [0, -1, 2.0, True])
+def test_bad_search_counts_are_refused(searches: object) -> None:
+    pairs = communities.knn_adjacency(np.array([[1], [0], [3], [2], [5], [4], [7], [6]]))
+    with pytest.raises(ConfigError, match="searches must be an integer >= 1, got "):
+        communities.most_even_communities(pairs, 4, searches=searches)  # type: ignore[arg-type]

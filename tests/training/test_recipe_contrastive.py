@@ -83,6 +83,8 @@ def test_contrastive_config_defaults_and_head_config() -> None:
         ({"graph_communities": -3}, "graph_communities must be 0 (off) or an integer >= 2"),
         ({"graph_communities": 2.5}, "graph_communities must be 0 (off) or an integer >= 2"),
         ({"graph_communities": True}, "graph_communities must be 0 (off) or an integer >= 2"),
+        ({"community_searches": 0}, "community_searches must be a positive integer, got 0"),
+        ({"community_searches": 1.5}, "community_searches must be a positive integer"),
         ({"hog_weight": -0.5}, "hog_weight must be a number >= 0 (0 is off), got -0.5"),
         ({"hog_weight": float("nan")}, "hog_weight must be a number >= 0"),
         ({"hog_weight": float("inf")}, "hog_weight must be a number >= 0"),
@@ -388,6 +390,8 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
         (["--backbone-filters", "32,0,64"], "every filter count must be >= 1, got '32,0,64'"),
         (["--backbone-filters", "32;64"], "'32;64' is not a comma-separated list of filter counts"),
         (["--backbone-filters", ""], "--backbone-filters"),
+        (["--community-searches", "0"], "--community-searches"),
+        (["--community-searches", "2.5"], "--community-searches"),
     ],
 )
 def test_bad_recipe_options_exit_2(args: list[str], message: str, tmp_path: Path,
@@ -429,6 +433,7 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
         0.5, 15, 5, 5)
     assert (args.min_crop, args.view_flip, args.view_relight) == (0.4, True, False)
     assert args.graph_communities == 0 and args.hog_weight == 0.0
+    assert args.community_searches == ModelConfig().community_searches == 1
     # The CLI states the backbone's default itself (it must not import Keras to parse).
     assert args.backbone_filters == ModelConfig().backbone_filters == (32, 64, 128)
     assert parser.parse_args(["train", "--model", "contrastive", "--hog-weight", "0.5",
@@ -556,7 +561,7 @@ def test_preset_trains_its_recipe_end_to_end(tmp_path: Path, capsys: pytest.Capt
     assert manifest.latent_dim == 20 and manifest.training.epochs == 1
 
 
-def test_backbone_filters_reach_the_backbone_and_the_manifest(
+def test_backbone_filters_and_community_searches_reach_the_recipe_and_the_manifest(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "m" / "1"
@@ -564,10 +569,12 @@ def test_backbone_filters_reach_the_backbone_and_the_manifest(
         code, _, err = _run(["train", "--dataset", "digits", "--model", "contrastive",
                              "--backbone-filters", "8,12,16", "--epochs", "1",
                              # The community head: the cheapest head to train.
-                             "--graph-communities", "12",
+                             "--graph-communities", "12", "--community-searches", "3",
                              "--head-epochs", "1", "--decoder-epochs", "1", "--out", str(out)],
                             capsys)
     assert code == 0, err
     assert "built contrastive backbone for 8x8x1 images: conv 8-12-16" in caplog.text
+    assert "kept the most even of 3 searches (effective counts " in caplog.text
     manifest = bundle.read_manifest(out)
     assert manifest.training.hyperparameters["backbone_filters"] == [8, 12, 16]
+    assert manifest.training.hyperparameters["community_searches"] == 3

@@ -41,8 +41,10 @@ class ModelConfig:
     and the joint embedding give way to a community head: the Louvain communities of the
     features' neighbour graph, N of them, are learnt by a softmax head whose N
     probabilities are the embedding (:mod:`training.communities`; better groups at K
-    around N, see README). With ``hog_weight`` w > 0 the graph and the head see the unit
-    backbone features joined with w times the pixels' unit-length orientation histograms
+    around N, see README); of ``community_searches`` independent Louvain searches the one
+    with the most even community sizes is kept. With ``hog_weight`` w > 0 the graph and
+    the head see the unit backbone features joined with w times the pixels' unit-length
+    orientation histograms
     (:mod:`training.models.gradients`), computed inside the encoder. Other kinds ignore
     these fields.
     """
@@ -63,6 +65,7 @@ class ModelConfig:
     view_relight: bool = False
     joint_embedding: bool = True
     graph_communities: int = 0
+    community_searches: int = 1
     hog_weight: float = 0.0
     head_neighbors: int = 15
     head_epochs: int = 5
@@ -108,7 +111,7 @@ class ModelConfig:
         object.__setattr__(self, "backbone_filters", backbone)
         object.__setattr__(self, "head_hidden", _positive_ints("head_hidden", self.head_hidden))
         for name in ("feature_dim", "head_neighbors", "head_epochs", "head_max_points",
-                     "decoder_epochs"):
+                     "decoder_epochs", "community_searches"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
