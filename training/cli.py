@@ -224,7 +224,8 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     rec.add_argument("--community-searches", type=_positive_int, default=1, metavar="N",
                      help="independent Louvain searches for the --graph-communities partition; "
                           "the one with the most even community sizes is kept (default 1; "
-                          "each search takes about 10 s on 60,000 images)")
+                          "about 10 s per search on 60,000 images; no reliable gain measured, "
+                          "README)")
     rec.add_argument("--hog-weight", type=_number(float, lambda v: 0 <= v < float("inf"),
                                                   "expected a number >= 0"),
                      default=0.0, metavar="W",
