@@ -180,15 +180,10 @@ def most_even_communities(adjacency: sp.csr_matrix, count: int, *, seed: int = 0
     if isinstance(searches, bool) or not isinstance(searches, int | np.integer) or searches < 1:
         raise ConfigError(f"searches must be an integer >= 1, got {searches!r}")
     started = time.perf_counter()
-    best: Partition | None = None
-    entropies: list[float] = []
-    for search in range(int(searches)):
-        partition = louvain_communities(adjacency, count, seed=seed + _SEARCH_SEED_STRIDE * search,
-                                        starts=starts)
-        entropies.append(partition.size_entropy)
-        if best is None or partition.size_entropy > best.size_entropy:
-            best = partition
-    assert best is not None  # searches >= 1
+    partitions = [louvain_communities(adjacency, count, seed=seed + _SEARCH_SEED_STRIDE * search,
+                                      starts=starts) for search in range(int(searches))]
+    entropies = [partition.size_entropy for partition in partitions]
+    best = partitions[int(np.argmax(entropies))]  # argmax keeps the earliest of equals
     if searches > 1:
         # exp(entropy) reads as an "effective number" of equal communities.
         logger.info("communities: kept the most even of %d searches (effective counts %s of "

@@ -44,9 +44,8 @@ class ModelConfig:
     around N, see README); of ``community_searches`` independent Louvain searches the one
     with the most even community sizes is kept. With ``hog_weight`` w > 0 the graph and
     the head see the unit backbone features joined with w times the pixels' unit-length
-    orientation histograms
-    (:mod:`training.models.gradients`), computed inside the encoder. Other kinds ignore
-    these fields.
+    orientation histograms (:mod:`training.models.gradients`), computed inside the encoder.
+    Other kinds ignore these fields.
     """
 
     kind: ModelKind = "conv"
