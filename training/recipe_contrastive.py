@@ -2,7 +2,8 @@
 
 Three stages, each logged with its progress:
 
-1. a conv backbone learns augmentation-invariant features (SimCLR's NT-Xent loss);
+1. a conv backbone learns augmentation-invariant features (SimCLR's NT-Xent loss, or
+   VICReg's);
 2. the fuzzy k-nearest-neighbour graph of those features (cosine) trains a small MLP
    head to a ``latent_dim`` embedding in which neighbours stay close (parametric UMAP) or,
    with ``graph_communities``, a softmax head learns the graph's Louvain communities
@@ -75,7 +76,7 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
         contrastive = build_contrastive(
             shape, filters=config.backbone_filters, feature_dim=config.feature_dim,
             temperature=config.temperature, min_crop=config.min_crop, flip=config.view_flip,
-            relight=config.view_relight,
+            relight=config.view_relight, loss=config.backbone_loss,
             learning_rate=config.learning_rate, seed=config.seed)
     # A last batch of one image has no negatives: drop it. The filter hides the number of
     # batches from Keras, which would then warn that the data ran out; restate it.
@@ -173,7 +174,7 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
 
 def _joint(backbone_out: tf.Tensor, head_output: tf.Tensor, projector: keras.Model,
            head_train: np.ndarray) -> tf.Tensor:
-    """The head's output joined with the unit-length SimCLR projector output.
+    """The head's output joined with the unit-length projector output.
 
     The head's neighbourhoods keep fine structure; the projector, trained only to tell
     images apart up to augmentation, groups more coarsely, and k-means on the two joined

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -19,8 +20,9 @@ from training.data import DataOptions, to_numpy
 from training.errors import ConfigError
 from training.evaluate import load_bundle
 from training.models import ModelConfig, build_autoencoder, build_networks
+from training.models.contrastive import build_contrastive
 from training.models.gradients import OrientationHistograms
-from training.recipe_contrastive import FittedNetworks
+from training.recipe_contrastive import FittedNetworks, _joint
 from training.train import TrainJob, TrainResult, run_training
 
 # Small enough for 2 cores: the stages' own minimum step counts set most of the run time.
@@ -89,6 +91,8 @@ def test_contrastive_config_defaults_and_head_config() -> None:
         ({"hog_weight": float("nan")}, "hog_weight must be a number >= 0"),
         ({"hog_weight": float("inf")}, "hog_weight must be a number >= 0"),
         ({"hog_weight": "0.5"}, "hog_weight must be a number >= 0"),
+        ({"backbone_loss": "byol"}, "unknown backbone_loss 'byol': choose 'nt-xent' or 'vicreg'"),
+        ({"backbone_loss": "NT-Xent"}, "unknown backbone_loss 'NT-Xent'"),
     ],
 )
 def test_bad_contrastive_config_raises(changes: dict[str, Any], message: str) -> None:
@@ -392,6 +396,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
         (["--backbone-filters", ""], "--backbone-filters"),
         (["--community-searches", "0"], "--community-searches"),
         (["--community-searches", "2.5"], "--community-searches"),
+        (["--backbone-loss", "byol"], "invalid choice: 'byol' (choose from"),
     ],
 )
 def test_bad_recipe_options_exit_2(args: list[str], message: str, tmp_path: Path,
@@ -434,6 +439,9 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     assert (args.min_crop, args.view_flip, args.view_relight) == (0.4, True, False)
     assert args.graph_communities == 0 and args.hog_weight == 0.0
     assert args.community_searches == ModelConfig().community_searches == 1
+    assert args.backbone_loss == ModelConfig().backbone_loss == "nt-xent"
+    assert parser.parse_args(["train", "--model", "contrastive", "--backbone-loss", "vicreg",
+                              "--out", "x/m/1"]).backbone_loss == "vicreg"
     # The CLI states the backbone's default itself (it must not import Keras to parse).
     assert args.backbone_filters == ModelConfig().backbone_filters == (32, 64, 128)
     assert parser.parse_args(["train", "--model", "contrastive", "--hog-weight", "0.5",
@@ -459,7 +467,7 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     assert "contrastive: 256" in text
     for option in ("--temperature", "--min-crop", "--no-view-flip", "--neighbors",
                    "--head-epochs", "--decoder-epochs", "--joint-embedding, --no-joint-embedding",
-                   "--hog-weight", "--backbone-filters"):
+                   "--hog-weight", "--backbone-filters", "--backbone-loss"):
         assert option in text
 
 
@@ -578,3 +586,31 @@ def test_backbone_filters_and_community_searches_reach_the_recipe_and_the_manife
     manifest = bundle.read_manifest(out)
     assert manifest.training.hyperparameters["backbone_filters"] == [8, 12, 16]
     assert manifest.training.hyperparameters["community_searches"] == 3
+
+
+def test_vicreg_backbone_reaches_the_recipe_and_the_manifest(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "m" / "1"
+    with caplog.at_level(logging.INFO):
+        code, _, err = _run(["train", "--dataset", "digits", "--model", "contrastive",
+                             "--backbone-loss", "vicreg", "--backbone-filters", "8,16",
+                             "--epochs", "1", "--graph-communities", "10", "--head-epochs", "1",
+                             "--decoder-epochs", "1", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "conv 8-16, 256 features, vicreg loss" in caplog.text
+    manifest = bundle.read_manifest(out)
+    assert manifest.training.hyperparameters["backbone_loss"] == "vicreg"
+    assert manifest.latent_dim == 10
+
+
+def test_joint_embedding_takes_the_vicreg_projectors_512_numbers() -> None:
+    model = build_contrastive((8, 8, 1), filters=(8,), feature_dim=16, loss="vicreg", seed=0)
+    images = keras.Input((8, 8, 1))
+    head_train = np.random.default_rng(0).normal(size=(50, 4))
+    joint = keras.Model(images, _joint(model.backbone(images),
+                                       keras.layers.Dense(4)(model.backbone(images)),
+                                       model.projector, head_train))
+    z = joint.predict(np.random.default_rng(1).uniform(size=(3, 8, 8, 1)), verbose=0)
+    assert z.shape == (3, 4 + 512)
+    np.testing.assert_allclose(np.linalg.norm(z[:, 4:], axis=1), 1.0, atol=1e-5)

@@ -12,6 +12,8 @@ from training.losses import LossKind
 from training.models.neighborhood import HeadConfig
 
 ModelKind = Literal["dense", "conv", "vae", "contrastive"]
+# The contrastive backbone's self-supervised loss (training.models.contrastive).
+BackboneLoss = Literal["nt-xent", "vicreg"]
 
 
 @dataclass(frozen=True)
@@ -28,16 +30,16 @@ class ModelConfig:
     keep the KL term from collapsing the embedding).
 
     ``contrastive`` is a different recipe (:mod:`training.recipe_contrastive`): a conv
-    backbone of ``backbone_filters`` trained for augmentation invariance (NT-Xent at
-    ``temperature``, crops of at least ``min_crop`` of the area, horizontal flips unless
-    ``view_flip`` is false, a second light change if ``view_relight``) to ``feature_dim``
-    features, a neighbourhood head (``head_*``; see
+    backbone of ``backbone_filters`` trained for augmentation invariance (``backbone_loss``
+    NT-Xent at ``temperature`` or VICReg; crops of at least ``min_crop`` of the area,
+    horizontal flips unless ``view_flip`` is false, a second light change if
+    ``view_relight``) to ``feature_dim`` features, a neighbourhood head (``head_*``; see
     :class:`~training.models.neighborhood.HeadConfig`) to ``latent_dim``, and a conv
     decoder trained for ``decoder_epochs`` on the frozen embedding (loss ``mse`` only).
     With ``joint_embedding`` (the default; the best recipe measured on Fashion-MNIST) the
     embedding is the head's output (rescaled to unit total spread) joined with the
-    unit-length output of the SimCLR projector: ``latent_dim`` + 128 numbers; without it,
-    the head's ``latent_dim`` numbers alone. With ``graph_communities`` N >= 2 the head
+    unit-length output of the projector: ``latent_dim`` + 128 numbers (512 with VICReg);
+    without it, the head's ``latent_dim`` numbers alone. With ``graph_communities`` N >= 2 the head
     and the joint embedding give way to a community head: the Louvain communities of the
     features' neighbour graph, N of them, are learnt by a softmax head whose N
     probabilities are the embedding (:mod:`training.communities`; better groups at K
@@ -58,6 +60,7 @@ class ModelConfig:
     conv_filters: tuple[int, ...] = (32, 32, 32)
     backbone_filters: tuple[int, ...] = (32, 64, 128)
     feature_dim: int = 256
+    backbone_loss: BackboneLoss = "nt-xent"
     temperature: float = 0.5
     min_crop: float = 0.4
     view_flip: bool = True
@@ -120,6 +123,9 @@ class ModelConfig:
             raise ConfigError("graph_communities must be 0 (off) or an integer >= 2, got "
                               f"{self.graph_communities!r}")
         object.__setattr__(self, "graph_communities", int(self.graph_communities))
+        if self.backbone_loss not in get_args(BackboneLoss):
+            raise ConfigError(f"unknown backbone_loss {self.backbone_loss!r}: choose 'nt-xent' "
+                              "or 'vicreg'")
         if not _is_real(self.temperature) or not 0 < self.temperature < float("inf"):
             raise ConfigError(f"temperature must be a number > 0, got {self.temperature!r}")
         if not _is_real(self.min_crop) or not 0 < self.min_crop <= 1:
