@@ -39,9 +39,9 @@ class ModelConfig:
     With ``joint_embedding`` (the default; the best recipe measured on Fashion-MNIST) the
     embedding is the head's output (rescaled to unit total spread) joined with the
     unit-length output of the projector: ``latent_dim`` + 128 numbers (512 with VICReg);
-    without it, the head's ``latent_dim`` numbers alone. With ``graph_communities`` N >= 2 the head
-    and the joint embedding give way to a community head: the Louvain communities of the
-    features' neighbour graph, N of them, are learnt by a softmax head whose N
+    without it, the head's ``latent_dim`` numbers alone. With ``graph_communities`` N >= 2
+    the head and the joint embedding give way to a community head: the Louvain communities
+    of the features' neighbour graph, N of them, are learnt by a softmax head whose N
     probabilities are the embedding (:mod:`training.communities`; better groups at K
     around N, see README); of ``community_searches`` independent Louvain searches the one
     with the most even community sizes is kept. With ``hog_weight`` w > 0 the graph and

@@ -30,8 +30,8 @@ from training.models.config import BackboneLoss
 logger = logging.getLogger(__name__)
 
 # VICReg's projector ("expander"): wider than NT-Xent's, as its covariance term decorrelates
-# the dimensions of this output. 512 rather than the paper's 8,192: the backbone has 256
-# features, and a wider one costs time on a CPU for no measured gain here.
+# the dimensions of this output. 512 rather than the paper's 8,192: the backbone has only 256
+# features, and a wider expander costs time on a CPU (8,192 was not tried).
 VICREG_PROJECTION = (512, 512)
 # The paper's weights of the invariance, variance and covariance terms.
 _VICREG_WEIGHTS = (25.0, 25.0, 1.0)
@@ -100,6 +100,8 @@ def vicreg(z1: tf.Tensor, z2: tf.Tensor) -> tf.Tensor:
     ``mean(relu(1 - std))`` of each view's per-dimension standard deviation over the batch,
     summed over the two views (variance; the paper averages them, so this weighs them as
     its 50) + the squared off-diagonal covariances over D, summed over the two views.
+    Under a distribution strategy the batch statistics are each replica's own batch, as
+    NT-Xent's negatives are.
     """
     invariance, variance, covariance = _VICREG_WEIGHTS
     dims = tf.cast(tf.shape(z1)[1], z1.dtype)
