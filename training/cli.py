@@ -205,8 +205,8 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     rec = train.add_argument_group("contrastive recipe (--model contrastive)")
     rec.add_argument("--backbone-loss", choices=("nt-xent", "vicreg"), default="nt-xent",
                      help="the backbone's self-supervised loss: SimCLR's NT-Xent (default) or "
-                          "VICReg (no negatives; a 512-512 projector, about 1.3 times the time "
-                          "per epoch)")
+                          "VICReg (no negatives; a 512-512 projector; about the same time per "
+                          "epoch)")
     rec.add_argument("--temperature", type=_number(float, lambda v: v > 0, "expected > 0"),
                      default=0.5, help="NT-Xent temperature")
     rec.add_argument("--min-crop", type=_number(float, lambda v: 0 < v <= 1, "expected in (0, 1]"),
