@@ -177,8 +177,9 @@ def _joint(backbone_out: tf.Tensor, head_output: tf.Tensor, projector: keras.Mod
     """The head's output joined with the unit-length projector output.
 
     The head's neighbourhoods keep fine structure; the projector, trained only to tell
-    images apart up to augmentation, groups more coarsely, and k-means on the two joined
-    finds groups closer to the classes than on either alone. The head's output is divided
+    images apart up to augmentation (NT-Xent; the joint embedding of a VICReg backbone was
+    not measured), groups more coarsely, and k-means on the two joined finds groups closer
+    to the classes than on either alone. The head's output is divided
     by its total spread on the training images (the root of its summed variances), so that
     it weighs in k-means' distances about as much as the unit-length projector output.
     """

@@ -211,7 +211,11 @@ def build_contrastive(input_shape: tuple[int, int, int], *, filters: tuple[int, 
                       temperature: float = 0.5, min_crop: float = 0.4, flip: bool = True,
                       relight: bool = False, learning_rate: float = 1e-3,
                       loss: BackboneLoss = "nt-xent", seed: int = 0) -> ContrastiveModel:
-    """Build and compile the contrastive model (call inside ``strategy.scope()``)."""
+    """Build and compile the contrastive model (call inside ``strategy.scope()``).
+
+    ``projection_dim`` and ``temperature`` are NT-Xent's; VICReg's projector is always
+    :data:`VICREG_PROJECTION`.
+    """
     if loss not in get_args(BackboneLoss):
         raise ConfigError(f"unknown backbone loss {loss!r}: choose 'nt-xent' or 'vicreg'")
     if not 0 < temperature < math.inf:
