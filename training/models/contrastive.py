@@ -148,6 +148,10 @@ class ContrastiveModel(StepModel):
     def __init__(self, backbone: keras.Model, *, projection_dim: int, temperature: float,
                  min_crop: float, seed: int, flip: bool = True, relight: bool = False,
                  loss: BackboneLoss = "nt-xent", **kwargs: Any) -> None:
+        # Checked here, where the projector and the loss branch on it: an unknown name would
+        # otherwise pair VICReg's projector with NT-Xent's loss.
+        if loss not in get_args(BackboneLoss):
+            raise ConfigError(f"unknown backbone loss {loss!r}: choose 'nt-xent' or 'vicreg'")
         super().__init__(name=kwargs.pop("name", "contrastive"), **kwargs)
         self.backbone = backbone
         width = int(backbone.output_shape[-1])
@@ -216,8 +220,6 @@ def build_contrastive(input_shape: tuple[int, int, int], *, filters: tuple[int, 
     ``projection_dim`` and ``temperature`` are NT-Xent's; VICReg's projector is always
     :data:`VICREG_PROJECTION`.
     """
-    if loss not in get_args(BackboneLoss):
-        raise ConfigError(f"unknown backbone loss {loss!r}: choose 'nt-xent' or 'vicreg'")
     if not 0 < temperature < math.inf:
         raise ConfigError(f"temperature must be > 0, got {temperature!r}")
     if not 0 < min_crop <= 1:
