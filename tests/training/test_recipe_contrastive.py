@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import keras
 import numpy as np
@@ -20,6 +21,7 @@ from training.data import DataOptions, to_numpy
 from training.errors import ConfigError
 from training.evaluate import load_bundle
 from training.models import ModelConfig, build_autoencoder, build_networks
+from training.models.config import BackboneLoss
 from training.models.contrastive import build_contrastive
 from training.models.gradients import OrientationHistograms
 from training.recipe_contrastive import FittedNetworks, _joint
@@ -440,8 +442,15 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     assert args.graph_communities == 0 and args.hog_weight == 0.0
     assert args.community_searches == ModelConfig().community_searches == 1
     assert args.backbone_loss == ModelConfig().backbone_loss == "nt-xent"
-    assert parser.parse_args(["train", "--model", "contrastive", "--backbone-loss", "vicreg",
-                              "--out", "x/m/1"]).backbone_loss == "vicreg"
+    # The CLI lists the losses itself (it must not import Keras to parse); every loss the
+    # model knows must be offered, and nothing else.
+    for loss in get_args(BackboneLoss):
+        assert parser.parse_args(["train", "--model", "contrastive", "--backbone-loss", loss,
+                                  "--out", "x/m/1"]).backbone_loss == loss
+    train = next(action for action in parser._subparsers._group_actions  # type: ignore[union-attr]
+                 if isinstance(action, argparse._SubParsersAction)).choices["train"]
+    offered = next(a.choices for a in train._actions if a.dest == "backbone_loss")
+    assert sorted(offered) == sorted(get_args(BackboneLoss))
     # The CLI states the backbone's default itself (it must not import Keras to parse).
     assert args.backbone_filters == ModelConfig().backbone_filters == (32, 64, 128)
     assert parser.parse_args(["train", "--model", "contrastive", "--hog-weight", "0.5",
