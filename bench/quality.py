@@ -107,6 +107,10 @@ def recipes(quick: bool) -> list[Recipe]:
         # The default without mirrored views: does the K=10 default gain from them?
         Recipe("contrastive-noflip-latent10", latent=10, extra=NO_FLIP,
                **CONTRASTIVE),  # type: ignore[arg-type]
+        # The K=10 default with a VICReg backbone: its joint embedding carries VICReg's
+        # 512-number projector output instead of NT-Xent's 128.
+        Recipe("contrastive-vicreg-latent10", latent=10, extra=VICREG,
+               **CONTRASTIVE),  # type: ignore[arg-type]
         Recipe("contrastive-headonly-latent10", latent=10, extra=HEAD_ONLY,
                **CONTRASTIVE),  # type: ignore[arg-type]
         # Better neighbourhoods, worse K=10 groups (README, "What was tried"): kept as a row
