@@ -32,6 +32,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -68,6 +69,18 @@ class Partition:
         shares = np.bincount(self.labels) / self.labels.size
         shares = shares[shares > 0]
         return float(-(shares * np.log(shares)).sum())
+
+    def summary(self) -> dict[str, Any]:
+        """How the partition was found and how big its communities are, as plain JSON types.
+
+        The bundle keeps it (``report/communities.json``) so that a served model's
+        communities can be inspected without rerunning the search.
+        """
+        return {"count": self.count, "resolution": round(self.resolution, 6),
+                "modularity": round(self.modularity, 6), "starts_tried": self.starts_tried,
+                "sizes": [int(size) for size in np.bincount(self.labels)],
+                # exp(entropy) reads as an "effective number" of equal communities.
+                "effective_count": round(math.exp(self.size_entropy), 3)}
 
 
 def knn_adjacency(indices: np.ndarray) -> sp.csr_matrix:

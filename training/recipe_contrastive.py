@@ -24,6 +24,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -51,6 +52,9 @@ class FittedNetworks:
     encoder: keras.Model
     decoder: keras.Model
     history: dict[str, list[float]]
+    # With graph_communities: the Louvain partition the head learnt (Partition.summary(),
+    # plus the searches run and the head's agreement with it); the bundle's report keeps it.
+    communities: dict[str, Any] | None = None
 
 
 def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch_size: int,
@@ -115,9 +119,10 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
     sample = (np.sort(rng.choice(len(features), config.head_max_points, replace=False))
               if len(features) > config.head_max_points else np.arange(len(features)))
     distances, indices = neighbors.nearest_neighbors(features[sample], config.head_neighbors)
+    partition: dict[str, Any] | None = None
     if config.graph_communities:
-        head, history["community_loss"] = _fit_community_head(features[sample], indices,
-                                                               config, seed=seed)
+        head, history["community_loss"], partition = _fit_community_head(
+            features[sample], indices, config, seed=seed)
     else:
         graph = neighbors.fuzzy_graph(distances, indices)
         logger.info("neighbour graph: %d points, %d edges", graph.n, graph.n_edges)
@@ -141,11 +146,12 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
                              shape).decoder
     z = encoder.predict(images, batch_size=1024, verbose=0)
     history["decoder_loss"] = _fit_decoder(decoder, z, images, config, seed=seed)
-    return FittedNetworks(encoder=encoder, decoder=decoder, history=history)
+    return FittedNetworks(encoder=encoder, decoder=decoder, history=history,
+                          communities=partition)
 
 
 def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: ModelConfig,
-                        *, seed: int) -> tuple[keras.Model, list[float]]:
+                        *, seed: int) -> tuple[keras.Model, list[float], dict[str, Any]]:
     """A softmax head that predicts each image's Louvain community from its features.
 
     The communities follow the neighbour graph where k-means' straight boundaries would
@@ -169,7 +175,10 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
                               == partition.labels))
     logger.info("community head: predicts the community of %.1f %% of the training images",
                 100 * agreement)
-    return head, losses
+    summary = {**partition.summary(), "searches": config.community_searches,
+               "graph_points": len(features), "neighbors": int(indices.shape[1]),
+               "head_agreement": round(agreement, 6)}
+    return head, losses, summary
 
 
 def _joint(backbone_out: tf.Tensor, head_output: tf.Tensor, projector: keras.Model,

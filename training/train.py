@@ -247,6 +247,9 @@ def run_training(job: TrainJob) -> TrainResult:
     )
     report_writers.append(lambda d: _write_json(d / "history.json", history))
     report_writers.append(lambda d: _write_json(d / "evaluation.json", scores))
+    partition = getattr(model, "communities", None)
+    if partition is not None:
+        report_writers.append(lambda d: _write_json(d / "communities.json", partition))
     if history.get("loss"):
         report_writers.append(lambda d: plot_history(history, d / "training_curves.png"))
     contents = export.BundleContents(

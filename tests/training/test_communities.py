@@ -3,6 +3,8 @@ several searches kept, clear errors."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
@@ -140,6 +142,17 @@ def test_size_entropy_by_hand(labels: list[int], entropy: float) -> None:
     partition = communities.Partition(labels=np.array(labels), resolution=1.0, modularity=0.0,
                                       starts_tried=1)
     assert partition.size_entropy == pytest.approx(entropy)
+
+
+def test_partition_summary_by_hand() -> None:
+    partition = communities.Partition(labels=np.array([0, 0, 1, 1, 2, 2, 2, 2]),
+                                      resolution=0.98765432, modularity=0.5, starts_tried=5)
+    summary = partition.summary()
+    assert summary == {"count": 3, "resolution": 0.987654, "modularity": 0.5,
+                       "starts_tried": 5, "sizes": [2, 2, 4],
+                       # exp of -(2 * 0.25 ln 0.25 + 0.5 ln 0.5) = 2 * sqrt(2)
+                       "effective_count": 2.828}
+    assert json.loads(json.dumps(summary)) == summary
 
 
 def test_the_most_even_of_several_searches_is_kept(caplog: pytest.LogCaptureFixture) -> None:

@@ -163,6 +163,9 @@ def test_history_has_every_stage(trained: TrainResult) -> None:
     for name, values in history.items():
         np.testing.assert_allclose(saved[name], values, rtol=1e-12)
     assert isinstance(trained.model, FittedNetworks)
+    # Only a graph-communities bundle has a partition to report.
+    assert trained.model.communities is None
+    assert not (trained.out / "report" / "communities.json").exists()
 
 
 def test_exported_encoder_matches_the_trained_one(trained: TrainResult) -> None:
@@ -284,6 +287,19 @@ def test_graph_communities_embed_as_community_probabilities(graph: TrainResult) 
     assert np.asarray(loaded.decode(tf.constant(saved_z))).shape == (180, 8, 8, 1)
     assert loaded.centroids.shape == (10, 12)
     assert graph.manifest.evaluation["hungarian_accuracy"] > 0.3
+    # The bundle reports the partition the head learnt: every training image (the graph
+    # samples all 1617) in one of 12 communities, and how well the head predicts them.
+    report = json.loads((graph.out / "report" / "communities.json").read_text())
+    assert report == graph.model.communities
+    assert report["count"] == 12 and len(report["sizes"]) == 12
+    assert sum(report["sizes"]) == report["graph_points"] == graph.data.train.size
+    assert min(report["sizes"]) >= 1
+    assert (report["searches"], report["neighbors"]) == (1, SMALL["head_neighbors"])
+    shares = np.array(report["sizes"]) / sum(report["sizes"])
+    assert report["effective_count"] == pytest.approx(np.exp(-(shares * np.log(shares)).sum()),
+                                                      abs=1e-3)
+    assert 0 < report["modularity"] < 1 and report["resolution"] > 0
+    assert 0.5 < report["head_agreement"] <= 1
 
 
 def test_graph_communities_repeat_from_the_seed(graph: TrainResult, tmp_path: Path) -> None:
@@ -598,6 +614,7 @@ def test_backbone_options_and_community_searches_reach_the_recipe_and_the_manife
     assert manifest.training.hyperparameters["backbone_filters"] == [8, 12, 16]
     assert manifest.training.hyperparameters["community_searches"] == 3
     assert manifest.training.hyperparameters["backbone_loss"] == "vicreg"
+    assert json.loads((out / "report" / "communities.json").read_text())["searches"] == 3
 
 
 def test_joint_embedding_takes_the_vicreg_projectors_512_numbers() -> None:
