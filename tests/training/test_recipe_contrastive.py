@@ -617,13 +617,24 @@ def test_backbone_options_and_community_searches_reach_the_recipe_and_the_manife
     assert json.loads((out / "report" / "communities.json").read_text())["searches"] == 3
 
 
-def test_joint_embedding_takes_the_vicreg_projectors_512_numbers() -> None:
+def test_joint_embedding_takes_the_vicreg_projectors_512_numbers(
+        caplog: pytest.LogCaptureFixture) -> None:
     model = build_contrastive((8, 8, 1), filters=(8,), feature_dim=16, loss="vicreg", seed=0)
     images = keras.Input((8, 8, 1))
     head_train = np.random.default_rng(0).normal(size=(50, 4))
-    joint = keras.Model(images, _joint(model.backbone(images),
-                                       keras.layers.Dense(4)(model.backbone(images)),
-                                       model.projector, head_train))
+    with caplog.at_level(logging.WARNING):
+        joint = keras.Model(images, _joint(model.backbone(images),
+                                           keras.layers.Dense(4)(model.backbone(images)),
+                                           model.projector, head_train, backbone_loss="vicreg"))
+    # Measured worse than the head alone at K = 10: the user is told, not silently served it.
+    assert "joint embedding with a VICReg backbone" in caplog.text
+    assert "--no-joint-embedding" in caplog.text
     z = joint.predict(np.random.default_rng(1).uniform(size=(3, 8, 8, 1)), verbose=0)
     assert z.shape == (3, 4 + 512)
     np.testing.assert_allclose(np.linalg.norm(z[:, 4:], axis=1), 1.0, atol=1e-5)
+    caplog.clear()
+    nt_xent = build_contrastive((8, 8, 1), filters=(8,), feature_dim=16, seed=0)
+    with caplog.at_level(logging.WARNING):
+        _joint(nt_xent.backbone(images), keras.layers.Dense(4)(nt_xent.backbone(images)),
+               nt_xent.projector, head_train)
+    assert "VICReg" not in caplog.text
