@@ -36,6 +36,7 @@ from training.errors import ConfigError
 from training.fit import EpochLogger, fit_model
 from training.interrupt import StopOnInterrupt
 from training.models import ModelConfig, build_networks
+from training.models.config import BackboneLoss
 from training.models.contrastive import build_contrastive
 from training.models.gradients import OrientationHistograms
 from training.models.neighborhood import build_head, fit_head
@@ -183,7 +184,7 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
 
 
 def _joint(backbone_out: tf.Tensor, head_output: tf.Tensor, projector: keras.Model,
-           head_train: np.ndarray, *, backbone_loss: str = "nt-xent") -> tf.Tensor:
+           head_train: np.ndarray, *, backbone_loss: BackboneLoss = "nt-xent") -> tf.Tensor:
     """The head's output joined with the unit-length projector output.
 
     The head's neighbourhoods keep fine structure; NT-Xent's projector, trained only to tell
