@@ -231,6 +231,11 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                           "the one with the most even community sizes is kept (default 1; "
                           "about 10 s per search on 60,000 images; no reliable gain measured, "
                           "README)")
+    rec.add_argument("--coarse-communities", type=_graph_communities, default=0, metavar="C",
+                     help="find C Louvain communities first, then split the most spread "
+                          "(largest within-community sum of squared distances) in two until "
+                          "there are --graph-communities (0: off, the default; README, "
+                          "Clustering quality)")
     rec.add_argument("--hog-weight", type=_number(float, lambda v: 0 <= v < float("inf"),
                                                   "expected a number >= 0"),
                      default=0.0, metavar="W",
@@ -342,6 +347,7 @@ def _train(args: argparse.Namespace) -> int:
                           joint_embedding=args.joint_embedding,
                           graph_communities=args.graph_communities,
                           community_searches=args.community_searches,
+                          coarse_communities=args.coarse_communities,
                           hog_weight=args.hog_weight,
                           backbone_filters=args.backbone_filters,
                           head_neighbors=args.neighbors, head_epochs=args.head_epochs,

@@ -28,6 +28,7 @@ recipe runs one search unless asked for more (``--community-searches``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -58,6 +59,9 @@ class Partition:
     resolution: float
     modularity: float
     starts_tried: int
+    # With split_communities: the coarse partition's count, which resolution, modularity
+    # and starts_tried then describe; None when Louvain found all communities at once.
+    coarse_count: int | None = None
 
     @property
     def count(self) -> int:
@@ -80,7 +84,8 @@ class Partition:
                 "modularity": round(self.modularity, 6), "starts_tried": self.starts_tried,
                 "sizes": [int(size) for size in np.bincount(self.labels)],
                 # exp(entropy) reads as an "effective number" of equal communities.
-                "effective_count": round(math.exp(self.size_entropy), 3)}
+                "effective_count": round(math.exp(self.size_entropy), 3),
+                "coarse_count": self.coarse_count}
 
 
 def knn_adjacency(indices: np.ndarray) -> sp.csr_matrix:
@@ -115,6 +120,10 @@ def louvain_communities(adjacency: sp.csr_matrix, count: int, *, seed: int = 0,
         raise ConfigError(f"{count} communities need at least {count} images; there are {n}")
     if starts < 1:
         raise ConfigError(f"starts must be >= 1, got {starts!r}")
+    if adjacency.nnz == 0:
+        # Louvain (scikit-network) refuses an empty matrix with a bare ValueError.
+        raise ConfigError(f"the neighbour graph of {n} images has no edges to find "
+                          "communities in")
     started = time.perf_counter()
 
     def run(resolution: float, start: int) -> np.ndarray:
@@ -204,3 +213,58 @@ def most_even_communities(adjacency: sp.csr_matrix, count: int, *, seed: int = 0
                     " ".join(f"{math.exp(h):.1f}" for h in entropies), count,
                     time.perf_counter() - started)
     return best
+
+
+def split_communities(adjacency: sp.csr_matrix, features: np.ndarray, coarse: Partition,
+                      count: int, *, seed: int = 0, starts: int = 5) -> Partition:
+    """``coarse`` split, one community at a time, until it has ``count`` communities.
+
+    Each step takes the community with the largest within-community sum of squared
+    distances to its mean in ``features`` (bisecting k-means' rule) and splits it in two
+    by Louvain on its own subgraph. Louvain at one resolution for the whole graph spends
+    communities on large groups that are merely big: on Fashion-MNIST's features, 20
+    communities gave trousers and sandals three each, all pure, while T-shirts and shirts
+    shared one. The spread finds the mixed groups instead. A community whose subgraph has
+    no two-way split (pieces it cannot join) is passed over for the next most spread.
+    """
+    if isinstance(count, bool) or not isinstance(count, int | np.integer):
+        raise ConfigError(f"the community count must be an integer, got {count!r}")
+    if count <= coarse.count:
+        raise ConfigError(f"splitting needs more communities ({count}) than the coarse "
+                          f"partition has ({coarse.count})")
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] != coarse.labels.size \
+            or adjacency.shape[0] != coarse.labels.size:
+        raise ConfigError(f"features {features.shape} and graph {adjacency.shape} must have "
+                          f"one row per node of the partition ({coarse.labels.size})")
+    started = time.perf_counter()
+    labels = coarse.labels.copy()
+    squares = np.einsum("ij,ij->i", features, features)
+    while int(labels.max()) + 1 < count:
+        groups = int(labels.max()) + 1
+        sizes = np.bincount(labels, minlength=groups).astype(np.float64)
+        sums = np.zeros((groups, features.shape[1]))
+        np.add.at(sums, labels, features)
+        # Sum of squared distances to the mean: sum |x|^2 - |sum x|^2 / n, per community.
+        spread = (np.bincount(labels, weights=squares, minlength=groups)
+                  - np.einsum("ij,ij->i", sums, sums) / np.maximum(sizes, 1))
+        for community in np.argsort(-spread, kind="stable"):
+            members = np.flatnonzero(labels == community)
+            if members.size < 2:
+                continue
+            try:
+                halves = louvain_communities(adjacency[members][:, members].tocsr(), 2,
+                                             seed=seed, starts=starts).labels
+            except ConfigError:
+                continue
+            labels[members[halves == 1]] = groups
+            logger.info("communities: split community %d (%d images) into %d and %d",
+                        community, members.size, int((halves == 0).sum()),
+                        int((halves == 1).sum()))
+            break
+        else:
+            raise ConfigError(f"no community of the {groups} found splits in two; choose "
+                              "fewer --graph-communities or more --coarse-communities")
+    logger.info("communities: %d from %d by splitting the most spread in %.1f s", count,
+                coarse.count, time.perf_counter() - started)
+    return dataclasses.replace(coarse, labels=labels, coarse_count=coarse.count)

@@ -162,8 +162,14 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
     the communities again.
     """
     count = config.graph_communities
-    partition = communities.most_even_communities(communities.knn_adjacency(indices), count,
-                                                 seed=seed, searches=config.community_searches)
+    adjacency = communities.knn_adjacency(indices)
+    if config.coarse_communities:
+        coarse = communities.most_even_communities(adjacency, config.coarse_communities,
+                                                   seed=seed, searches=config.community_searches)
+        partition = communities.split_communities(adjacency, features, coarse, count, seed=seed)
+    else:
+        partition = communities.most_even_communities(adjacency, count, seed=seed,
+                                                      searches=config.community_searches)
     keras.utils.set_random_seed(config.seed)
     head = keras.Sequential(
         [keras.Input((features.shape[1],)),

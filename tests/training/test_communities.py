@@ -1,5 +1,5 @@
 """Louvain communities of k-NN graphs: exact counts, the best start kept, the most even of
-several searches kept, clear errors."""
+several searches kept, coarse communities split by spread, clear errors."""
 
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def test_partition_summary_by_hand() -> None:
     assert summary == {"count": 3, "resolution": 0.987654, "modularity": 0.5,
                        "starts_tried": 5, "sizes": [2, 2, 4],
                        # exp of -(2 * 0.25 ln 0.25 + 0.5 ln 0.5) = 2 * sqrt(2)
-                       "effective_count": 2.828}
+                       "effective_count": 2.828, "coarse_count": None}
     assert json.loads(json.dumps(summary)) == summary
 
 
@@ -181,3 +181,88 @@ def test_bad_search_counts_are_refused(searches: object) -> None:
     pairs = communities.knn_adjacency(np.array([[1], [0], [3], [2], [5], [4], [7], [6]]))
     with pytest.raises(ConfigError, match="searches must be an integer >= 1, got "):
         communities.most_even_communities(pairs, 4, searches=searches)  # type: ignore[arg-type]
+
+
+def _coarse(labels: np.ndarray) -> communities.Partition:
+    return communities.Partition(labels=labels, resolution=0.5, modularity=0.25, starts_tried=5)
+
+
+def _spread_and_size() -> tuple[np.ndarray, np.ndarray]:
+    """Group 0: two tight blobs 10 apart (60 points each, widely spread); group 1: one
+    tight blob of 200 points (the larger, but with little spread)."""
+    rng = np.random.default_rng(2)
+    points = np.concatenate([rng.normal(0, 0.2, (60, 2)),
+                             rng.normal(0, 0.2, (60, 2)) + np.array([10.0, 0.0]),
+                             rng.normal(0, 0.3, (200, 2)) + np.array([5.0, 8.0])])
+    return points, np.repeat([0, 1, 2], [60, 60, 200])
+
+
+def test_the_most_spread_community_is_split_not_the_largest(
+        caplog: pytest.LogCaptureFixture) -> None:
+    points, truth = _spread_and_size()
+    adjacency = communities.knn_adjacency(nearest_neighbors(points, 6)[1])
+    coarse = _coarse(np.where(truth == 2, 1, 0))
+    with caplog.at_level("INFO", logger="training.communities"):
+        split = communities.split_communities(adjacency, points, coarse, 3, seed=0)
+    # Splitting by size would have cut the 200-point blob; the spread cuts the two blobs.
+    assert adjusted_rand_score(truth, split.labels) == 1.0
+    assert split.count == 3 and np.all(split.labels[truth == 2] == 1)
+    assert split.coarse_count == 2 and split.summary()["coarse_count"] == 2
+    assert split.summary()["sizes"] == [60, 200, 60]
+    # The coarse partition's search is what resolution, modularity and starts describe.
+    assert (split.resolution, split.modularity, split.starts_tried) == (0.5, 0.25, 5)
+    np.testing.assert_array_equal(coarse.labels, np.where(truth == 2, 1, 0))  # not changed
+    assert "split community 0 (120 images) into 60 and 60" in caplog.text
+    assert "3 from 2 by splitting the most spread" in caplog.text
+    again = communities.split_communities(adjacency, points, coarse, 3, seed=0)
+    np.testing.assert_array_equal(again.labels, split.labels)
+
+
+def test_a_community_without_a_two_way_split_is_passed_over() -> None:
+    points, truth = _spread_and_size()
+    # Three far-flung points (the most spread group) linked only to the blobs: their own
+    # subgraph has no edge, so Louvain gives three singletons at every resolution.
+    far = np.array([[-40.0, -40.0], [60.0, -40.0], [5.0, 60.0]])
+    everything = np.concatenate([points, far])
+    indices = np.concatenate([nearest_neighbors(points, 6)[1],
+                              np.array([[0] * 6, [60] * 6, [120] * 6])])
+    indices[:3, 0] = [320, 321, 322]  # the blobs list them too, so the graph is symmetric
+    adjacency = communities.knn_adjacency(indices)
+    coarse = _coarse(np.concatenate([np.where(truth == 2, 1, 0), [2, 2, 2]]))
+    split = communities.split_communities(adjacency, everything, coarse, 4, seed=0)
+    assert np.all(split.labels[-3:] == 2)  # passed over, whole
+    assert adjusted_rand_score(truth, split.labels[:-3]) == 1.0  # the next most spread split
+
+
+def test_a_graph_without_edges_names_the_problem() -> None:
+    empty = communities.knn_adjacency(np.array([[1], [0], [3], [2]]))[[0, 2]][:, [0, 2]]
+    with pytest.raises(ConfigError, match="the neighbour graph of 2 images has no edges"):
+        communities.louvain_communities(empty.tocsr(), 2)
+
+
+def test_no_community_to_split_names_the_problem() -> None:
+    # Two communities of three points whose only edges run between them.
+    indices = np.array([[3, 4, 5], [3, 4, 5], [3, 4, 5], [0, 1, 2], [0, 1, 2], [0, 1, 2]])
+    adjacency = communities.knn_adjacency(indices)
+    points = np.arange(12, dtype=float).reshape(6, 2)
+    with pytest.raises(ConfigError, match="no community of the 2 found splits in two"):
+        communities.split_communities(adjacency, points, _coarse(np.array([0, 0, 0, 1, 1, 1])),
+                                      3)
+
+
+@pytest.mark.parametrize(
+    ("count", "rows", "message"),
+    [
+        (2, 320, r"needs more communities \(2\) than the coarse partition has \(2\)"),
+        (1, 320, r"needs more communities \(1\)"),
+        (3.0, 320, "the community count must be an integer, got 3.0"),
+        (3, 319, r"features \(319, 2\) and graph \(320, 320\) must have one row per node "
+                 r"of the partition \(320\)"),
+    ],
+)
+def test_bad_splits_are_refused(count: object, rows: int, message: str) -> None:
+    points, truth = _spread_and_size()
+    adjacency = communities.knn_adjacency(nearest_neighbors(points, 6)[1])
+    with pytest.raises(ConfigError, match=message):
+        communities.split_communities(adjacency, points[:rows], _coarse(np.where(truth == 2, 1, 0)),
+                                      count)  # type: ignore[arg-type]

@@ -89,6 +89,15 @@ def test_contrastive_config_defaults_and_head_config() -> None:
         ({"graph_communities": True}, "graph_communities must be 0 (off) or an integer >= 2"),
         ({"community_searches": 0}, "community_searches must be a positive integer, got 0"),
         ({"community_searches": 1.5}, "community_searches must be a positive integer"),
+        ({"coarse_communities": 1}, "coarse_communities must be 0 (off) or an integer >= 2, got 1"),
+        ({"coarse_communities": -2}, "coarse_communities must be 0 (off) or an integer >= 2"),
+        ({"coarse_communities": 2.5}, "coarse_communities must be 0 (off) or an integer >= 2"),
+        ({"coarse_communities": True}, "coarse_communities must be 0 (off) or an integer >= 2"),
+        ({"graph_communities": 10, "coarse_communities": 10},
+         "coarse_communities (10) must be fewer than graph_communities (10), which they are "
+         "split into"),
+        ({"coarse_communities": 5}, "coarse_communities (5) must be fewer than "
+                                    "graph_communities (0)"),
         ({"hog_weight": -0.5}, "hog_weight must be a number >= 0 (0 is off), got -0.5"),
         ({"hog_weight": float("nan")}, "hog_weight must be a number >= 0"),
         ({"hog_weight": float("inf")}, "hog_weight must be a number >= 0"),
@@ -414,6 +423,8 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
         (["--backbone-filters", ""], "--backbone-filters"),
         (["--community-searches", "0"], "--community-searches"),
         (["--community-searches", "2.5"], "--community-searches"),
+        (["--coarse-communities", "1"], "expected 0 (off) or an integer >= 2, got 1"),
+        (["--coarse-communities", "x"], "--coarse-communities"),
         (["--backbone-loss", "byol"], "invalid choice: 'byol' (choose from"),
     ],
 )
@@ -457,6 +468,7 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     assert (args.min_crop, args.view_flip, args.view_relight) == (0.4, True, False)
     assert args.graph_communities == 0 and args.hog_weight == 0.0
     assert args.community_searches == ModelConfig().community_searches == 1
+    assert args.coarse_communities == ModelConfig().coarse_communities == 0
     assert args.backbone_loss == ModelConfig().backbone_loss == "nt-xent"
     # The CLI lists the losses itself (it must not import Keras to parse); every loss the
     # model knows must be offered, and nothing else.
@@ -594,7 +606,18 @@ def test_preset_trains_its_recipe_end_to_end(tmp_path: Path, capsys: pytest.Capt
     assert manifest.latent_dim == 20 and manifest.training.epochs == 1
 
 
-def test_backbone_options_and_community_searches_reach_the_recipe_and_the_manifest(
+def test_coarse_communities_as_many_as_the_graph_exits_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m" / "1"
+    code, _, err = _run(["train", "--dataset", "digits", "--model", "contrastive",
+                         "--graph-communities", "10", "--coarse-communities", "10",
+                         "--out", str(out)], capsys)
+    assert code == 2
+    assert "error: coarse_communities (10) must be fewer than graph_communities (10)" in err
+    assert not out.exists()
+
+
+def test_backbone_and_community_options_reach_the_recipe_and_the_manifest(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "m" / "1"
@@ -604,17 +627,23 @@ def test_backbone_options_and_community_searches_reach_the_recipe_and_the_manife
                              "--epochs", "1",
                              # The community head: the cheapest head to train.
                              "--graph-communities", "12", "--community-searches", "3",
+                             "--coarse-communities", "6",
                              "--head-epochs", "1", "--decoder-epochs", "1", "--out", str(out)],
                             capsys)
     assert code == 0, err
     assert ("built contrastive backbone for 8x8x1 images: conv 8-12-16, 256 features, "
             "vicreg loss") in caplog.text
+    # The searches pick the coarse partition; six splits then make the twelve.
     assert "kept the most even of 3 searches (effective counts " in caplog.text
-    manifest = bundle.read_manifest(out)
-    assert manifest.training.hyperparameters["backbone_filters"] == [8, 12, 16]
-    assert manifest.training.hyperparameters["community_searches"] == 3
-    assert manifest.training.hyperparameters["backbone_loss"] == "vicreg"
-    assert json.loads((out / "report" / "communities.json").read_text())["searches"] == 3
+    assert caplog.text.count("communities: split community ") == 6
+    assert "communities: 12 from 6 by splitting the most spread" in caplog.text
+    hp = bundle.read_manifest(out).training.hyperparameters
+    assert hp["backbone_filters"] == [8, 12, 16]
+    assert (hp["community_searches"], hp["coarse_communities"]) == (3, 6)
+    assert hp["backbone_loss"] == "vicreg"
+    report = json.loads((out / "report" / "communities.json").read_text())
+    assert (report["searches"], report["coarse_count"], report["count"]) == (3, 6, 12)
+    assert len(report["sizes"]) == 12 and sum(report["sizes"]) == 1617
 
 
 def test_joint_embedding_takes_the_vicreg_projectors_512_numbers(

@@ -44,7 +44,9 @@ class ModelConfig:
     of the features' neighbour graph, N of them, are learnt by a softmax head whose N
     probabilities are the embedding (:mod:`training.communities`; better groups at K
     around N, see README); of ``community_searches`` independent Louvain searches the one
-    with the most even community sizes is kept. With ``hog_weight`` w > 0 the graph and
+    with the most even community sizes is kept. With ``coarse_communities`` C (2 <= C < N)
+    Louvain finds C communities and the most spread of them are split in two until there
+    are N (:func:`training.communities.split_communities`). With ``hog_weight`` w > 0 the graph and
     the head see the unit backbone features joined with w times the pixels' unit-length
     orientation histograms (:mod:`training.models.gradients`), computed inside the encoder.
     Other kinds ignore these fields.
@@ -68,6 +70,7 @@ class ModelConfig:
     joint_embedding: bool = True
     graph_communities: int = 0
     community_searches: int = 1
+    coarse_communities: int = 0
     hog_weight: float = 0.0
     head_neighbors: int = 15
     head_epochs: int = 5
@@ -123,6 +126,16 @@ class ModelConfig:
             raise ConfigError("graph_communities must be 0 (off) or an integer >= 2, got "
                               f"{self.graph_communities!r}")
         object.__setattr__(self, "graph_communities", int(self.graph_communities))
+        if not _is_int(self.coarse_communities) or self.coarse_communities < 0 \
+                or self.coarse_communities == 1:
+            raise ConfigError("coarse_communities must be 0 (off) or an integer >= 2, got "
+                              f"{self.coarse_communities!r}")
+        object.__setattr__(self, "coarse_communities", int(self.coarse_communities))
+        if self.coarse_communities and not \
+                self.coarse_communities < self.graph_communities:
+            raise ConfigError(f"coarse_communities ({self.coarse_communities}) must be fewer "
+                              f"than graph_communities ({self.graph_communities}), which "
+                              "they are split into")
         if self.backbone_loss not in get_args(BackboneLoss):
             raise ConfigError(f"unknown backbone_loss {self.backbone_loss!r}: choose 'nt-xent' "
                               "or 'vicreg'")
