@@ -232,32 +232,39 @@ def split_communities(adjacency: sp.csr_matrix, features: np.ndarray, coarse: Pa
     if count <= coarse.count:
         raise ConfigError(f"splitting needs more communities ({count}) than the coarse "
                           f"partition has ({coarse.count})")
-    features = np.asarray(features, dtype=np.float64)
+    features = np.asarray(features)
     if features.ndim != 2 or features.shape[0] != coarse.labels.size \
             or adjacency.shape[0] != coarse.labels.size:
         raise ConfigError(f"features {features.shape} and graph {adjacency.shape} must have "
                           f"one row per node of the partition ({coarse.labels.size})")
     started = time.perf_counter()
     labels = coarse.labels.copy()
-    squares = np.einsum("ij,ij->i", features, features)
-    while int(labels.max()) + 1 < count:
-        groups = int(labels.max()) + 1
-        sizes = np.bincount(labels, minlength=groups).astype(np.float64)
-        sums = np.zeros((groups, features.shape[1]))
-        np.add.at(sums, labels, features)
-        # Sum of squared distances to the mean: sum |x|^2 - |sum x|^2 / n, per community.
-        spread = (np.bincount(labels, weights=squares, minlength=groups)
-                  - np.einsum("ij,ij->i", sums, sums) / np.maximum(sizes, 1))
-        for community in np.argsort(-spread, kind="stable"):
+    # In float64: the spread is a difference of two large sums.
+    squares = np.einsum("ij,ij->i", features, features, dtype=np.float64)
+
+    def spread(members: np.ndarray) -> float:
+        """Sum of squared distances to the mean: sum |x|^2 - n |mean|^2."""
+        mean = features[members].mean(axis=0, dtype=np.float64)
+        return float(squares[members].sum() - members.size * mean @ mean)
+
+    # Only the two halves of a split change, so each community's spread is computed once.
+    spreads = [spread(np.flatnonzero(labels == community)) for community in range(coarse.count)]
+    unsplittable: set[int] = set()  # a failed search fails again: not retried
+    while len(spreads) < count:
+        groups = len(spreads)
+        for community in np.argsort(-np.array(spreads), kind="stable"):
             members = np.flatnonzero(labels == community)
-            if members.size < 2:
+            if members.size < 2 or community in unsplittable:
                 continue
             try:
                 halves = louvain_communities(adjacency[members][:, members].tocsr(), 2,
                                              seed=seed, starts=starts).labels
             except ConfigError:
+                unsplittable.add(int(community))
                 continue
             labels[members[halves == 1]] = groups
+            spreads[community] = spread(members[halves == 0])
+            spreads.append(spread(members[halves == 1]))
             logger.info("communities: split community %d (%d images) into %d and %d",
                         community, members.size, int((halves == 0).sum()),
                         int((halves == 1).sum()))
