@@ -226,6 +226,9 @@ def split_communities(adjacency: sp.csr_matrix, features: np.ndarray, coarse: Pa
     communities gave trousers and sandals three each, all pure, while T-shirts and shirts
     shared one. The spread finds the mixed groups instead. A community whose subgraph has
     no two-way split (pieces it cannot join) is passed over for the next most spread.
+    Through the bundle, 10 split to 20 gained +0.007 on the K = 20 preset's three seeds and
+    -0.002 with a VICReg backbone (README), so the recipe does not split unless asked
+    (``--coarse-communities``).
     """
     if isinstance(count, bool) or not isinstance(count, int | np.integer):
         raise ConfigError(f"the community count must be an integer, got {count!r}")
