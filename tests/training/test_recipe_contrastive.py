@@ -589,21 +589,46 @@ def test_preset_sets_defaults_and_explicit_options_win(
     assert "invalid choice: 'best'" in capsys.readouterr().err
 
 
-def test_preset_trains_its_recipe_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_split_preset_is_the_graph20_preset_split_from_10() -> None:
+    assert preset_options("contrastive-graph20-split") == (
+        "--model contrastive --min-crop 1.0 --view-relight --graph-communities 20 "
+        "--coarse-communities 10 --hog-weight 0.5 --epochs 30 --clusters 20")
+    split = build_parser("contrastive-graph20-split").parse_args(
+        ["train", "--preset", "contrastive-graph20-split", "--out", "x/m/1"])
+    one = build_parser("contrastive-graph20").parse_args(
+        ["train", "--preset", "contrastive-graph20", "--out", "x/m/1"])
+    differ = {key for key in vars(split) if getattr(split, key) != getattr(one, key)}
+    assert differ == {"preset", "coarse_communities"}
+    assert (split.coarse_communities, one.coarse_communities) == (10, 0)
+    # An explicit option still wins: 0 turns the split off.
+    off = build_parser("contrastive-graph20-split").parse_args(
+        ["train", "--preset", "contrastive-graph20-split", "--coarse-communities", "0",
+         "--out", "x/m/1"])
+    assert off.coarse_communities == 0
+
+
+@pytest.mark.parametrize(("preset", "coarse"), [("contrastive-graph20", None),
+                                                ("contrastive-graph20-split", 10)])
+def test_preset_trains_its_recipe_end_to_end(preset: str, coarse: int | None, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str],
                                              caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "m" / "1"
     with caplog.at_level(logging.INFO):
-        code, _, err = _run(["train", "--dataset", "digits", "--preset", "contrastive-graph20",
+        code, _, err = _run(["train", "--dataset", "digits", "--preset", preset,
                              "--epochs", "1", "--head-epochs", "1", "--decoder-epochs", "1",
                              "--out", str(out)], capsys)
     assert code == 0, err
-    assert "preset contrastive-graph20: model=contrastive, min_crop=1.0" in caplog.text
+    assert f"preset {preset}: model=contrastive, min_crop=1.0" in caplog.text
     manifest = bundle.read_manifest(out)
     hp = manifest.training.hyperparameters
     assert manifest.training.model_kind == "contrastive" and manifest.n_clusters == 20
     assert (hp["graph_communities"], hp["hog_weight"], hp["min_crop"], hp["view_relight"]) == (
         20, 0.5, 1.0, True)
+    assert hp["coarse_communities"] == (coarse or 0)
     assert manifest.latent_dim == 20 and manifest.training.epochs == 1
+    report = json.loads((out / "report" / "communities.json").read_text())
+    assert (report["coarse_count"], report["count"]) == (coarse, 20)
+    assert caplog.text.count("communities: split community ") == (20 - coarse if coarse else 0)
 
 
 def test_coarse_communities_as_many_as_the_graph_exits_2(
