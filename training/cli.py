@@ -131,8 +131,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                             "graph_communities": 20, "hog_weight": 0.5, "epochs": 30,
                             "clusters": 20},
     # The same with Louvain at 10 communities, the most spread split in two until 20 (the
-    # ...-split10 row): +0.007 on the mean of the protocol's three seeds, every seed up, and
-    # the split rule ahead of the single resolution on 8 of 9 paired runs (README).
+    # ...-split10 row): +0.007 on the mean of the protocol's three seeds and +0.011 over six
+    # seeds, up on every one of the six (README, "A second preset").
     "contrastive-graph20-split": {"model": "contrastive", "min_crop": 1.0, "view_relight": True,
                                   "graph_communities": 20, "coarse_communities": 10,
                                   "hog_weight": 0.5, "epochs": 30, "clusters": 20},
