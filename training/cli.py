@@ -214,6 +214,9 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                           "VICReg (no negatives; a 512-512 projector; about the same time per "
                           "epoch; with the K=10 joint embedding it measured worse, so pair it "
                           "with --no-joint-embedding or --graph-communities)")
+    rec.add_argument("--backbone-schedule", choices=("constant", "cosine"), default="constant",
+                     help="the backbone's learning rate: held at --learning-rate (default), or "
+                          "decayed to 0 along a half cosine over its epochs")
     rec.add_argument("--temperature", type=_number(float, lambda v: v > 0, "expected > 0"),
                      default=0.5, help="NT-Xent temperature")
     rec.add_argument("--min-crop", type=_number(float, lambda v: 0 < v <= 1, "expected in (0, 1]"),
@@ -347,7 +350,9 @@ def _train(args: argparse.Namespace) -> int:
         model=ModelConfig(kind=args.model, latent_dim=args.latent, loss=args.loss,
                           kl_weight=args.kl_weight, denoise_sigma=args.denoise,
                           learning_rate=args.learning_rate,
-                          backbone_loss=args.backbone_loss, temperature=args.temperature,
+                          backbone_loss=args.backbone_loss,
+                          backbone_schedule=args.backbone_schedule,
+                          temperature=args.temperature,
                           min_crop=args.min_crop, view_flip=args.view_flip,
                           view_relight=args.view_relight,
                           joint_embedding=args.joint_embedding,

@@ -77,15 +77,16 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
                           f"many training images; the graph has {graph_points}")
 
     # Stage 1: augmentation-invariant backbone.
+    # A last batch of one image has no negatives: drop it. The filter hides the number of
+    # batches from Keras, which would then warn that the data ran out; restate it.
+    n_batches = math.ceil(data.train.size / batch_size) - (data.train.size % batch_size == 1)
     with strategy.scope():
         contrastive = build_contrastive(
             shape, filters=config.backbone_filters, feature_dim=config.feature_dim,
             temperature=config.temperature, min_crop=config.min_crop, flip=config.view_flip,
             relight=config.view_relight, loss=config.backbone_loss,
-            learning_rate=config.learning_rate, seed=config.seed)
-    # A last batch of one image has no negatives: drop it. The filter hides the number of
-    # batches from Keras, which would then warn that the data ran out; restate it.
-    n_batches = math.ceil(data.train.size / batch_size) - (data.train.size % batch_size == 1)
+            learning_rate=config.learning_rate, schedule=config.backbone_schedule,
+            total_steps=epochs * n_batches, seed=config.seed)
     train = (batches(data.train, batch_size, shuffle=True, seed=seed, augment_flip=augment_flip)
              .filter(lambda x, y: tf.shape(x)[0] >= 2)
              .apply(tf.data.experimental.assert_cardinality(n_batches)))

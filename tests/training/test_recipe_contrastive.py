@@ -21,7 +21,7 @@ from training.data import DataOptions, to_numpy
 from training.errors import ConfigError
 from training.evaluate import load_bundle
 from training.models import ModelConfig, build_autoencoder, build_networks
-from training.models.config import BackboneLoss
+from training.models.config import BackboneLoss, BackboneSchedule
 from training.models.contrastive import build_contrastive
 from training.models.gradients import OrientationHistograms
 from training.recipe_contrastive import FittedNetworks, _joint
@@ -104,6 +104,8 @@ def test_contrastive_config_defaults_and_head_config() -> None:
         ({"hog_weight": "0.5"}, "hog_weight must be a number >= 0"),
         ({"backbone_loss": "byol"}, "unknown backbone_loss 'byol': choose 'nt-xent' or 'vicreg'"),
         ({"backbone_loss": "NT-Xent"}, "unknown backbone_loss 'NT-Xent'"),
+        ({"backbone_schedule": "step"}, "unknown backbone_schedule 'step': choose 'constant' "
+                                        "or 'cosine'"),
     ],
 )
 def test_bad_contrastive_config_raises(changes: dict[str, Any], message: str) -> None:
@@ -479,6 +481,12 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
                  if isinstance(action, argparse._SubParsersAction)).choices["train"]
     offered = next(a.choices for a in train._actions if a.dest == "backbone_loss")
     assert sorted(offered) == sorted(get_args(BackboneLoss))
+    assert args.backbone_schedule == ModelConfig().backbone_schedule == "constant"
+    schedules = next(a.choices for a in train._actions if a.dest == "backbone_schedule")
+    assert sorted(schedules) == sorted(get_args(BackboneSchedule))
+    for schedule in get_args(BackboneSchedule):
+        assert parser.parse_args(["train", "--model", "contrastive", "--backbone-schedule",
+                                  schedule, "--out", "x/m/1"]).backbone_schedule == schedule
     # The CLI states the backbone's default itself (it must not import Keras to parse).
     assert args.backbone_filters == ModelConfig().backbone_filters == (32, 64, 128)
     assert parser.parse_args(["train", "--model", "contrastive", "--hog-weight", "0.5",
@@ -649,7 +657,7 @@ def test_backbone_and_community_options_reach_the_recipe_and_the_manifest(
     with caplog.at_level(logging.INFO):
         code, _, err = _run(["train", "--dataset", "digits", "--model", "contrastive",
                              "--backbone-filters", "8,12,16", "--backbone-loss", "vicreg",
-                             "--epochs", "1",
+                             "--backbone-schedule", "cosine", "--epochs", "1",
                              # The community head: the cheapest head to train.
                              "--graph-communities", "12", "--community-searches", "3",
                              "--coarse-communities", "6",
@@ -657,7 +665,7 @@ def test_backbone_and_community_options_reach_the_recipe_and_the_manifest(
                             capsys)
     assert code == 0, err
     assert ("built contrastive backbone for 8x8x1 images: conv 8-12-16, 256 features, "
-            "vicreg loss") in caplog.text
+            "vicreg loss, cosine-decayed learning rate 0.001") in caplog.text
     # The searches pick the coarse partition; six splits then make the twelve.
     assert "kept the most even of 3 searches (effective counts " in caplog.text
     assert caplog.text.count("communities: split community ") == 6
@@ -665,7 +673,7 @@ def test_backbone_and_community_options_reach_the_recipe_and_the_manifest(
     hp = bundle.read_manifest(out).training.hyperparameters
     assert hp["backbone_filters"] == [8, 12, 16]
     assert (hp["community_searches"], hp["coarse_communities"]) == (3, 6)
-    assert hp["backbone_loss"] == "vicreg"
+    assert hp["backbone_loss"] == "vicreg" and hp["backbone_schedule"] == "cosine"
     report = json.loads((out / "report" / "communities.json").read_text())
     assert (report["searches"], report["coarse_count"], report["count"]) == (3, 6, 12)
     assert len(report["sizes"]) == 12 and sum(report["sizes"]) == 1617

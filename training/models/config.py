@@ -14,6 +14,8 @@ from training.models.neighborhood import HeadConfig
 ModelKind = Literal["dense", "conv", "vae", "contrastive"]
 # The contrastive backbone's self-supervised loss (training.models.contrastive).
 BackboneLoss = Literal["nt-xent", "vicreg"]
+# How the backbone's learning rate moves over its epochs: held, or cosine-decayed to 0.
+BackboneSchedule = Literal["constant", "cosine"]
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,9 @@ class ModelConfig:
 
     ``contrastive`` is a different recipe (:mod:`training.recipe_contrastive`): a conv
     backbone of ``backbone_filters`` trained for augmentation invariance (``backbone_loss``
-    NT-Xent at ``temperature`` or VICReg; crops of at least ``min_crop`` of the area,
-    horizontal flips unless ``view_flip`` is false, a second light change if
+    NT-Xent at ``temperature`` or VICReg; ``backbone_schedule`` holds the learning rate or
+    decays it to 0 along a cosine over the backbone's steps; crops of at least ``min_crop``
+    of the area, horizontal flips unless ``view_flip`` is false, a second light change if
     ``view_relight``) to ``feature_dim`` features, a neighbourhood head (``head_*``; see
     :class:`~training.models.neighborhood.HeadConfig`) to ``latent_dim``, and a conv
     decoder trained for ``decoder_epochs`` on the frozen embedding (loss ``mse`` only).
@@ -63,6 +66,7 @@ class ModelConfig:
     backbone_filters: tuple[int, ...] = (32, 64, 128)
     feature_dim: int = 256
     backbone_loss: BackboneLoss = "nt-xent"
+    backbone_schedule: BackboneSchedule = "constant"
     temperature: float = 0.5
     min_crop: float = 0.4
     view_flip: bool = True
@@ -139,6 +143,9 @@ class ModelConfig:
         if self.backbone_loss not in get_args(BackboneLoss):
             raise ConfigError(f"unknown backbone_loss {self.backbone_loss!r}: choose 'nt-xent' "
                               "or 'vicreg'")
+        if self.backbone_schedule not in get_args(BackboneSchedule):
+            raise ConfigError(f"unknown backbone_schedule {self.backbone_schedule!r}: choose "
+                              "'constant' or 'cosine'")
         if not _is_real(self.temperature) or not 0 < self.temperature < float("inf"):
             raise ConfigError(f"temperature must be a number > 0, got {self.temperature!r}")
         if not _is_real(self.min_crop) or not 0 < self.min_crop <= 1:
