@@ -196,7 +196,8 @@ def recipes(quick: bool) -> list[Recipe]:
         Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-lr2e-3", latent=10,
                extra={**GRAPH20, **HOG, **SPLIT10, "learning_rate": 2e-3},
                **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The rate doubled once more (`--learning-rate 4e-3`): does the trend go on?
+        # The rate doubled once more (`--learning-rate 4e-3`): does the trend go on? Measured:
+        # 0.7864 ± 0.0042, below 2e-3 on every seed; no trend (README).
         Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-lr4e-3", latent=10,
                extra={**GRAPH20, **HOG, **SPLIT10, "learning_rate": 4e-3},
                **CONTRASTIVE_E30),  # type: ignore[arg-type]
