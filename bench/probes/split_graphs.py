@@ -1,0 +1,121 @@
+"""Which graph should split the coarse communities? A probe on saved graph features.
+
+The recommended K = 20 preset finds 10 Louvain communities on the 15-neighbour graph of
+[unit backbone features, 0.5 x orientation histograms] and splits the most spread one in
+two, ten times, by Louvain on the subgraph the community induces. Inside one coarse
+community (pullovers, coats and shirts; sneakers and ankle boots) the backbone's features
+already agree on what kind of thing the images are; what tells its classes apart is the
+outline, which the histograms carry. So this probe splits on other graphs: each
+community's own 15-neighbour graph (every member keeps 15 neighbours inside it), with the
+histograms weighted ``w`` instead of 0.5. Labels are read for scoring only: the share of
+training images under their community's majority label.
+
+    python bench/probes/split_graphs.py DIR [DIR ...]   # DIRs from dump_graph_features.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from training import communities, neighbors
+from training.data.idx import read_idx
+
+FEATURES = 256  # the backbone's unit features come first; the histograms follow
+SHIPPED_HOG = 0.5
+LABELS = Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz")
+
+
+def majority(labels: np.ndarray, truth: np.ndarray) -> float:
+    table = np.zeros((labels.max() + 1, truth.max() + 1), dtype=np.int64)
+    np.add.at(table, (labels, truth), 1)
+    return float(table.max(axis=1).sum() / truth.size)
+
+
+def split(coarse: communities.Partition, features: np.ndarray, count: int,
+          subgraph: Callable[[np.ndarray], sp.csr_matrix], seed: int) -> np.ndarray:
+    """split_communities' rule (largest spread first) with the subgraph given by ``subgraph``."""
+    labels = coarse.labels.copy()
+
+    def spread(members: np.ndarray) -> float:
+        part = features[members].astype(np.float64)
+        return float(((part - part.mean(axis=0)) ** 2).sum())
+
+    spreads = [spread(np.flatnonzero(labels == c)) for c in range(coarse.count)]
+    while len(spreads) < count:
+        for community in np.argsort(-np.array(spreads), kind="stable"):
+            members = np.flatnonzero(labels == community)
+            halves = communities.louvain_communities(subgraph(members), 2, seed=seed).labels
+            labels[members[halves == 1]] = len(spreads)
+            spreads[community] = spread(members[halves == 0])
+            spreads.append(spread(members[halves == 1]))
+            break
+    return labels
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dirs", nargs="+", type=Path)
+    parser.add_argument("--weights", default="0.5,0.75,1.0,1.5",
+                        help="histogram weights of the local graphs (empty: none)")
+    parser.add_argument("--run-seeds", default="0,1,2",
+                        help="Louvain seeds, added to the training seed read from DIR's name")
+    parser.add_argument("--backbone-spread", action="store_true",
+                        help="also split by the spread of the backbone's features alone")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    truth = read_idx(LABELS).astype(np.int64)
+    weights = [float(w) for w in args.weights.split(",") if w]
+    results = []
+    for directory in args.dirs:
+        features = np.load(directory / "features.npy")
+        indices = np.load(directory / "indices.npy")
+        train_seed = int(directory.name.rsplit("seed", 1)[-1])
+        adjacency = communities.knn_adjacency(indices)
+        k = indices.shape[1]
+        for offset in (int(s) for s in args.run_seeds.split(",")):
+            seed = train_seed + 1000 * offset  # offset 0 is the recipe's own search
+            coarse = communities.louvain_communities(adjacency, 10, seed=seed)
+            row = {"dir": str(directory), "seed": seed,
+                   "coarse": round(majority(coarse.labels, truth), 4)}
+            shipped = communities.split_communities(adjacency, features, coarse, 20, seed=seed)
+            row["shipped"] = round(majority(shipped.labels, truth), 4)
+            for w in weights:
+                scaled = features.copy()
+                scaled[:, FEATURES:] *= w / SHIPPED_HOG
+
+                def local(members: np.ndarray, scaled: np.ndarray = scaled,
+                          k: int = k) -> sp.csr_matrix:
+                    _, idx = neighbors.nearest_neighbors(scaled[members], k)
+                    return communities.knn_adjacency(idx)
+
+                started = time.perf_counter()
+                labels = split(coarse, features, 20, local, seed)
+                row[f"local w{w}"] = round(majority(labels, truth), 4)
+                print(f"  w {w}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            if args.backbone_spread:
+                # The shipped graph and subgraphs; only the spread that picks the community
+                # to split is measured on the backbone's features alone.
+                def induced(members: np.ndarray,
+                            adjacency: sp.csr_matrix = adjacency) -> sp.csr_matrix:
+                    return adjacency[members][:, members].tocsr()
+
+                labels = split(coarse, features[:, :FEATURES], 20, induced, seed)
+                row["backbone spread"] = round(majority(labels, truth), 4)
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
