@@ -6,8 +6,12 @@ with ``_fit_community_head`` wrapped so that the features the neighbour graph is
 image) and the graph's neighbour indices are written to ``OUT/features.npy`` and
 ``OUT/indices.npy``; the run then stops before the head, the decoder and the export.
 
-    python bench/probes/dump_graph_features.py OUT -- train --dataset fashion-mnist \
-        --preset contrastive-graph20-split --seed 0 --out /tmp/unused
+    python bench/probes/dump_graph_features.py /tmp/probe/seed0 -- train \
+        --dataset fashion-mnist --preset contrastive-graph20-split --seed 0 \
+        --out /tmp/probe/unused0/fashion/1
+
+(split_graphs.py reads the training seed from OUT's name, ``seed<N>``; ``--out`` must be a
+version directory, though nothing is written there.)
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ def main() -> int:
     parser.add_argument("--weights", default="0.5,0.75,1.0,1.5",
                         help="histogram weights of the local graphs (empty: none)")
     parser.add_argument("--run-seeds", default="0,1,2",
-                        help="Louvain seeds, added to the training seed read from DIR's name")
+                        help="Louvain run offsets: run r searches with seed = the training seed "
+                             "(DIR's name ends in seed<N>) + 1000 r; 0 is the recipe's own")
     parser.add_argument("--backbone-spread", action="store_true",
                         help="also split by the spread of the backbone's features alone")
     parser.add_argument("--out", type=Path, default=None)
@@ -76,9 +77,19 @@ def main() -> int:
     weights = [float(w) for w in args.weights.split(",") if w]
     results = []
     for directory in args.dirs:
+        name = directory.name.rsplit("seed", 1)
+        if len(name) != 2 or not name[1].isdigit():
+            parser.error(f"{directory}: the directory's name must end in seed<N>, as "
+                         "dump_graph_features.py's OUT in its docstring")
+        train_seed = int(name[1])
+        for part in ("features.npy", "indices.npy"):
+            if not (directory / part).is_file():
+                parser.error(f"{directory}: no {part}; run dump_graph_features.py first")
         features = np.load(directory / "features.npy")
         indices = np.load(directory / "indices.npy")
-        train_seed = int(directory.name.rsplit("seed", 1)[-1])
+        if features.shape[0] != truth.size or indices.shape[0] != truth.size:
+            parser.error(f"{directory}: {features.shape[0]} feature rows and "
+                         f"{indices.shape[0]} neighbour rows, but {truth.size} training labels")
         adjacency = communities.knn_adjacency(indices)
         k = indices.shape[1]
         for offset in (int(s) for s in args.run_seeds.split(",")):
