@@ -71,6 +71,9 @@ def main() -> int:
                              "(DIR's name ends in seed<N>) + 1000 r; 0 is the recipe's own")
     parser.add_argument("--backbone-spread", action="store_true",
                         help="also split by the spread of the backbone's features alone")
+    parser.add_argument("--neighbors", default="",
+                        help="also the shipped split on graphs of these neighbour counts, "
+                             "e.g. 10,20 (the saved graph has the recipe's 15)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     truth = read_idx(LABELS).astype(np.int64)
@@ -92,6 +95,10 @@ def main() -> int:
                          f"{indices.shape[0]} neighbour rows, but {truth.size} training labels")
         adjacency = communities.knn_adjacency(indices)
         k = indices.shape[1]
+        others = {}
+        for count in (int(c) for c in args.neighbors.split(",") if c):
+            _, found = neighbors.nearest_neighbors(features, count)
+            others[count] = communities.knn_adjacency(found)
         for offset in (int(s) for s in args.run_seeds.split(",")):
             seed = train_seed + 1000 * offset  # offset 0 is the recipe's own search
             coarse = communities.louvain_communities(adjacency, 10, seed=seed)
@@ -112,6 +119,11 @@ def main() -> int:
                 labels = split(coarse, features, 20, local, seed)
                 row[f"local w{w}"] = round(majority(labels, truth), 4)
                 print(f"  w {w}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            for count, graph in others.items():
+                coarse_k = communities.louvain_communities(graph, 10, seed=seed)
+                labels = communities.split_communities(graph, features, coarse_k, 20,
+                                                       seed=seed).labels
+                row[f"{count} neighbours"] = round(majority(labels, truth), 4)
             if args.backbone_spread:
                 # The shipped graph and subgraphs; only the spread that picks the community
                 # to split is measured on the backbone's features alone.
