@@ -27,6 +27,7 @@ import scipy.sparse as sp
 
 from training import communities, neighbors
 from training.data.idx import read_idx
+from training.evaluation import majority_accuracy
 
 FEATURES = 256  # the backbone's unit features come first; the histograms follow
 SHIPPED_HOG = 0.5
@@ -34,9 +35,7 @@ LABELS = Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz")
 
 
 def majority(labels: np.ndarray, truth: np.ndarray) -> float:
-    table = np.zeros((labels.max() + 1, truth.max() + 1), dtype=np.int64)
-    np.add.at(table, (labels, truth), 1)
-    return float(table.max(axis=1).sum() / truth.size)
+    return majority_accuracy(truth, labels)
 
 
 def split(coarse: communities.Partition, features: np.ndarray, count: int,
