@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from training.models.config import BackboneLoss
 from training.models.contrastive import build_contrastive
 from training.models.gradients import OrientationHistograms
 from training.models.neighborhood import build_head, fit_head
+from training.models.self_label import fit_self_labels
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +127,9 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
     if config.graph_communities:
         head, history["community_loss"], partition = _fit_community_head(
             features[sample], indices, config, seed=seed)
+        if config.self_label_epochs:
+            history["self_label_loss"] = _self_label(
+                backbone, head, graph_features, images[sample], config, partition, seed=seed)
     else:
         graph = neighbors.fuzzy_graph(distances, indices)
         logger.info("neighbour graph: %d points, %d edges", graph.n, graph.n_edges)
@@ -187,7 +192,33 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
     summary = {**partition.summary(), "searches": config.community_searches,
                "graph_points": len(features), "neighbors": int(indices.shape[1]),
                "head_agreement": round(agreement, 6)}
+    if config.self_label_epochs:
+        summary["labels"] = partition.labels  # for _self_label, which pops it
     return head, losses, summary
+
+
+def _self_label(backbone: keras.Model, head: keras.Model,
+                graph_features: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+                images: np.ndarray, config: ModelConfig, partition: dict[str, Any],
+                *, seed: int) -> list[float]:
+    """Fine-tune backbone and head together to give each image's community from its views.
+
+    The layers are the encoder's own, so the exported encoder carries the tuned weights.
+    ``partition["labels"]`` holds the communities (popped: the report keeps only its summary).
+    """
+    labels = np.asarray(partition.pop("labels"))
+    inputs = keras.Input(images.shape[1:])
+    network = keras.Model(inputs, head(graph_features(inputs, backbone(inputs))),
+                          name="self_label_network")
+    losses = fit_self_labels(network, images, labels, epochs=config.self_label_epochs,
+                             min_crop=config.min_crop, flip=config.view_flip,
+                             relight=config.view_relight, seed=seed)
+    agreement = float(np.mean(network.predict(images, batch_size=1024, verbose=0).argmax(axis=1)
+                              == labels))
+    logger.info("self-labelling: the tuned encoder gives the community of %.1f %% of the "
+                "training images", 100 * agreement)
+    partition["self_label_agreement"] = round(agreement, 6)
+    return losses
 
 
 def _joint(backbone_out: tf.Tensor, head_output: tf.Tensor, projector: keras.Model,

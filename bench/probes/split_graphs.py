@@ -8,7 +8,8 @@ already agree on what kind of thing the images are; what tells its classes apart
 outline, which the histograms carry. So this probe splits on other graphs: each
 community's own 15-neighbour graph (every member keeps 15 neighbours inside it), with the
 histograms weighted ``w`` instead of 0.5. Labels are read for scoring only: the share of
-training images under their community's majority label.
+training images under their community's majority label. ``--pixel-weights`` builds the
+whole graph again with unit-length PCA-50 pixels joined, for the outline at full resolution.
 
     python bench/probes/split_graphs.py DIR [DIR ...]   # DIRs from dump_graph_features.py
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.decomposition import PCA
 
 from training import communities, neighbors
 from training.data.idx import read_idx
@@ -32,6 +34,7 @@ from training.evaluation import majority_accuracy
 FEATURES = 256  # the backbone's unit features come first; the histograms follow
 SHIPPED_HOG = 0.5
 LABELS = Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz")
+IMAGES = LABELS.with_name("train-images-idx3-ubyte.gz")
 
 
 def split(coarse: communities.Partition, features: np.ndarray, count: int,
@@ -73,6 +76,9 @@ def main() -> int:
     parser.add_argument("--neighbors", default="",
                         help="also the shipped split on graphs of these neighbour counts, "
                              "e.g. 10,20 (the saved graph has the recipe's 15)")
+    parser.add_argument("--pixel-weights", default="",
+                        help="also the shipped split on the graph of the saved features joined "
+                             "with these weights x unit-length PCA-50 pixels, e.g. 0.25,0.5")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     truth = read_idx(LABELS).astype(np.int64)
@@ -98,6 +104,16 @@ def main() -> int:
         for count in (int(c) for c in args.neighbors.split(",") if c):
             _, found = neighbors.nearest_neighbors(features, count)
             others[count] = communities.knn_adjacency(found)
+        joined = {}
+        pixel_weights = [float(w) for w in args.pixel_weights.split(",") if w]
+        if pixel_weights:
+            pixels = read_idx(IMAGES).reshape(truth.size, -1).astype(np.float32) / 255.0
+            components = PCA(50, random_state=0).fit_transform(pixels)
+            components /= np.linalg.norm(components, axis=1, keepdims=True)
+            for w in pixel_weights:
+                with_pixels = np.hstack([features, w * components]).astype(np.float32)
+                _, found = neighbors.nearest_neighbors(with_pixels, k)
+                joined[w] = (with_pixels, communities.knn_adjacency(found))
         for offset in (int(s) for s in args.run_seeds.split(",")):
             seed = train_seed + 1000 * offset  # offset 0 is the recipe's own search
             coarse = communities.louvain_communities(adjacency, 10, seed=seed)
@@ -123,6 +139,11 @@ def main() -> int:
                 labels = communities.split_communities(graph, features, coarse_k, 20,
                                                        seed=seed).labels
                 row[f"{count} neighbours"] = round(majority_accuracy(truth, labels), 4)
+            for w, (with_pixels, graph) in joined.items():
+                coarse_p = communities.louvain_communities(graph, 10, seed=seed)
+                labels = communities.split_communities(graph, with_pixels, coarse_p, 20,
+                                                       seed=seed).labels
+                row[f"pixels w{w}"] = round(majority_accuracy(truth, labels), 4)
             if args.backbone_spread:
                 # The shipped split; only the spread that picks the community to split is
                 # measured on the backbone's features alone.

@@ -98,6 +98,11 @@ def test_contrastive_config_defaults_and_head_config() -> None:
          "split into"),
         ({"coarse_communities": 5}, "coarse_communities (5) must be fewer than "
                                     "graph_communities (0)"),
+        ({"self_label_epochs": -1},
+         "self_label_epochs must be 0 (off) or a positive integer, got -1"),
+        ({"self_label_epochs": 1.5}, "self_label_epochs must be 0 (off) or a positive integer"),
+        ({"self_label_epochs": True}, "self_label_epochs must be 0 (off) or a positive integer"),
+        ({"self_label_epochs": 3}, "self_label_epochs needs graph_communities"),
         ({"hog_weight": -0.5}, "hog_weight must be a number >= 0 (0 is off), got -0.5"),
         ({"hog_weight": float("nan")}, "hog_weight must be a number >= 0"),
         ({"hog_weight": float("inf")}, "hog_weight must be a number >= 0"),
@@ -428,6 +433,8 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
         (["--coarse-communities", "1"], "expected 0 (off) or an integer >= 2, got 1"),
         (["--coarse-communities", "x"], "--coarse-communities"),
         (["--backbone-loss", "byol"], "invalid choice: 'byol' (choose from"),
+        (["--self-label-epochs", "-1"], "expected an integer >= 0, got -1"),
+        (["--self-label-epochs", "x"], "--self-label-epochs"),
     ],
 )
 def test_bad_recipe_options_exit_2(args: list[str], message: str, tmp_path: Path,
@@ -447,6 +454,7 @@ def test_bad_recipe_options_exit_2(args: list[str], message: str, tmp_path: Path
         (["--neighbors", "2000"], "needs more than 2000 training images (--neighbors), got 1617"),
         (["--graph-communities", "1700"],
          "1700 graph communities need at least as many training images; the graph has 1617"),
+        (["--self-label-epochs", "2"], "self_label_epochs needs graph_communities"),
     ],
 )
 def test_impossible_combinations_exit_2_without_a_bundle(
@@ -660,7 +668,7 @@ def test_backbone_and_community_options_reach_the_recipe_and_the_manifest(
                              "--backbone-schedule", "cosine", "--epochs", "1",
                              # The community head: the cheapest head to train.
                              "--graph-communities", "12", "--community-searches", "3",
-                             "--coarse-communities", "6",
+                             "--coarse-communities", "6", "--self-label-epochs", "2",
                              "--head-epochs", "1", "--decoder-epochs", "1", "--out", str(out)],
                             capsys)
     assert code == 0, err
@@ -676,6 +684,11 @@ def test_backbone_and_community_options_reach_the_recipe_and_the_manifest(
     assert hp["backbone_loss"] == "vicreg" and hp["backbone_schedule"] == "cosine"
     report = json.loads((out / "report" / "communities.json").read_text())
     assert (report["searches"], report["coarse_count"], report["count"]) == (3, 6, 12)
+    # Self-labelling ran after the head: its two epochs are logged, and the report gives how
+    # many training images the tuned encoder still puts in their community (no labels kept).
+    assert caplog.text.count("self-labelling epoch ") == 2
+    assert hp["self_label_epochs"] == 2
+    assert 0.0 <= report["self_label_agreement"] <= 1.0 and "labels" not in report
     assert len(report["sizes"]) == 12 and sum(report["sizes"]) == 1617
 
 

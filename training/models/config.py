@@ -49,7 +49,10 @@ class ModelConfig:
     around N, see README); of ``community_searches`` independent Louvain searches the one
     with the most even community sizes is kept. With ``coarse_communities`` C (2 <= C < N)
     Louvain finds C communities and the most spread of them are split in two until there
-    are N (:func:`training.communities.split_communities`). With ``hog_weight`` w > 0 the graph and
+    are N (:func:`training.communities.split_communities`). With ``self_label_epochs`` E > 0
+    the whole network from images to community probabilities is then trained E epochs more
+    to give each image's community from random views (:mod:`training.models.self_label`).
+    With ``hog_weight`` w > 0 the graph and
     the head see the unit backbone features joined with w times the pixels' unit-length
     orientation histograms (:mod:`training.models.gradients`), computed inside the encoder.
     Other kinds ignore these fields.
@@ -75,6 +78,7 @@ class ModelConfig:
     graph_communities: int = 0
     community_searches: int = 1
     coarse_communities: int = 0
+    self_label_epochs: int = 0
     hog_weight: float = 0.0
     head_neighbors: int = 15
     head_epochs: int = 5
@@ -140,6 +144,13 @@ class ModelConfig:
             raise ConfigError(f"coarse_communities ({self.coarse_communities}) must be fewer "
                               f"than graph_communities ({self.graph_communities}), which "
                               "they are split into")
+        if not _is_int(self.self_label_epochs) or self.self_label_epochs < 0:
+            raise ConfigError("self_label_epochs must be 0 (off) or a positive integer, got "
+                              f"{self.self_label_epochs!r}")
+        object.__setattr__(self, "self_label_epochs", int(self.self_label_epochs))
+        if self.self_label_epochs and not self.graph_communities:
+            raise ConfigError("self_label_epochs needs graph_communities: self-labelling "
+                              "trains the encoder to predict its communities")
         if self.backbone_loss not in get_args(BackboneLoss):
             raise ConfigError(f"unknown backbone_loss {self.backbone_loss!r}: choose 'nt-xent' "
                               "or 'vicreg'")
