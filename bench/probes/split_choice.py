@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from saved_graph import load_saved
 
 from training import communities
 from training.data.idx import read_idx
@@ -116,20 +117,11 @@ def main() -> int:
     truth = read_idx(LABELS).astype(np.int64)
     results = []
     for directory in args.dirs:
-        name = directory.name.rsplit("seed", 1)
-        if len(name) != 2 or not name[1].isdigit():
-            parser.error(f"{directory}: the directory's name must end in seed<N>")
-        for part in ("features.npy", "indices.npy"):
-            if not (directory / part).is_file():
-                parser.error(f"{directory}: no {part}; run dump_graph_features.py first")
-        features = np.load(directory / "features.npy")
-        indices = np.load(directory / "indices.npy")
-        if features.shape[0] != truth.size or indices.shape[0] != truth.size:
-            parser.error(f"{directory}: {features.shape[0]} feature rows and "
-                         f"{indices.shape[0]} neighbour rows, but {truth.size} training labels")
+        saved = load_saved(directory, truth, parser)
+        features, indices, train_seed = saved.features, saved.indices, saved.train_seed
         adjacency = communities.knn_adjacency(indices)
         for offset in (int(s) for s in args.run_seeds.split(",")):
-            seed = int(name[1]) + 1000 * offset
+            seed = train_seed + 1000 * offset
             coarse = communities.louvain_communities(adjacency, 10, seed=seed)
             row: dict[str, object] = {"dir": str(directory), "seed": seed}
             for rule_name, rule in RULES.items():

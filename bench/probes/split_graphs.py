@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from saved_graph import load_saved
 from sklearn.decomposition import PCA
 
 from training import communities, neighbors
@@ -85,19 +86,8 @@ def main() -> int:
     weights = [float(w) for w in args.weights.split(",") if w]
     results = []
     for directory in args.dirs:
-        name = directory.name.rsplit("seed", 1)
-        if len(name) != 2 or not name[1].isdigit():
-            parser.error(f"{directory}: the directory's name must end in seed<N>, as "
-                         "dump_graph_features.py's OUT in its docstring")
-        train_seed = int(name[1])
-        for part in ("features.npy", "indices.npy"):
-            if not (directory / part).is_file():
-                parser.error(f"{directory}: no {part}; run dump_graph_features.py first")
-        features = np.load(directory / "features.npy")
-        indices = np.load(directory / "indices.npy")
-        if features.shape[0] != truth.size or indices.shape[0] != truth.size:
-            parser.error(f"{directory}: {features.shape[0]} feature rows and "
-                         f"{indices.shape[0]} neighbour rows, but {truth.size} training labels")
+        saved = load_saved(directory, truth, parser)
+        features, indices, train_seed = saved.features, saved.indices, saved.train_seed
         adjacency = communities.knn_adjacency(indices)
         k = indices.shape[1]
         others = {}
