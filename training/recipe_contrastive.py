@@ -125,11 +125,11 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
     distances, indices = neighbors.nearest_neighbors(features[sample], config.head_neighbors)
     partition: dict[str, Any] | None = None
     if config.graph_communities:
-        head, history["community_loss"], partition = _fit_community_head(
+        head, history["community_loss"], partition, labels = _fit_community_head(
             features[sample], indices, config, seed=seed)
         if config.self_label_epochs:
-            history["self_label_loss"] = _self_label(
-                backbone, head, graph_features, images[sample], config, partition, seed=seed)
+            history["self_label_loss"], partition["self_label_agreement"] = _self_label(
+                backbone, head, graph_features, images[sample], labels, config, seed=seed)
     else:
         graph = neighbors.fuzzy_graph(distances, indices)
         logger.info("neighbour graph: %d points, %d edges", graph.n, graph.n_edges)
@@ -159,8 +159,12 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
 
 
 def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: ModelConfig,
-                        *, seed: int) -> tuple[keras.Model, list[float], dict[str, Any]]:
+                        *, seed: int
+                        ) -> tuple[keras.Model, list[float], dict[str, Any], np.ndarray]:
     """A softmax head that predicts each image's Louvain community from its features.
+
+    Returns the head, its losses, the partition's summary (the bundle's report) and the
+    community of each image.
 
     The communities follow the neighbour graph where k-means' straight boundaries would
     cut across it; the head carries them to new images, and its probabilities are the
@@ -192,21 +196,18 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
     summary = {**partition.summary(), "searches": config.community_searches,
                "graph_points": len(features), "neighbors": int(indices.shape[1]),
                "head_agreement": round(agreement, 6)}
-    if config.self_label_epochs:
-        summary["labels"] = partition.labels  # for _self_label, which pops it
-    return head, losses, summary
+    return head, losses, summary, partition.labels
 
 
 def _self_label(backbone: keras.Model, head: keras.Model,
                 graph_features: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
-                images: np.ndarray, config: ModelConfig, partition: dict[str, Any],
-                *, seed: int) -> list[float]:
+                images: np.ndarray, labels: np.ndarray, config: ModelConfig,
+                *, seed: int) -> tuple[list[float], float]:
     """Fine-tune backbone and head together to give each image's community from its views.
 
     The layers are the encoder's own, so the exported encoder carries the tuned weights.
-    ``partition["labels"]`` holds the communities (popped: the report keeps only its summary).
+    Returns the losses and the share of the images the tuned network puts in their community.
     """
-    labels = np.asarray(partition.pop("labels"))
     inputs = keras.Input(images.shape[1:])
     network = keras.Model(inputs, head(graph_features(inputs, backbone(inputs))),
                           name="self_label_network")
@@ -217,8 +218,7 @@ def _self_label(backbone: keras.Model, head: keras.Model,
                               == labels))
     logger.info("self-labelling: the tuned encoder gives the community of %.1f %% of the "
                 "training images", 100 * agreement)
-    partition["self_label_agreement"] = round(agreement, 6)
-    return losses
+    return losses, round(agreement, 6)
 
 
 def _joint(backbone_out: tf.Tensor, head_output: tf.Tensor, projector: keras.Model,

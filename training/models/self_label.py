@@ -79,13 +79,15 @@ def fit_self_labels(network: keras.Model, images: np.ndarray, labels: np.ndarray
     dataset = (tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
                .shuffle(min(len(images), 65_536), seed=seed, reshuffle_each_iteration=True)
                .batch(batch_size).prefetch(2))
-    result = trainer.fit(dataset, epochs=epochs, verbose=0, shuffle=False,
-                         callbacks=[EpochLogger("self-labelling", epochs, every=1),
-                                    StopOnInterrupt()])
-    for layer in frozen:
-        layer.trainable = True
+    try:
+        result = trainer.fit(dataset, epochs=epochs, verbose=0, shuffle=False,
+                             callbacks=[EpochLogger("self-labelling", epochs, every=1),
+                                        StopOnInterrupt()])
+    finally:
+        for layer in frozen:
+            layer.trainable = True
     losses = [float(v) for v in result.history["loss"]]
     if not all(math.isfinite(v) for v in losses):
-        raise ConfigError(f"self-labelling diverged (loss {losses[-1]}); lower --learning-rate "
-                          "or turn it off with --self-label-epochs 0")
+        raise ConfigError(f"self-labelling diverged (loss {losses[-1]}); turn it off with "
+                          "--self-label-epochs 0")
     return losses
