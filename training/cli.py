@@ -256,6 +256,13 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                      help="join W times the pixels' edge-direction histograms (HOG-like, 4x4 "
                           "cells, 9 bins, computed in the encoder) to the backbone features "
                           "the neighbour graph and head see (0: off, the default)")
+    rec.add_argument("--graph-whitening", type=_number(float, lambda v: 0 <= v <= 0.5,
+                                                       "expected a number in [0, 0.5]"),
+                     default=0.0, metavar="P",
+                     help="partially whiten the backbone features and the histograms the "
+                          "neighbour graph and head see: principal axes scaled by "
+                          "eigenvalue**-P, fitted on the training images, a fixed layer of "
+                          "the encoder (0: off, the default; 0.5: full whitening; README)")
     rec.add_argument("--backbone-filters", type=_filters, default=(32, 64, 128),
                      metavar="F1,F2,...",
                      help="filters of the backbone's 3x3 stride-2 convolutions, one level each "
@@ -366,6 +373,7 @@ def _train(args: argparse.Namespace) -> int:
                           coarse_communities=args.coarse_communities,
                           self_label_epochs=args.self_label_epochs,
                           hog_weight=args.hog_weight,
+                          graph_whitening=args.graph_whitening,
                           backbone_filters=args.backbone_filters,
                           head_neighbors=args.neighbors, head_epochs=args.head_epochs,
                           decoder_epochs=args.decoder_epochs, seed=args.seed),

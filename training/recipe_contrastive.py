@@ -42,6 +42,7 @@ from training.models.contrastive import build_contrastive
 from training.models.gradients import OrientationHistograms
 from training.models.neighborhood import build_head, fit_head
 from training.models.self_label import fit_self_labels
+from training.models.whitening import PartialWhitening
 
 logger = logging.getLogger(__name__)
 
@@ -98,24 +99,42 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
     backbone = contrastive.backbone
 
     # Stage 2: the neighbourhood head on the unit-normalised backbone features (joined, with
-    # hog_weight, by the pixels' orientation histograms). The same layers feed the exported
-    # encoder, so served images get exactly the features the graph was built on.
+    # hog_weight, by the pixels' orientation histograms; each part partially whitened with
+    # graph_whitening). The same layers feed the exported encoder, so served images get
+    # exactly the features the graph was built on.
     unit_norm = keras.layers.UnitNormalization(name="features_unit_norm")
     histograms = OrientationHistograms(name="orientation_histograms")
     hog_scale = keras.layers.Rescaling(config.hog_weight, name="hog_weight")
     joined = keras.layers.Concatenate(name="graph_features")
+    whiten = ((PartialWhitening(config.graph_whitening, name="features_whitening"),
+               PartialWhitening(config.graph_whitening, name="hog_whitening"))
+              if config.graph_whitening else None)
+
+    def graph_parts(images_in: tf.Tensor, backbone_out: tf.Tensor) -> list[tf.Tensor]:
+        """The unit backbone features and, with hog_weight, the unit histograms."""
+        parts = [unit_norm(backbone_out)]
+        return parts + [histograms(images_in)] if config.hog_weight else parts
 
     def graph_features(images_in: tf.Tensor, backbone_out: tf.Tensor) -> tf.Tensor:
-        features_out = unit_norm(backbone_out)
+        parts = graph_parts(images_in, backbone_out)
+        if whiten is not None:
+            parts = [layer(part) for layer, part in zip(whiten, parts, strict=False)]
         if not config.hog_weight:
-            return features_out
-        return joined([features_out, hog_scale(histograms(images_in))])
+            return parts[0]
+        return joined([parts[0], hog_scale(parts[1])])
 
     feature_in = keras.Input(shape)
-    normalised = keras.Model(feature_in, graph_features(feature_in, backbone(feature_in)),
-                             name="features")
     started = time.perf_counter()
     images, _ = to_numpy(data.train)
+    if whiten is not None:
+        raw = keras.Model(feature_in, graph_parts(feature_in, backbone(feature_in)),
+                          name="raw_features").predict(images, batch_size=1024, verbose=0)
+        for layer, part in zip(whiten, raw if isinstance(raw, list) else [raw], strict=False):
+            layer.adapt(part)
+        logger.info("graph features partially whitened (eigenvalue ** -%g per part), fitted on "
+                    "%d training images", config.graph_whitening, len(images))
+    normalised = keras.Model(feature_in, graph_features(feature_in, backbone(feature_in)),
+                             name="features")
     features = normalised.predict(images, batch_size=1024, verbose=0)
     logger.info("features of %d training images in %.1f s", len(features),
                 time.perf_counter() - started)

@@ -8,7 +8,7 @@ weigh in every distance. Each transform here is fitted on the training images on
 PCA) and could ship as one fixed linear layer in the encoder. For each variant: purity@15
 of the training images' graph and of the test images' 15 nearest training images, then the
 shipped partition (coarse 10, split to 20) with Louvain run seeds = the training seed and
-it + 1000, scored on the training images and, carried by a 15-nearest-neighbour vote, on
+it + 1000 (``--run-offsets``), scored on the training images and, carried by a 15-nearest-neighbour vote, on
 the test images (transfer.py found that vote within 0.003 of the bundles' figures). Labels
 are read for scoring only.
 
@@ -75,6 +75,8 @@ VARIANTS: dict[str, tuple[Transform, Transform]] = {
     "whiten-backbone-0.5": (whiten(0.5), same),
     "whiten-hog-0.25": (same, whiten(0.25)),
     "whiten-both-0.25": (whiten(0.25), whiten(0.25)),
+    "whiten-both-0.15": (whiten(0.15), whiten(0.15)),
+    "whiten-both-0.35": (whiten(0.35), whiten(0.35)),
 }
 
 
@@ -117,6 +119,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directories", nargs="+", type=Path)
+    parser.add_argument("--run-offsets", default="0,1000",
+                        help="Louvain run seeds, as offsets from the training seed")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated, of: {', '.join(VARIANTS)}")
     args = parser.parse_args()
@@ -124,6 +128,12 @@ def main() -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    try:
+        offsets = [int(v) for v in args.run_offsets.split(",") if v]
+    except ValueError:
+        parser.error(f"--run-offsets must be comma-separated integers, got {args.run_offsets!r}")
+    if not offsets:
+        parser.error("--run-offsets names no run")
     train_truth = read_idx(TRAIN_LABELS).astype(np.int64)
     test_truth = read_idx(TEST_LABELS).astype(np.int64)
     for directory in args.directories:
@@ -133,7 +143,7 @@ def main() -> int:
             started = time.perf_counter()
             train_features, test_features = graph_features(saved.features, test, variant)
             result = score(train_features, test_features, train_truth, test_truth,
-                           [saved.train_seed, saved.train_seed + 1000])
+                           [saved.train_seed + offset for offset in offsets])
             print(json.dumps({"dir": str(directory), "variant": variant, **result,
                               "seconds": round(time.perf_counter() - started, 1)}), flush=True)
     return 0

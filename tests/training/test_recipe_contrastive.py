@@ -107,6 +107,11 @@ def test_contrastive_config_defaults_and_head_config() -> None:
         ({"hog_weight": float("nan")}, "hog_weight must be a number >= 0"),
         ({"hog_weight": float("inf")}, "hog_weight must be a number >= 0"),
         ({"hog_weight": "0.5"}, "hog_weight must be a number >= 0"),
+        ({"graph_whitening": -0.1}, "graph_whitening must be a number in [0, 0.5] (0 is off, "
+                                    "0.5 full whitening), got -0.1"),
+        ({"graph_whitening": 0.6}, "graph_whitening must be a number in [0, 0.5]"),
+        ({"graph_whitening": float("nan")}, "graph_whitening must be a number in [0, 0.5]"),
+        ({"graph_whitening": "0.25"}, "graph_whitening must be a number in [0, 0.5]"),
         ({"backbone_loss": "byol"}, "unknown backbone_loss 'byol': choose 'nt-xent' or 'vicreg'"),
         ({"backbone_loss": "NT-Xent"}, "unknown backbone_loss 'NT-Xent'"),
         ({"backbone_schedule": "step"}, "unknown backbone_schedule 'step': choose 'constant' "
@@ -378,6 +383,58 @@ def test_hog_weight_joins_edge_histograms_inside_the_encoder(graph_hog: TrainRes
     assert graph_hog.manifest.evaluation["hungarian_accuracy"] > 0.3
 
 
+@pytest.fixture(scope="module")
+def graph_whitened(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    out = tmp_path_factory.mktemp("repo") / "graph-whitened" / "1"
+    job = TrainJob(dataset="digits", out=out, data=DataOptions(val_fraction=0.1, seed=0),
+                   model=ModelConfig(**{**SMALL, "graph_communities": 12, "hog_weight": 0.5,
+                                        "graph_whitening": 0.25}),
+                   epochs=2, batch_size=128, clusters=10, seed=0)
+    return run_training(job)
+
+
+def test_graph_whitening_is_fitted_on_the_training_images_and_served_as_trained(
+        graph_whitened: TrainResult, graph_hog: TrainResult) -> None:
+    encoder = graph_whitened.model.encoder
+    names = {layer.name for layer in encoder.layers}
+    assert {"features_whitening", "hog_whitening", "orientation_histograms",
+            "community_head"} <= names
+    assert "features_whitening" not in {layer.name for layer in graph_hog.model.encoder.layers}
+    # Fitted on the training images: the whitened training features have zero mean before
+    # their unit scaling, and the mean the layer keeps is theirs.
+    images, _ = to_numpy(graph_whitened.data.train)
+    features = encoder.get_layer("backbone").predict(images, verbose=0)
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    layer = encoder.get_layer("features_whitening")
+    np.testing.assert_allclose(layer.mean.numpy(), unit.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(((unit - layer.mean.numpy()) @ layer.projection.numpy())
+                               .mean(axis=0), 0.0, atol=1e-5)
+    # The embedding is the head on [whitened unit features ; 0.5 x whitened histograms].
+    joined = np.hstack([layer(unit).numpy(), 0.5 * encoder.get_layer("hog_whitening")(
+        OrientationHistograms()(images).numpy()).numpy()])
+    np.testing.assert_allclose(encoder.get_layer("community_head")(joined[:50]).numpy(),
+                               encoder.predict(images[:50], verbose=0), atol=1e-5)
+    hp = bundle.read_manifest(graph_whitened.out).training.hyperparameters
+    assert hp["graph_whitening"] == 0.25
+    assert bundle.read_manifest(graph_hog.out).training.hyperparameters["graph_whitening"] == 0.0
+    # The exported encoder and the service's runtime carry the fitted layers.
+    assert graph_whitened.data.heldout is not None
+    held, _ = to_numpy(graph_whitened.data.heldout)
+    expected = encoder.predict(held, verbose=0)
+    np.testing.assert_allclose(np.asarray(load_bundle(graph_whitened.out).encode(
+        tf.constant(held))), expected, atol=1e-5)
+    manifest = bundle.read_manifest(graph_whitened.out)
+    runtime = ModelRuntime(graph_whitened.out, manifest,
+                           bundle.load_centroids(graph_whitened.out, manifest),
+                           device="/CPU:0", batch_sizes=(1, 8))
+    runtime.warmup()
+    served = runtime.run(held[:8], with_reconstruction=False)
+    np.testing.assert_allclose(served.embedding, expected[:8], atol=1e-5)
+    # Whitening changes the graph, hence the communities.
+    assert not np.allclose(load_bundle(graph_hog.out).centroids,
+                           load_bundle(graph_whitened.out).centroids, atol=1e-3)
+
+
 def test_hog_weight_feeds_the_neighbourhood_head_too(tmp_path: Path) -> None:
     job = TrainJob(dataset="digits", out=tmp_path / "hog" / "1",
                    data=DataOptions(val_fraction=0.1, seed=0),
@@ -425,6 +482,9 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
         (["--hog-weight", "-1"], "expected a number >= 0, got -1"),
         (["--hog-weight", "nan"], "--hog-weight"),
         (["--hog-weight", "x"], "--hog-weight"),
+        (["--graph-whitening", "0.7"], "expected a number in [0, 0.5], got 0.7"),
+        (["--graph-whitening", "-0.1"], "--graph-whitening"),
+        (["--graph-whitening", "x"], "--graph-whitening"),
         (["--backbone-filters", "32,0,64"], "every filter count must be >= 1, got '32,0,64'"),
         (["--backbone-filters", "32;64"], "'32;64' is not a comma-separated list of filter counts"),
         (["--backbone-filters", ""], "--backbone-filters"),

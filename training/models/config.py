@@ -55,6 +55,9 @@ class ModelConfig:
     With ``hog_weight`` w > 0 the graph and
     the head see the unit backbone features joined with w times the pixels' unit-length
     orientation histograms (:mod:`training.models.gradients`), computed inside the encoder.
+    With ``graph_whitening`` p > 0 each of those two parts is partially whitened before it is
+    joined (:mod:`training.models.whitening`: principal axes scaled by eigenvalue ** -p,
+    fitted on the training images, a fixed layer of the encoder; 0.5 is full whitening).
     Other kinds ignore these fields.
     """
 
@@ -80,6 +83,7 @@ class ModelConfig:
     coarse_communities: int = 0
     self_label_epochs: int = 0
     hog_weight: float = 0.0
+    graph_whitening: float = 0.0
     head_neighbors: int = 15
     head_epochs: int = 5
     head_hidden: tuple[int, ...] = (256, 256)
@@ -164,6 +168,9 @@ class ModelConfig:
         if not _is_real(self.hog_weight) or not 0 <= self.hog_weight < float("inf"):
             raise ConfigError(f"hog_weight must be a number >= 0 (0 is off), "
                               f"got {self.hog_weight!r}")
+        if not _is_real(self.graph_whitening) or not 0 <= self.graph_whitening <= 0.5:
+            raise ConfigError(f"graph_whitening must be a number in [0, 0.5] (0 is off, 0.5 "
+                              f"full whitening), got {self.graph_whitening!r}")
         if not _is_real(self.head_min_dist) or not 0 <= self.head_min_dist < 1:
             raise ConfigError(f"head_min_dist must be in [0, 1), got {self.head_min_dist!r}")
         if not isinstance(self.view_flip, bool):
@@ -173,7 +180,7 @@ class ModelConfig:
         if not isinstance(self.joint_embedding, bool):
             raise ConfigError(
                 f"joint_embedding must be true or false, got {self.joint_embedding!r}")
-        for name in ("temperature", "min_crop", "head_min_dist", "hog_weight"):
+        for name in ("temperature", "min_crop", "head_min_dist", "hog_weight", "graph_whitening"):
             object.__setattr__(self, name, float(getattr(self, name)))
         if self.kind == "contrastive" and self.loss != "mse":
             raise ConfigError(
