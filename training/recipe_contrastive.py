@@ -113,7 +113,7 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
     def graph_parts(images_in: tf.Tensor, backbone_out: tf.Tensor) -> list[tf.Tensor]:
         """The unit backbone features and, with hog_weight, the unit histograms."""
         parts = [unit_norm(backbone_out)]
-        return parts + [histograms(images_in)] if config.hog_weight else parts
+        return [*parts, histograms(images_in)] if config.hog_weight else parts
 
     def graph_features(images_in: tf.Tensor, backbone_out: tf.Tensor) -> tf.Tensor:
         parts = graph_parts(images_in, backbone_out)

@@ -8,9 +8,9 @@ weigh in every distance. Each transform here is fitted on the training images on
 PCA) and could ship as one fixed linear layer in the encoder. For each variant: purity@15
 of the training images' graph and of the test images' 15 nearest training images, then the
 shipped partition (coarse 10, split to 20) with Louvain run seeds = the training seed and
-it + 1000 (``--run-offsets``), scored on the training images and, carried by a 15-nearest-neighbour vote, on
-the test images (transfer.py found that vote within 0.003 of the bundles' figures). Labels
-are read for scoring only.
+it + 1000 (``--run-offsets``), scored on the training images and, carried by a
+15-nearest-neighbour vote, on the test images (transfer.py found that vote within 0.003 of
+the bundles' figures). Labels are read for scoring only.
 
     python bench/probes/feature_transforms.py /tmp/probe/seed0 --variants shipped,centre-hog
 """
