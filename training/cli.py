@@ -241,6 +241,12 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                           "the one with the most even community sizes is kept (default 1; "
                           "about 10 s per search on 60,000 images; no reliable gain measured, "
                           "README)")
+    rec.add_argument("--community-choice", choices=("even", "stable"), default="even",
+                     help="how to choose among the --community-searches: even keeps the most "
+                          "even community sizes (of the coarse search with "
+                          "--coarse-communities); stable reruns the whole partition step, "
+                          "splits included, per search and keeps the partition most like the "
+                          "others (mean adjusted Rand index; README, Clustering quality)")
     rec.add_argument("--coarse-communities", type=_graph_communities, default=0, metavar="C",
                      help="find C Louvain communities first, then split the most spread "
                           "(largest within-community sum of squared distances) in two until "
@@ -370,6 +376,7 @@ def _train(args: argparse.Namespace) -> int:
                           joint_embedding=args.joint_embedding,
                           graph_communities=args.graph_communities,
                           community_searches=args.community_searches,
+                          community_choice=args.community_choice,
                           coarse_communities=args.coarse_communities,
                           self_label_epochs=args.self_label_epochs,
                           hog_weight=args.hog_weight,

@@ -24,6 +24,9 @@ runs several independent searches and keeps the one whose sizes have the highest
 (again no label). Through the exported bundle that gained +0.002 on average over six runs
 (+0.010 on the K = 20 preset's three seeds, -0.005 on a 45-epoch backbone's), so the
 recipe runs one search unless asked for more (``--community-searches``).
+:func:`most_stable_partition` chooses among the searches another way: it keeps the
+partition that agrees best (adjusted Rand index) with the others, the one the graph gives
+again and again rather than one a run happened on (``--community-choice stable``).
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.metrics import adjusted_rand_score
 from sknetwork.clustering import Louvain, get_modularity
 
 from training.errors import ConfigError
@@ -278,3 +283,34 @@ def split_communities(adjacency: sp.csr_matrix, features: np.ndarray, coarse: Pa
     logger.info("communities: %d from %d by splitting the most spread in %.1f s", count,
                 coarse.count, time.perf_counter() - started)
     return dataclasses.replace(coarse, labels=labels, coarse_count=coarse.count)
+
+
+def most_stable_partition(search: Callable[[int], Partition], searches: int, *,
+                          seed: int = 0) -> tuple[Partition, list[float]]:
+    """Of ``searches`` runs of ``search(seed + 100 i)``, the one most like the others.
+
+    ``search`` is the whole partition step for one seed (Louvain at the count, or the
+    coarse search and its splits). Each partition's stability is its mean adjusted Rand
+    index with the other partitions; the highest is kept (ties keep the earlier search).
+    A partition that many independent runs come close to is more likely the graph's own
+    structure than one a node order happened on: over 12 runs on each of six Fashion-MNIST
+    feature sets, stability went with the majority-label accuracy on all six (Spearman
+    +0.30 to +0.62; README, "Clustering quality"). Returns the partition kept and every
+    search's stability, in search order. No label is read.
+    """
+    if isinstance(searches, bool) or not isinstance(searches, int | np.integer) or searches < 2:
+        raise ConfigError(f"choosing the most stable partition needs at least 2 searches, "
+                          f"got {searches!r}")
+    started = time.perf_counter()
+    partitions = [search(seed + _SEARCH_SEED_STRIDE * i) for i in range(int(searches))]
+    agreement = np.eye(len(partitions))
+    for i in range(len(partitions)):
+        for j in range(i + 1, len(partitions)):
+            agreement[i, j] = agreement[j, i] = adjusted_rand_score(partitions[i].labels,
+                                                                    partitions[j].labels)
+    stabilities = [float(v) for v in (agreement.sum(axis=1) - 1) / (len(partitions) - 1)]
+    kept = int(np.argmax(stabilities))  # argmax keeps the earliest of equals
+    logger.info("communities: kept search %d of %d, the most stable (mean adjusted Rand "
+                "index with the others %s) in %.1f s", kept + 1, len(partitions),
+                " ".join(f"{v:.3f}" for v in stabilities), time.perf_counter() - started)
+    return partitions[kept], stabilities

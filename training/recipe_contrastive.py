@@ -192,7 +192,21 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
     """
     count = config.graph_communities
     adjacency = communities.knn_adjacency(indices)
-    if config.coarse_communities:
+    stabilities: list[float] | None = None
+
+    def search(search_seed: int) -> communities.Partition:
+        """The whole partition step for one seed: Louvain at the count, or coarse and split."""
+        if not config.coarse_communities:
+            return communities.louvain_communities(adjacency, count, seed=search_seed)
+        coarse = communities.louvain_communities(adjacency, config.coarse_communities,
+                                                 seed=search_seed)
+        return communities.split_communities(adjacency, features, coarse, count,
+                                             seed=search_seed)
+
+    if config.community_choice == "stable":
+        partition, stabilities = communities.most_stable_partition(
+            search, config.community_searches, seed=seed)
+    elif config.coarse_communities:
         coarse = communities.most_even_communities(adjacency, config.coarse_communities,
                                                    seed=seed, searches=config.community_searches)
         partition = communities.split_communities(adjacency, features, coarse, count, seed=seed)
@@ -213,6 +227,9 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
     logger.info("community head: predicts the community of %.1f %% of the training images",
                 100 * agreement)
     summary = {**partition.summary(), "searches": config.community_searches,
+               "choice": config.community_choice,
+               "stabilities": (None if stabilities is None
+                               else [round(v, 6) for v in stabilities]),
                "graph_points": len(features), "neighbors": int(indices.shape[1]),
                "head_agreement": round(agreement, 6)}
     return head, losses, summary, partition.labels

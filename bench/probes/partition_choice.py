@@ -16,6 +16,10 @@ as ``--graph-whitening``), and for each partition computes label-free scores:
 
 Labels are read for scoring only: it prints each score's Spearman correlation with the
 majority accuracy over the runs, and the majority of the partition each score would pick.
+With ``--subsets m`` it also estimates what keeping the most stable of m searches gives on
+average: 500 random subsets of m of the runs, stability computed within each subset, the
+kept partition's majority against the subset's mean. The partitions are saved beside the
+features (``partitions-w<P>.npy``) and reused by later invocations.
 
     python bench/probes/partition_choice.py /tmp/probe/seed0 --runs 12 --whitening 0.25
 """
@@ -55,6 +59,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directories", nargs="+", type=Path)
     parser.add_argument("--runs", type=int, default=12, help="Louvain run seeds per graph")
+    parser.add_argument("--subsets", type=int, nargs="*", default=[],
+                        help="subset sizes for the keep-the-most-stable estimate")
     parser.add_argument("--whitening", type=float, default=0.0,
                         help="partial whitening power of both parts (0: the shipped graph)")
     args = parser.parse_args()
@@ -66,6 +72,7 @@ def main() -> int:
     for directory in args.directories:
         saved = load_saved(directory, truth, parser)
         started = time.perf_counter()
+        saved_partitions = directory / f"partitions-w{args.whitening:g}.npy"
         features = saved.features
         if args.whitening:
             transform = whiten(args.whitening)
@@ -81,12 +88,14 @@ def main() -> int:
         own[~own.any(axis=1), -1] = True
         indices = neighbours[~own].reshape(len(features), NEIGHBORS)
         adjacency = communities.knn_adjacency(indices)
-        partitions = []
-        for run in range(args.runs):
+        partitions = (list(np.load(saved_partitions)) if saved_partitions.is_file() else [])
+        for run in range(len(partitions), args.runs):
             seed = saved.train_seed + 1000 * run
             coarse = communities.most_even_communities(adjacency, COARSE, seed=seed)
             partitions.append(communities.split_communities(adjacency, features, coarse, COUNT,
                                                             seed=seed).labels)
+        partitions = partitions[:args.runs]
+        np.save(saved_partitions, np.array(partitions))
         majority = np.array([majority_accuracy(truth, p) for p in partitions])
         scores: dict[str, np.ndarray] = {
             "modularity": np.array([modularity(adjacency, p) for p in partitions]),
@@ -98,6 +107,18 @@ def main() -> int:
         ari = np.array([[adjusted_rand_score(a, b) if i != j else np.nan
                          for j, b in enumerate(partitions)] for i, a in enumerate(partitions)])
         scores["stability"] = np.nanmean(ari, axis=1)
+        rng = np.random.default_rng(0)
+        kept: dict[str, list[float]] = {}
+        for m in args.subsets:
+            if not 2 <= m <= args.runs:
+                parser.error(f"--subsets sizes must lie in [2, --runs], got {m}")
+            gains, picked = [], []
+            for _ in range(500):
+                members = rng.choice(args.runs, m, replace=False)
+                within = np.nanmean(ari[np.ix_(members, members)], axis=1)
+                picked.append(majority[members[int(np.argmax(within))]])
+                gains.append(picked[-1] - majority[members].mean())
+            kept[str(m)] = [round(float(np.mean(picked)), 4), round(float(np.mean(gains)), 4)]
         print(json.dumps({
             "dir": str(directory), "whitening": args.whitening,
             "majority": [round(float(m), 4) for m in majority],
@@ -105,6 +126,7 @@ def main() -> int:
             **{name: {"spearman": round(float(spearmanr(values, majority)[0]), 3),
                       "picks": round(float(majority[int(np.argmax(values))]), 4)}
                for name, values in scores.items()},
+            "most_stable_of_m": kept,  # m -> [mean majority kept, mean gain over the subset]
             "seconds": round(time.perf_counter() - started, 1)}), flush=True)
     return 0
 

@@ -266,3 +266,46 @@ def test_bad_splits_are_refused(count: object, rows: int, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         communities.split_communities(adjacency, points[:rows], _coarse(np.where(truth == 2, 1, 0)),
                                       count)  # type: ignore[arg-type]
+
+
+def _partition(labels: list[int]) -> communities.Partition:
+    return communities.Partition(labels=np.array(labels), resolution=1.0, modularity=0.5,
+                                 starts_tried=1)
+
+
+def test_the_most_stable_search_is_kept_with_every_stability(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Searches 2 and 3 find the same partition, search 1 one close to it, search 4 another:
+    # the repeated partition is the most stable, and of the two equal the earlier is kept.
+    found = {7: [0, 0, 1, 1, 1, 1, 2, 2], 107: [0, 0, 0, 1, 1, 1, 2, 2],
+             207: [0, 0, 0, 1, 1, 1, 2, 2], 307: [0, 1, 2, 0, 1, 2, 0, 1]}
+    seeds: list[int] = []
+
+    def search(seed: int) -> communities.Partition:
+        seeds.append(seed)
+        return _partition(found[seed])
+
+    with caplog.at_level("INFO"):
+        kept, stabilities = communities.most_stable_partition(search, 4, seed=7)
+    assert seeds == [7, 107, 207, 307]  # seed + 100 i, as most_even_communities' searches
+    labels = list(found.values())
+    expected = [np.mean([adjusted_rand_score(labels[i], labels[j]) for j in range(4) if j != i])
+                for i in range(4)]
+    np.testing.assert_allclose(stabilities, expected)
+    assert stabilities[1] == stabilities[2] == max(stabilities) > stabilities[0] > stabilities[3]
+    assert kept.labels.tolist() == found[107]
+    assert "kept search 2 of 4, the most stable" in caplog.text
+
+
+def test_equal_stabilities_keep_the_earlier_search() -> None:
+    def search(seed: int) -> communities.Partition:
+        return _partition([0, 0, 1, 1] if seed % 200 == 0 else [0, 1, 1, 0])
+
+    kept, stabilities = communities.most_stable_partition(search, 2, seed=0)
+    assert stabilities[0] == stabilities[1] and kept.labels.tolist() == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("searches", [1, 0, 2.5, True])
+def test_a_stable_choice_needs_two_searches(searches: object) -> None:
+    with pytest.raises(ConfigError, match="needs at least 2 searches"):
+        communities.most_stable_partition(lambda seed: _partition([0, 1]), searches)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from training.data import DataOptions, to_numpy
 from training.errors import ConfigError
 from training.evaluate import load_bundle
 from training.models import ModelConfig, build_autoencoder, build_networks
-from training.models.config import BackboneLoss, BackboneSchedule
+from training.models.config import BackboneLoss, BackboneSchedule, CommunityChoice
 from training.models.contrastive import build_contrastive
 from training.models.gradients import OrientationHistograms
 from training.recipe_contrastive import FittedNetworks, _joint
@@ -113,6 +113,11 @@ def test_contrastive_config_defaults_and_head_config() -> None:
         ({"graph_whitening": float("nan")}, "graph_whitening must be a number in [0, 0.5]"),
         ({"graph_whitening": "0.25"}, "graph_whitening must be a number in [0, 0.5]"),
         ({"backbone_loss": "byol"}, "unknown backbone_loss 'byol': choose 'nt-xent' or 'vicreg'"),
+        ({"community_choice": "best"}, "unknown community_choice 'best': choose 'even' or "
+                                       "'stable'"),
+        ({"community_choice": "stable"}, "community_choice 'stable' keeps the partition most "
+                                         "like the others: it needs community_searches >= 2, "
+                                         "got 1"),
         ({"backbone_loss": "NT-Xent"}, "unknown backbone_loss 'NT-Xent'"),
         ({"backbone_schedule": "step"}, "unknown backbone_schedule 'step': choose 'constant' "
                                         "or 'cosine'"),
@@ -493,6 +498,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
         (["--coarse-communities", "1"], "expected 0 (off) or an integer >= 2, got 1"),
         (["--coarse-communities", "x"], "--coarse-communities"),
         (["--backbone-loss", "byol"], "invalid choice: 'byol' (choose from"),
+        (["--community-choice", "best"], "invalid choice: 'best' (choose from"),
         (["--self-label-epochs", "-1"], "expected an integer >= 0, got -1"),
         (["--self-label-epochs", "x"], "--self-label-epochs"),
     ],
@@ -515,6 +521,8 @@ def test_bad_recipe_options_exit_2(args: list[str], message: str, tmp_path: Path
         (["--graph-communities", "1700"],
          "1700 graph communities need at least as many training images; the graph has 1617"),
         (["--self-label-epochs", "2"], "self_label_epochs needs graph_communities"),
+        (["--graph-communities", "12", "--community-choice", "stable"],
+         "it needs community_searches >= 2, got 1"),
     ],
 )
 def test_impossible_combinations_exit_2_without_a_bundle(
@@ -555,6 +563,10 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     for schedule in get_args(BackboneSchedule):
         assert parser.parse_args(["train", "--model", "contrastive", "--backbone-schedule",
                                   schedule, "--out", "x/m/1"]).backbone_schedule == schedule
+    assert args.community_choice == ModelConfig().community_choice == "even"
+    choices = next(a.choices for a in train._actions if a.dest == "community_choice")
+    assert sorted(choices) == sorted(get_args(CommunityChoice))
+    assert args.graph_whitening == ModelConfig().graph_whitening == 0.0
     # The CLI states the backbone's default itself (it must not import Keras to parse).
     assert args.backbone_filters == ModelConfig().backbone_filters == (32, 64, 128)
     assert parser.parse_args(["train", "--model", "contrastive", "--hog-weight", "0.5",
@@ -750,6 +762,28 @@ def test_backbone_and_community_options_reach_the_recipe_and_the_manifest(
     assert hp["self_label_epochs"] == 2
     assert 0.0 <= report["self_label_agreement"] <= 1.0 and "labels" not in report
     assert len(report["sizes"]) == 12 and sum(report["sizes"]) == 1617
+
+
+def test_the_most_stable_of_several_whole_partition_searches_is_kept(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "m" / "1"
+    with caplog.at_level(logging.INFO):
+        code, _, err = _run(["train", "--dataset", "digits", "--model", "contrastive",
+                             "--backbone-filters", "8,16", "--epochs", "1",
+                             "--graph-communities", "12", "--coarse-communities", "6",
+                             "--community-searches", "3", "--community-choice", "stable",
+                             "--head-epochs", "1", "--decoder-epochs", "1", "--out", str(out)],
+                            capsys)
+    assert code == 0, err
+    # Each search runs the whole step: a coarse partition and its six splits, three times.
+    assert caplog.text.count("communities: split community ") == 3 * 6
+    assert "kept the most even" not in caplog.text
+    assert "the most stable (mean adjusted Rand index with the others" in caplog.text
+    report = json.loads((out / "report" / "communities.json").read_text())
+    assert (report["choice"], report["searches"], report["count"]) == ("stable", 3, 12)
+    assert len(report["stabilities"]) == 3 and all(-1 <= v <= 1 for v in report["stabilities"])
+    assert bundle.read_manifest(out).training.hyperparameters["community_choice"] == "stable"
 
 
 def test_joint_embedding_takes_the_vicreg_projectors_512_numbers(
