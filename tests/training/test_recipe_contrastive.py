@@ -730,20 +730,26 @@ def test_coarse_communities_as_many_as_the_graph_exits_2(
     assert not out.exists()
 
 
+def _train_digits_logged(options: list[str], out: Path, capsys: pytest.CaptureFixture[str],
+                         caplog: pytest.LogCaptureFixture) -> None:
+    """One backbone epoch on digits with ``options``, its INFO log captured; must succeed."""
+    with caplog.at_level(logging.INFO):
+        code, _, err = _run(["train", "--dataset", "digits", "--model", "contrastive",
+                             "--epochs", "1", "--head-epochs", "1", "--decoder-epochs", "1",
+                             *options, "--out", str(out)], capsys)
+    assert code == 0, err
+
+
 def test_backbone_and_community_options_reach_the_recipe_and_the_manifest(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "m" / "1"
-    with caplog.at_level(logging.INFO):
-        code, _, err = _run(["train", "--dataset", "digits", "--model", "contrastive",
-                             "--backbone-filters", "8,12,16", "--backbone-loss", "vicreg",
-                             "--backbone-schedule", "cosine", "--epochs", "1",
-                             # The community head: the cheapest head to train.
-                             "--graph-communities", "12", "--community-searches", "3",
-                             "--coarse-communities", "6", "--self-label-epochs", "2",
-                             "--head-epochs", "1", "--decoder-epochs", "1", "--out", str(out)],
-                            capsys)
-    assert code == 0, err
+    _train_digits_logged(["--backbone-filters", "8,12,16", "--backbone-loss", "vicreg",
+                          "--backbone-schedule", "cosine",
+                          # The community head: the cheapest head to train.
+                          "--graph-communities", "12", "--community-searches", "3",
+                          "--coarse-communities", "6", "--self-label-epochs", "2"],
+                         out, capsys, caplog)
     assert ("built contrastive backbone for 8x8x1 images: conv 8-12-16, 256 features, "
             "vicreg loss, cosine-decayed learning rate 0.001") in caplog.text
     # The searches pick the coarse partition; six splits then make the twelve.
@@ -768,14 +774,9 @@ def test_the_most_stable_of_several_whole_partition_searches_is_kept(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "m" / "1"
-    with caplog.at_level(logging.INFO):
-        code, _, err = _run(["train", "--dataset", "digits", "--model", "contrastive",
-                             "--backbone-filters", "8,16", "--epochs", "1",
-                             "--graph-communities", "12", "--coarse-communities", "6",
-                             "--community-searches", "3", "--community-choice", "stable",
-                             "--head-epochs", "1", "--decoder-epochs", "1", "--out", str(out)],
-                            capsys)
-    assert code == 0, err
+    _train_digits_logged(["--backbone-filters", "8,16", "--graph-communities", "12",
+                          "--coarse-communities", "6", "--community-searches", "3",
+                          "--community-choice", "stable"], out, capsys, caplog)
     # Each search runs the whole step: a coarse partition and its six splits, three times.
     assert caplog.text.count("communities: split community ") == 3 * 6
     assert "kept the most even" not in caplog.text
