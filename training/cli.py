@@ -241,12 +241,15 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                           "the one with the most even community sizes is kept (default 1; "
                           "about 10 s per search on 60,000 images; no reliable gain measured, "
                           "README)")
-    rec.add_argument("--community-choice", choices=("even", "stable"), default="even",
+    rec.add_argument("--community-choice", choices=("even", "stable", "consensus"),
+                     default="even",
                      help="how to choose among the --community-searches: even keeps the most "
                           "even community sizes (of the coarse search with "
                           "--coarse-communities); stable reruns the whole partition step, "
                           "splits included, per search and keeps the partition most like the "
-                          "others (mean adjusted Rand index; README, Clustering quality)")
+                          "others (mean adjusted Rand index); consensus reweights the graph's "
+                          "edges by how often those searches keep them inside a community and "
+                          "runs the step once more on it (README, Clustering quality)")
     rec.add_argument("--coarse-communities", type=_graph_communities, default=0, metavar="C",
                      help="find C Louvain communities first, then split the most spread "
                           "(largest within-community sum of squared distances) in two until "

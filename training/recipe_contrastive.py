@@ -193,19 +193,23 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
     count = config.graph_communities
     adjacency = communities.knn_adjacency(indices)
     stabilities: list[float] | None = None
+    consensus: float | None = None
 
-    def search(search_seed: int) -> communities.Partition:
+    def search(graph: communities.sp.csr_matrix, search_seed: int) -> communities.Partition:
         """The whole partition step for one seed: Louvain at the count, or coarse and split."""
         if not config.coarse_communities:
-            return communities.louvain_communities(adjacency, count, seed=search_seed)
-        coarse = communities.louvain_communities(adjacency, config.coarse_communities,
+            return communities.louvain_communities(graph, count, seed=search_seed)
+        coarse = communities.louvain_communities(graph, config.coarse_communities,
                                                  seed=search_seed)
-        return communities.split_communities(adjacency, features, coarse, count,
-                                             seed=search_seed)
+        return communities.split_communities(graph, features, coarse, count, seed=search_seed)
 
     if config.community_choice == "stable":
         partition, stabilities = communities.most_stable_partition(
-            search, config.community_searches, seed=seed)
+            lambda search_seed: search(adjacency, search_seed), config.community_searches,
+            seed=seed)
+    elif config.community_choice == "consensus":
+        partition, consensus = communities.consensus_partition(
+            search, adjacency, config.community_searches, seed=seed)
     elif config.coarse_communities:
         coarse = communities.most_even_communities(adjacency, config.coarse_communities,
                                                    seed=seed, searches=config.community_searches)
@@ -230,6 +234,7 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
                "choice": config.community_choice,
                "stabilities": (None if stabilities is None
                                else [round(v, 6) for v in stabilities]),
+               "consensus_agreement": None if consensus is None else round(consensus, 6),
                "graph_points": len(features), "neighbors": int(indices.shape[1]),
                "head_agreement": round(agreement, 6)}
     return head, losses, summary, partition.labels

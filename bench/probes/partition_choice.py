@@ -54,6 +54,26 @@ def modularity(adjacency: communities.sp.csr_matrix, labels: np.ndarray) -> floa
     return float(inside - expected)
 
 
+def build_graph(features: np.ndarray, whitening: float
+                ) -> tuple[np.ndarray, np.ndarray, communities.sp.csr_matrix]:
+    """The recipe's graph features (partially whitened when ``whitening`` > 0), each
+    image's 15 neighbours and their 0/1 adjacency."""
+    if whitening:
+        transform = whiten(whitening)
+        unit_hog = features[:, 256:] / HOG_WEIGHT
+        backbone, _ = transform(features[:, :256], features[:1, :256])
+        hog, _ = transform(unit_hog, unit_hog[:1])
+        features = np.hstack([backbone, HOG_WEIGHT * hog]).astype(np.float32)
+    else:
+        features, _ = graph_features(features, features[:1], "shipped")
+    neighbours = NearestNeighbors(n_neighbors=NEIGHBORS + 1).fit(features).kneighbors(
+        features, return_distance=False)
+    own = neighbours == np.arange(len(features))[:, None]
+    own[~own.any(axis=1), -1] = True
+    indices = neighbours[~own].reshape(len(features), NEIGHBORS)
+    return features, indices, communities.knn_adjacency(indices)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,21 +93,7 @@ def main() -> int:
         saved = load_saved(directory, truth, parser)
         started = time.perf_counter()
         saved_partitions = directory / f"partitions-w{args.whitening:g}.npy"
-        features = saved.features
-        if args.whitening:
-            transform = whiten(args.whitening)
-            unit_hog = features[:, 256:] / HOG_WEIGHT
-            backbone, _ = transform(features[:, :256], features[:1, :256])
-            hog, _ = transform(unit_hog, unit_hog[:1])
-            features = np.hstack([backbone, HOG_WEIGHT * hog]).astype(np.float32)
-        else:
-            features, _ = graph_features(features, features[:1], "shipped")
-        neighbours = NearestNeighbors(n_neighbors=NEIGHBORS + 1).fit(features).kneighbors(
-            features, return_distance=False)
-        own = neighbours == np.arange(len(features))[:, None]
-        own[~own.any(axis=1), -1] = True
-        indices = neighbours[~own].reshape(len(features), NEIGHBORS)
-        adjacency = communities.knn_adjacency(indices)
+        features, indices, adjacency = build_graph(saved.features, args.whitening)
         partitions = (list(np.load(saved_partitions)) if saved_partitions.is_file() else [])
         for run in range(len(partitions), args.runs):
             seed = saved.train_seed + 1000 * run

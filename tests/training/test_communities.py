@@ -309,3 +309,78 @@ def test_equal_stabilities_keep_the_earlier_search() -> None:
 def test_a_stable_choice_needs_two_searches(searches: object) -> None:
     with pytest.raises(ConfigError, match="needs at least 2 searches"):
         communities.most_stable_partition(lambda seed: _partition([0, 1]), searches)  # type: ignore[arg-type]
+
+
+def test_the_consensus_graph_weighs_each_edge_by_how_often_it_stays_inside() -> None:
+    # A path 0-1-2-3: edge 0-1 inside in both partitions, 1-2 in one, 2-3 in neither.
+    adjacency = communities.knn_adjacency(np.array([[1], [2], [3], [2]]))
+    graph = communities.consensus_graph(adjacency, [np.array([0, 0, 0, 1]),
+                                                    np.array([0, 0, 1, 2])])
+    floor, power = communities.CONSENSUS_FLOOR, communities.CONSENSUS_POWER
+    weight = {1.0: 1.0, 0.5: floor + (1 - floor) * 0.5 ** power, 0.0: floor}
+    for (i, j), share in {(0, 1): 1.0, (1, 2): 0.5, (2, 3): 0.0}.items():
+        assert graph[i, j] == graph[j, i] == pytest.approx(weight[share])
+    assert graph.nnz == adjacency.nnz  # no edge added, none lost
+    assert (graph != graph.T).nnz == 0
+
+
+@pytest.mark.parametrize("partitions, message", [
+    ([], "at least one partition"),
+    ([np.zeros(3, dtype=int)], "must each label the graph's 4 nodes"),
+])
+def test_bad_consensus_partitions_are_refused(partitions: list[np.ndarray],
+                                              message: str) -> None:
+    adjacency = communities.knn_adjacency(np.array([[1], [2], [3], [2]]))
+    with pytest.raises(ConfigError, match=message):
+        communities.consensus_graph(adjacency, partitions)
+
+
+def test_the_consensus_step_reruns_the_search_on_what_the_searches_agree_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    points, truth = _blobs(centres=4)
+    adjacency = communities.knn_adjacency(nearest_neighbors(points, 10)[1])
+    calls: list[tuple[bool, int]] = []
+
+    def search(graph: communities.sp.csr_matrix, seed: int) -> communities.Partition:
+        calls.append((graph is adjacency, seed))
+        return communities.louvain_communities(graph, 4, seed=seed)
+
+    with caplog.at_level("INFO"):
+        partition, agreement = communities.consensus_partition(search, adjacency, 3, seed=5)
+    # Three searches on the graph itself (seed + 100 i), then one on the consensus graph.
+    assert calls == [(True, 5), (True, 105), (True, 205), (False, 5)]
+    assert partition.count == 4
+    assert adjusted_rand_score(truth, partition.labels) == pytest.approx(1.0)
+    coo = adjacency.tocoo()
+    inside = [np.mean(p[coo.row] == p[coo.col]) for p in
+              (communities.louvain_communities(adjacency, 4, seed=s).labels
+               for s in (5, 105, 205))]
+    assert agreement == pytest.approx(np.mean(inside))
+    assert 0.9 < agreement <= 1.0  # blobs: nearly every neighbour edge stays inside
+    assert "rerun on the consensus of 3 searches" in caplog.text
+
+
+def test_the_consensus_graph_changes_the_final_search() -> None:
+    # The last search sees the reweighted graph: with partitions that all cut the blobs
+    # the same way, its edges across blobs weigh CONSENSUS_FLOOR, inside ones 1.
+    points, truth = _blobs(centres=4)
+    adjacency = communities.knn_adjacency(nearest_neighbors(points, 10)[1])
+    seen: list[communities.sp.csr_matrix] = []
+
+    def search(graph: communities.sp.csr_matrix, seed: int) -> communities.Partition:
+        seen.append(graph)
+        return _partition(list(truth))
+
+    communities.consensus_partition(search, adjacency, 2)
+    final = seen[-1].tocoo()
+    across = truth[final.row] != truth[final.col]
+    assert np.all(final.data[across] == pytest.approx(communities.CONSENSUS_FLOOR))
+    assert np.all(final.data[~across] == pytest.approx(1.0))
+
+
+@pytest.mark.parametrize("searches", [1, 0, 2.5, True])
+def test_a_consensus_needs_two_searches(searches: object) -> None:
+    adjacency = communities.knn_adjacency(np.array([[1], [0]]))
+    with pytest.raises(ConfigError, match="needs at least 2 searches"):
+        communities.consensus_partition(lambda graph, seed: _partition([0, 1]), adjacency,
+                                        searches)  # type: ignore[arg-type]

@@ -113,8 +113,11 @@ def test_contrastive_config_defaults_and_head_config() -> None:
         ({"graph_whitening": float("nan")}, "graph_whitening must be a number in [0, 0.5]"),
         ({"graph_whitening": "0.25"}, "graph_whitening must be a number in [0, 0.5]"),
         ({"backbone_loss": "byol"}, "unknown backbone_loss 'byol': choose 'nt-xent' or 'vicreg'"),
-        ({"community_choice": "best"}, "unknown community_choice 'best': choose 'even' or "
-                                       "'stable'"),
+        ({"community_choice": "best"}, "unknown community_choice 'best': choose 'even', "
+                                       "'stable' or 'consensus'"),
+        ({"community_choice": "consensus"}, "community_choice 'consensus' reruns the partition "
+                                            "step on what several searches agree on: it needs "
+                                            "community_searches >= 2, got 1"),
         ({"community_choice": "stable"}, "community_choice 'stable' keeps the partition most "
                                          "like the others: it needs community_searches >= 2, "
                                          "got 1"),
@@ -523,6 +526,8 @@ def test_bad_recipe_options_exit_2(args: list[str], message: str, tmp_path: Path
         (["--self-label-epochs", "2"], "self_label_epochs needs graph_communities"),
         (["--graph-communities", "12", "--community-choice", "stable"],
          "it needs community_searches >= 2, got 1"),
+        (["--graph-communities", "12", "--community-choice", "consensus"],
+         "it needs community_searches >= 2, got 1"),
     ],
 )
 def test_impossible_combinations_exit_2_without_a_bundle(
@@ -785,6 +790,24 @@ def test_the_most_stable_of_several_whole_partition_searches_is_kept(
     assert (report["choice"], report["searches"], report["count"]) == ("stable", 3, 12)
     assert len(report["stabilities"]) == 3 and all(-1 <= v <= 1 for v in report["stabilities"])
     assert bundle.read_manifest(out).training.hyperparameters["community_choice"] == "stable"
+
+
+def test_the_partition_step_reruns_on_the_consensus_of_several_searches(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "m" / "1"
+    _train_digits_logged(["--backbone-filters", "8,16", "--graph-communities", "12",
+                          "--coarse-communities", "6", "--community-searches", "3",
+                          "--community-choice", "consensus"], out, capsys, caplog)
+    # Three whole steps on the graph, then a fourth on the consensus graph.
+    assert caplog.text.count("communities: split community ") == 4 * 6
+    assert "kept the most" not in caplog.text
+    assert "rerun on the consensus of 3 searches" in caplog.text
+    report = json.loads((out / "report" / "communities.json").read_text())
+    assert (report["choice"], report["searches"], report["count"]) == ("consensus", 3, 12)
+    assert 0 < report["consensus_agreement"] <= 1 and report["stabilities"] is None
+    assert len(report["sizes"]) == 12 and sum(report["sizes"]) == 1617
+    assert bundle.read_manifest(out).training.hyperparameters["community_choice"] == "consensus"
 
 
 def test_joint_embedding_takes_the_vicreg_projectors_512_numbers(

@@ -17,7 +17,7 @@ BackboneLoss = Literal["nt-xent", "vicreg"]
 # How the backbone's learning rate moves over its epochs: held, or cosine-decayed to 0.
 BackboneSchedule = Literal["constant", "cosine"]
 # How the contrastive recipe chooses among several community searches.
-CommunityChoice = Literal["even", "stable"]
+CommunityChoice = Literal["even", "stable", "consensus"]
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,10 @@ class ModelConfig:
     ``community_searches`` independent Louvain searches the one with the most even community
     sizes is kept, or with ``community_choice`` "stable" the one most like the others (mean
     adjusted Rand index; each search then runs the whole partition step, the coarse search and
-    its splits included). With ``coarse_communities`` C (2 <= C < N) Louvain finds C communities
-    and the most spread of them are split in two until there are N
+    its splits included), or with "consensus" none: the step runs once more on the graph's
+    edges reweighted by how often the searches keep them inside a community. With
+    ``coarse_communities`` C (2 <= C < N) Louvain finds C communities and the most spread of
+    them are split in two until there are N
     (:func:`training.communities.split_communities`). With ``self_label_epochs`` E > 0 the whole
     network from images to community probabilities is then trained E epochs more to give each
     image's community from random views (:mod:`training.models.self_label`). With ``hog_weight``
@@ -161,11 +163,15 @@ class ModelConfig:
                               "trains the encoder to predict its communities")
         if self.community_choice not in get_args(CommunityChoice):
             raise ConfigError(f"unknown community_choice {self.community_choice!r}: choose "
-                              "'even' or 'stable'")
+                              "'even', 'stable' or 'consensus'")
         if self.community_choice == "stable" and self.community_searches < 2:
             raise ConfigError("community_choice 'stable' keeps the partition most like the "
                               "others: it needs community_searches >= 2, got "
                               f"{self.community_searches}")
+        if self.community_choice == "consensus" and self.community_searches < 2:
+            raise ConfigError("community_choice 'consensus' reruns the partition step on what "
+                              "several searches agree on: it needs community_searches >= 2, "
+                              f"got {self.community_searches}")
         if self.backbone_loss not in get_args(BackboneLoss):
             raise ConfigError(f"unknown backbone_loss {self.backbone_loss!r}: choose 'nt-xent' "
                               "or 'vicreg'")
