@@ -101,7 +101,13 @@ CONTRASTIVE_E45 = {**CONTRASTIVE, "epochs": 45}
 
 def recipes(quick: bool) -> list[Recipe]:
     main = [Recipe("conv-mse-latent10", latent=10),
-            Recipe("contrastive-latent10", latent=10, **CONTRASTIVE)]  # type: ignore[arg-type]
+            Recipe("contrastive-latent10", latent=10, **CONTRASTIVE),  # type: ignore[arg-type]
+            # The K = 20 recipe (`--preset contrastive-graph20-consensus`).
+            Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-whiten25-consensus8",
+                   latent=10,
+                   extra={**GRAPH20, **HOG, **SPLIT10, "graph_whitening": 0.25,
+                          "community_searches": 8, "community_choice": "consensus"},
+                   **CONTRASTIVE_E30)]  # type: ignore[arg-type]
     if quick:
         return main
     return [
@@ -230,11 +236,8 @@ def recipes(quick: bool) -> list[Recipe]:
         # reweighted by the share of the searches that keep it inside a community. On saved
         # features of seeds 0-2 (training images) +0.006 over the whitened searches' mean,
         # +0.0005 on the shipped graph (README).
-        Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-whiten25-consensus8",
-               latent=10,
-               extra={**GRAPH20, **HOG, **SPLIT10, "graph_whitening": 0.25,
-                      "community_searches": 8, "community_choice": "consensus"},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
+        # `--preset contrastive-graph20-consensus`, the recommended K = 20 recipe.
+        main[2],
         # The 45-epoch row keeping the most even of 8 Louvain searches.
         Recipe("contrastive-crop1-relight-hog-graph20-e45-even8", latent=10,
                extra={**GRAPH20, **HOG, **EVEN8},

@@ -700,8 +700,30 @@ def test_split_preset_is_the_graph20_preset_split_from_10() -> None:
     assert off.coarse_communities == 0
 
 
+def test_consensus_preset_is_the_split_preset_whitened_on_a_consensus_of_8() -> None:
+    assert preset_options("contrastive-graph20-consensus") == (
+        "--model contrastive --min-crop 1.0 --view-relight --graph-communities 20 "
+        "--coarse-communities 10 --hog-weight 0.5 --graph-whitening 0.25 "
+        "--community-searches 8 --community-choice consensus --epochs 30 --clusters 20")
+    consensus = build_parser("contrastive-graph20-consensus").parse_args(
+        ["train", "--preset", "contrastive-graph20-consensus", "--out", "x/m/1"])
+    split = build_parser("contrastive-graph20-split").parse_args(
+        ["train", "--preset", "contrastive-graph20-split", "--out", "x/m/1"])
+    differ = {key for key in vars(consensus)
+              if getattr(consensus, key) != getattr(split, key)}
+    assert differ == {"preset", "graph_whitening", "community_searches", "community_choice"}
+    assert (consensus.graph_whitening, consensus.community_searches,
+            consensus.community_choice) == (0.25, 8, "consensus")
+    # Every word of the preset is a real option that parses to the same settings.
+    spelled = build_parser().parse_args(
+        ["train", *preset_options("contrastive-graph20-consensus").split(), "--out", "x/m/1"])
+    assert all(getattr(spelled, key) == getattr(consensus, key)
+               for key in vars(consensus) if key != "preset")
+
+
 @pytest.mark.parametrize(("preset", "coarse"), [("contrastive-graph20", None),
-                                                ("contrastive-graph20-split", 10)])
+                                                ("contrastive-graph20-split", 10),
+                                                ("contrastive-graph20-consensus", 10)])
 def test_preset_trains_its_recipe_end_to_end(preset: str, coarse: int | None, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str],
                                              caplog: pytest.LogCaptureFixture) -> None:
@@ -721,7 +743,12 @@ def test_preset_trains_its_recipe_end_to_end(preset: str, coarse: int | None, tm
     assert manifest.latent_dim == 20 and manifest.training.epochs == 1
     report = json.loads((out / "report" / "communities.json").read_text())
     assert (report["coarse_count"], report["count"]) == (coarse, 20)
-    assert caplog.text.count("communities: split community ") == (20 - coarse if coarse else 0)
+    consensus = preset == "contrastive-graph20-consensus"
+    # The consensus preset runs the whole step 8 times, then once more on the consensus.
+    assert caplog.text.count("communities: split community ") == (
+        (20 - coarse) * (9 if consensus else 1) if coarse else 0)
+    assert report["choice"] == ("consensus" if consensus else "even")
+    assert hp["graph_whitening"] == (0.25 if consensus else 0.0)
 
 
 def test_coarse_communities_as_many_as_the_graph_exits_2(
