@@ -802,39 +802,30 @@ def test_backbone_and_community_options_reach_the_recipe_and_the_manifest(
     assert len(report["sizes"]) == 12 and sum(report["sizes"]) == 1617
 
 
-def test_the_most_stable_of_several_whole_partition_searches_is_kept(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(("choice", "steps", "logged"), [
+    # Each search runs the whole step, a coarse partition and its six splits: three times,
+    # and the consensus once more on the reweighted graph.
+    ("stable", 3, "the most stable (mean adjusted Rand index with the others"),
+    ("consensus", 4, "rerun on the consensus of 3 searches"),
+])
+def test_several_whole_partition_searches_are_combined_by_the_choice(
+        choice: str, steps: int, logged: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "m" / "1"
     _train_digits_logged(["--backbone-filters", "8,16", "--graph-communities", "12",
                           "--coarse-communities", "6", "--community-searches", "3",
-                          "--community-choice", "stable"], out, capsys, caplog)
-    # Each search runs the whole step: a coarse partition and its six splits, three times.
-    assert caplog.text.count("communities: split community ") == 3 * 6
-    assert "kept the most even" not in caplog.text
-    assert "the most stable (mean adjusted Rand index with the others" in caplog.text
+                          "--community-choice", choice], out, capsys, caplog)
+    assert caplog.text.count("communities: split community ") == steps * 6
+    assert "kept the most even" not in caplog.text and logged in caplog.text
     report = json.loads((out / "report" / "communities.json").read_text())
-    assert (report["choice"], report["searches"], report["count"]) == ("stable", 3, 12)
-    assert len(report["stabilities"]) == 3 and all(-1 <= v <= 1 for v in report["stabilities"])
-    assert bundle.read_manifest(out).training.hyperparameters["community_choice"] == "stable"
-
-
-def test_the_partition_step_reruns_on_the_consensus_of_several_searches(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        caplog: pytest.LogCaptureFixture) -> None:
-    out = tmp_path / "m" / "1"
-    _train_digits_logged(["--backbone-filters", "8,16", "--graph-communities", "12",
-                          "--coarse-communities", "6", "--community-searches", "3",
-                          "--community-choice", "consensus"], out, capsys, caplog)
-    # Three whole steps on the graph, then a fourth on the consensus graph.
-    assert caplog.text.count("communities: split community ") == 4 * 6
-    assert "kept the most" not in caplog.text
-    assert "rerun on the consensus of 3 searches" in caplog.text
-    report = json.loads((out / "report" / "communities.json").read_text())
-    assert (report["choice"], report["searches"], report["count"]) == ("consensus", 3, 12)
-    assert 0 < report["consensus_agreement"] <= 1 and report["stabilities"] is None
+    assert (report["choice"], report["searches"], report["count"]) == (choice, 3, 12)
     assert len(report["sizes"]) == 12 and sum(report["sizes"]) == 1617
-    assert bundle.read_manifest(out).training.hyperparameters["community_choice"] == "consensus"
+    if choice == "stable":
+        assert report["consensus_agreement"] is None and len(report["stabilities"]) == 3
+        assert all(-1 <= v <= 1 for v in report["stabilities"])
+    else:
+        assert report["stabilities"] is None and 0 < report["consensus_agreement"] <= 1
+    assert bundle.read_manifest(out).training.hyperparameters["community_choice"] == choice
 
 
 def test_joint_embedding_takes_the_vicreg_projectors_512_numbers(
