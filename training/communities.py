@@ -328,12 +328,9 @@ CONSENSUS_FLOOR = 0.01
 CONSENSUS_POWER = 2.0
 
 
-def consensus_graph(adjacency: sp.csr_matrix, partitions: list[np.ndarray]) -> sp.csr_matrix:
-    """``adjacency``'s edges reweighted by how often the ``partitions`` keep them inside.
-
-    An edge whose two images share a community in a share ``a`` of the partitions weighs
-    ``CONSENSUS_FLOOR + (1 - CONSENSUS_FLOOR) * a ** CONSENSUS_POWER``.
-    """
+def _edge_agreement(adjacency: sp.csr_matrix, partitions: list[np.ndarray]
+                    ) -> tuple[sp.coo_matrix, np.ndarray]:
+    """``adjacency``'s edges and, per edge, the share of ``partitions`` keeping it inside."""
     if not partitions:
         raise ConfigError("a consensus graph needs at least one partition")
     stacked = np.stack([np.asarray(p) for p in partitions])
@@ -341,9 +338,26 @@ def consensus_graph(adjacency: sp.csr_matrix, partitions: list[np.ndarray]) -> s
         raise ConfigError(f"partitions {stacked.shape} must each label the graph's "
                           f"{adjacency.shape[0]} nodes")
     coo = adjacency.tocoo()
-    agreement = (stacked[:, coo.row] == stacked[:, coo.col]).mean(axis=0)
-    weights = CONSENSUS_FLOOR + (1.0 - CONSENSUS_FLOOR) * agreement ** CONSENSUS_POWER
-    return sp.csr_matrix((weights, (coo.row, coo.col)), shape=adjacency.shape)
+    return coo, (stacked[:, coo.row] == stacked[:, coo.col]).mean(axis=0)
+
+
+def consensus_graph(adjacency: sp.csr_matrix, partitions: list[np.ndarray], *,
+                    floor: float = CONSENSUS_FLOOR, power: float = CONSENSUS_POWER
+                    ) -> sp.csr_matrix:
+    """``adjacency``'s edges reweighted by how often the ``partitions`` keep them inside.
+
+    An edge whose two images share a community in a share ``a`` of the partitions weighs
+    ``floor + (1 - floor) * a ** power`` (the recipe's: ``CONSENSUS_FLOOR``,
+    ``CONSENSUS_POWER``; other values are for probes).
+    """
+    return _reweighted(*_edge_agreement(adjacency, partitions), floor=floor, power=power)
+
+
+def _reweighted(edges: sp.coo_matrix, shares: np.ndarray, *, floor: float, power: float
+                ) -> sp.csr_matrix:
+    """The graph of ``edges`` weighted ``floor + (1 - floor) * shares ** power``."""
+    return sp.csr_matrix((floor + (1.0 - floor) * shares ** power, (edges.row, edges.col)),
+                         shape=edges.shape)
 
 
 def consensus_partition(search: Callable[[sp.csr_matrix, int], Partition],
@@ -366,9 +380,9 @@ def consensus_partition(search: Callable[[sp.csr_matrix, int], Partition],
     started = time.perf_counter()
     partitions = [search(adjacency, seed + _SEARCH_SEED_STRIDE * i).labels
                   for i in range(int(searches))]
-    graph = consensus_graph(adjacency, partitions)
-    coo = adjacency.tocoo()
-    agreement = float(np.mean([np.mean(p[coo.row] == p[coo.col]) for p in partitions]))
+    edges, shares = _edge_agreement(adjacency, partitions)
+    graph = _reweighted(edges, shares, floor=CONSENSUS_FLOOR, power=CONSENSUS_POWER)
+    agreement = float(shares.mean())
     partition = search(graph, seed)
     logger.info("communities: the partition step rerun on the consensus of %d searches "
                 "(their edges kept inside a community: %.3f on average) in %.1f s",

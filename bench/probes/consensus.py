@@ -32,15 +32,6 @@ from training.data.idx import read_idx
 from training.evaluation import majority_accuracy
 
 
-def agreement_graph(adjacency: communities.sp.csr_matrix, partitions: np.ndarray,
-                    floor: float, power: float) -> communities.sp.csr_matrix:
-    """``adjacency`` with each edge weighted floor + (1 - floor) * agreement ** power."""
-    coo = adjacency.tocoo()
-    agreement = (partitions[:, coo.row] == partitions[:, coo.col]).mean(axis=0)
-    weights = floor + (1.0 - floor) * agreement ** power
-    return communities.sp.csr_matrix((weights, (coo.row, coo.col)), shape=adjacency.shape)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,7 +63,8 @@ def main() -> int:
             single = [majority_accuracy(truth, p) for p in members]
             for floor, power in forms:
                 started = time.perf_counter()
-                graph = agreement_graph(adjacency, members, floor, power)
+                graph = communities.consensus_graph(adjacency, list(members),
+                                                    floor=floor, power=power)
                 results = []
                 for final in range(args.final_seeds):
                     seed = saved.train_seed + 500_000 + 1000 * final

@@ -653,17 +653,19 @@ def test_cli_trains_the_backbone_15_epochs_by_default(
 # --- presets ------------------------------------------------------------------------------------
 
 
+def _preset(name: str, *options: str) -> argparse.Namespace:
+    """``train --preset name *options`` parsed as main() parses it: the preset's defaults."""
+    return build_parser(name).parse_args(["train", "--preset", name, *options, "--out", "x/m/1"])
+
+
 def test_preset_sets_defaults_and_explicit_options_win(
         capsys: pytest.CaptureFixture[str]) -> None:
-    args = build_parser("contrastive-graph20").parse_args(
-        ["train", "--preset", "contrastive-graph20", "--out", "x/m/1"])
+    args = _preset("contrastive-graph20")
     assert (args.model, args.min_crop, args.view_relight, args.view_flip) == (
         "contrastive", 1.0, True, True)
     assert (args.graph_communities, args.hog_weight, args.epochs, args.clusters) == (
         20, 0.5, 30, 20)
-    mine = build_parser("contrastive-graph20").parse_args(
-        ["train", "--preset", "contrastive-graph20", "--epochs", "5", "--clusters", "25",
-         "--out", "x/m/1"])
+    mine = _preset("contrastive-graph20", "--epochs", "5", "--clusters", "25")
     assert (mine.epochs, mine.clusters, mine.graph_communities) == (5, 25, 20)
     # The help names the options the preset stands for, and each is a real option.
     words = preset_options("contrastive-graph20")
@@ -686,17 +688,13 @@ def test_split_preset_is_the_graph20_preset_split_from_10() -> None:
     assert preset_options("contrastive-graph20-split") == (
         "--model contrastive --min-crop 1.0 --view-relight --graph-communities 20 "
         "--coarse-communities 10 --hog-weight 0.5 --epochs 30 --clusters 20")
-    split = build_parser("contrastive-graph20-split").parse_args(
-        ["train", "--preset", "contrastive-graph20-split", "--out", "x/m/1"])
-    one = build_parser("contrastive-graph20").parse_args(
-        ["train", "--preset", "contrastive-graph20", "--out", "x/m/1"])
+    split = _preset("contrastive-graph20-split")
+    one = _preset("contrastive-graph20")
     differ = {key for key in vars(split) if getattr(split, key) != getattr(one, key)}
     assert differ == {"preset", "coarse_communities"}
     assert (split.coarse_communities, one.coarse_communities) == (10, 0)
     # An explicit option still wins: 0 turns the split off.
-    off = build_parser("contrastive-graph20-split").parse_args(
-        ["train", "--preset", "contrastive-graph20-split", "--coarse-communities", "0",
-         "--out", "x/m/1"])
+    off = _preset("contrastive-graph20-split", "--coarse-communities", "0")
     assert off.coarse_communities == 0
 
 
@@ -705,10 +703,8 @@ def test_consensus_preset_is_the_split_preset_whitened_on_a_consensus_of_8() -> 
         "--model contrastive --min-crop 1.0 --view-relight --graph-communities 20 "
         "--coarse-communities 10 --hog-weight 0.5 --graph-whitening 0.25 "
         "--community-searches 8 --community-choice consensus --epochs 30 --clusters 20")
-    consensus = build_parser("contrastive-graph20-consensus").parse_args(
-        ["train", "--preset", "contrastive-graph20-consensus", "--out", "x/m/1"])
-    split = build_parser("contrastive-graph20-split").parse_args(
-        ["train", "--preset", "contrastive-graph20-split", "--out", "x/m/1"])
+    consensus = _preset("contrastive-graph20-consensus")
+    split = _preset("contrastive-graph20-split")
     differ = {key for key in vars(consensus)
               if getattr(consensus, key) != getattr(split, key)}
     assert differ == {"preset", "graph_whitening", "community_searches", "community_choice"}

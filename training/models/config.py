@@ -164,14 +164,12 @@ class ModelConfig:
         if self.community_choice not in get_args(CommunityChoice):
             raise ConfigError(f"unknown community_choice {self.community_choice!r}: choose "
                               "'even', 'stable' or 'consensus'")
-        if self.community_choice == "stable" and self.community_searches < 2:
-            raise ConfigError("community_choice 'stable' keeps the partition most like the "
-                              "others: it needs community_searches >= 2, got "
-                              f"{self.community_searches}")
-        if self.community_choice == "consensus" and self.community_searches < 2:
-            raise ConfigError("community_choice 'consensus' reruns the partition step on what "
-                              "several searches agree on: it needs community_searches >= 2, "
-                              f"got {self.community_searches}")
+        several = {"stable": "keeps the partition most like the others",
+                   "consensus": "reruns the partition step on what several searches agree on"}
+        if self.community_choice in several and self.community_searches < 2:
+            raise ConfigError(f"community_choice {self.community_choice!r} "
+                              f"{several[self.community_choice]}: it needs community_searches "
+                              f">= 2, got {self.community_searches}")
         if self.backbone_loss not in get_args(BackboneLoss):
             raise ConfigError(f"unknown backbone_loss {self.backbone_loss!r}: choose 'nt-xent' "
                               "or 'vicreg'")
