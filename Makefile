@@ -5,6 +5,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The lock the venv installs: every package at an exact version and hash (make lock).
+LOCK   := requirements/dev.txt
 # Quiet TensorFlow's C++ start-up chatter; errors still show.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -12,16 +14,26 @@ HTTP_PORT ?= 8501
 GRPC_PORT ?= 8500
 RUN_ARGS ?= --dataset digits --model contrastive --latent 10 --clusters 10 --seed 0
 
-.PHONY: run train test test-slow lint venv bench bench-quality clean
+.PHONY: run train test test-slow lint venv lock bench bench-quality clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The venv is exactly the lock: a changed lock rebuilds it from scratch, so a package the
+# lock dropped cannot linger. Nothing is resolved here (--no-deps, --require-hashes); the
+# project itself goes in editable, built by the lock's setuptools (--no-build-isolation).
+$(STAMP): $(LOCK) pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11" >&2; exit 1; }
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --editable .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+## make lock: recompile requirements/*.txt from pyproject.toml (pins kept where they still
+## resolve; UPGRADE=1 moves everything to the newest allowed release). Commit the result.
+lock: $(STAMP)
+	$(PY) scripts/lock.py $(if $(UPGRADE),--upgrade,)
 
 ## make run: train the digits bundle into models/digits/1 if the repository has none
 ## (and evaluate it), then serve models/ on HTTP 8501 and gRPC 8500 until Ctrl-C.

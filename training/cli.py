@@ -345,7 +345,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     rep.add_argument("--max-images", type=_positive_int, default=5000,
                      help="seeded sample of the split that every panel is drawn from")
     rep.add_argument("--map-points", type=_positive_int, default=3000,
-                     help="at most this many points in the t-SNE/UMAP map (the slow step)")
+                     help="at most this many points in the t-SNE map (the slow step)")
     rep.add_argument("--projector", type=Path, default=None, metavar="DIR",
                      help="also write TensorBoard projector files (tensors.tsv, metadata.tsv, "
                           "sprite.png, projector_config.pbtxt) here: tensorboard --logdir DIR")

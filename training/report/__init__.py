@@ -2,7 +2,7 @@
 
 Modules: ``gather`` (sample a split and run it through the bundle), ``panels`` (one function
 per panel), ``figures`` (matplotlib drawings), ``tiles`` (pixel-exact thumbnail grids),
-``maps`` (t-SNE / UMAP), ``html`` (the page), ``projector`` (TensorBoard's embedding
+``maps`` (t-SNE), ``html`` (the page), ``projector`` (TensorBoard's embedding
 projector), ``build`` (all of it in order).
 """
 

@@ -1,8 +1,7 @@
-"""2-D maps of embeddings for people to look at: t-SNE (scikit-learn), and UMAP if installed."""
+"""2-D maps of embeddings for people to look at: t-SNE (scikit-learn)."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 
@@ -23,11 +22,6 @@ def subsample(n: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
-def umap_available() -> bool:
-    """True when the optional ``umap-learn`` package can be imported."""
-    return importlib.util.find_spec("umap") is not None
-
-
 def tsne(embeddings: np.ndarray, seed: int) -> np.ndarray:
     """t-SNE of ``embeddings`` [N, D] to float32 [N, 2] (Barnes-Hut, PCA init, seeded)."""
     n = len(embeddings)
@@ -44,15 +38,3 @@ def tsne(embeddings: np.ndarray, seed: int) -> np.ndarray:
     logger.info("report: t-SNE done in %.1f s", time.monotonic() - started)
     return np.asarray(xy, dtype=np.float32)
 
-
-def umap(embeddings: np.ndarray, seed: int) -> np.ndarray:
-    """UMAP of ``embeddings`` [N, D] to float32 [N, 2]; call only if :func:`umap_available`."""
-    import umap as umap_module  # optional dependency
-
-    n = len(embeddings)
-    logger.info("report: UMAP on %d points", n)
-    started = time.monotonic()
-    reducer = umap_module.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=seed)
-    xy = reducer.fit_transform(np.asarray(embeddings, dtype=np.float32))
-    logger.info("report: UMAP done in %.1f s", time.monotonic() - started)
-    return np.asarray(xy, dtype=np.float32)

@@ -270,7 +270,7 @@ def galleries(data: ReportData, out: Path, *, nearest: int = 8, farthest: int = 
 
 
 def embedding_map(data: ReportData, out: Path, *, max_points: int = 3000) -> Section:
-    """t-SNE (and UMAP when installed) of at most ``max_points`` sampled embeddings."""
+    """t-SNE of at most ``max_points`` sampled embeddings."""
     section = Section("embedding-map", "2-D map of the embeddings")
     index = maps.subsample(data.n, max_points, data.seed)
     if len(index) < maps.MIN_POINTS:
@@ -282,21 +282,14 @@ def embedding_map(data: ReportData, out: Path, *, max_points: int = 3000) -> Sec
     names: list[str] = []
     if labels is not None:
         names = [data.label_name(j) for j in range(int(labels.max()) + 1)]
-    methods = [("t-SNE", maps.tsne)]
-    if maps.umap_available():
-        methods.append(("UMAP", maps.umap))
-    for method, project in methods:
-        xy = project(emb, data.seed)
-        path, rel = _fig(out, f"map_{method.lower().replace('-', '')}.png")
-        figures.plot_map(xy, ids, data.manifest.n_clusters, path, method=method, labels=labels,
-                         label_names=names)
-        section.blocks.append(Figure(
-            rel, f"{method} map", f"{method} of {len(index)} sampled embeddings, coloured by "
-            "cluster (ids at each cluster's median point)"
-            + (" and by label." if labels is not None else ".")))
-    if not maps.umap_available():
-        section.blocks.append(Text("UMAP is not installed (pip install umap-learn), so only "
-                                   "t-SNE is shown.", "note"))
+    xy = maps.tsne(emb, data.seed)
+    path, rel = _fig(out, "map_tsne.png")
+    figures.plot_map(xy, ids, data.manifest.n_clusters, path, method="t-SNE", labels=labels,
+                     label_names=names)
+    section.blocks.append(Figure(
+        rel, "t-SNE map", f"t-SNE of {len(index)} sampled embeddings, coloured by "
+        "cluster (ids at each cluster's median point)"
+        + (" and by label." if labels is not None else ".")))
     if labels is None:
         section.blocks.append(Omitted("map-by-label", no_labels_reason(data)))
     return section

@@ -6,7 +6,7 @@ import warnings
 
 from service._generated.aecluster.v1 import cluster_service_pb2 as aecluster_dot_v1_dot_cluster__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
