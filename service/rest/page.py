@@ -1,4 +1,5 @@
-"""The service's own web page: ``GET /`` and its static files under ``/static/``.
+"""The service's own web page: ``GET /``, its static files under ``/static/`` and the
+site icon at ``/favicon.ico``.
 
 Plain files from ``service/static/`` (no build step, nothing fetched from another host);
 the page talks to the public native API only (``/v1/models``, ``:cluster``, ``/clusters``).
@@ -15,6 +16,7 @@ from starlette.staticfiles import StaticFiles
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 STATIC_PREFIX = "/static"
 INDEX_FILE = "index.html"
+FAVICON_FILE = "favicon.ico"
 
 # The page needs nothing from another origin: say so to the browser, so an injected
 # script or a stray external URL cannot load anything. Reconstructions arrive as data:
@@ -34,19 +36,29 @@ PAGE_HEADERS = {
 
 
 def add_page(app: FastAPI, static_dir: Path = STATIC_DIR) -> None:
-    """Serve the page at ``/`` and its assets at ``/static/`` on ``app``.
+    """Serve the page at ``/``, its assets at ``/static/`` and its icon at ``/favicon.ico``.
 
     Raises FileNotFoundError at start-up, not on the first visit, when the files are
     missing (e.g. a wheel built without its package data).
     """
-    index = static_dir / INDEX_FILE
-    if not index.is_file():
-        raise FileNotFoundError(f"the service's page is missing: {index} does not exist")
+    index, favicon = static_dir / INDEX_FILE, static_dir / FAVICON_FILE
+    for required in (index, favicon):
+        if not required.is_file():
+            raise FileNotFoundError(f"the service's page is missing: {required} does not exist")
 
     async def page() -> Response:
         """The web page: inspect an image, browse the clusters of a model."""
         return FileResponse(index, media_type="text/html; charset=utf-8",
                             headers=PAGE_HEADERS)
 
+    async def icon() -> Response:
+        """The site icon. The page links it from /static/; browsers also ask for it here
+        unprompted (any page of the server, /docs and /metrics included), and a 404 there
+        is an error in every browser console."""
+        return FileResponse(favicon, media_type="image/x-icon",
+                            headers={"Cache-Control": "public, max-age=86400"})
+
     app.add_api_route("/", page, methods=["GET"], name="page", include_in_schema=False)
+    app.add_api_route("/favicon.ico", icon, methods=["GET"], name="favicon",
+                      include_in_schema=False)
     app.mount(STATIC_PREFIX, StaticFiles(directory=static_dir), name="static")

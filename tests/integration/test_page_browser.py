@@ -135,7 +135,9 @@ def page(browser: Any, server: str) -> Any:
     _wait(browser, lambda d: d.execute_script(
         "const s = document.getElementById('model-select');"
         "return !s.disabled && s.options.length > 0;"), "the model list")
-    browser.get_log("browser")  # start each test with an empty console
+    # Loading the page logs no error either (a missing /favicon.ico is one in Chromium);
+    # reading the log also empties it, so each test starts with a clean console.
+    assert _console_errors(browser) == []
     return browser
 
 

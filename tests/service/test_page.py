@@ -9,6 +9,7 @@ drives the page itself over a real bundle.
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 from fastapi import FastAPI
+from PIL import Image
 
 from service.dataplane import DataPlane
 from service.metrics import Metrics
@@ -29,6 +31,7 @@ from service.rest.page import STATIC_DIR, add_page
 from service.settings import Settings
 
 STATIC_FILES = sorted(p for p in STATIC_DIR.rglob("*") if p.is_file())
+TEXT_FILES = [p for p in STATIC_FILES if p.suffix in {".html", ".js", ".css"}]
 # A URL with a scheme, or protocol-relative: either could reach another host.
 EXTERNAL_URL = re.compile(
     r"""(?i)\b[a-z][a-z0-9+.-]*://"""  # http://, https://, ws://, ftp://...
@@ -121,7 +124,8 @@ def test_every_referenced_asset_is_served(client: Client) -> None:
     refs += [urljoin("/static/style.css", u)
              for u in re.findall(r"""url\(\s*["']?([^"')]+)""", css)]
     local = [r for r in refs if not r.startswith("#")]
-    assert {"static/style.css", "static/app.js", "/docs", "/v1/models"} <= set(local)
+    assert {"static/style.css", "static/app.js", "static/favicon.ico", "/docs",
+            "/v1/models"} <= set(local)
 
     for ref in local:
         response = client.get(urljoin("http://testserver/", ref))
@@ -139,7 +143,7 @@ def test_every_static_file_is_served(client: Client, path: Path) -> None:
     assert response.content == path.read_bytes()
 
 
-@pytest.mark.parametrize("path", STATIC_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", TEXT_FILES, ids=lambda p: p.name)
 def test_no_url_to_another_host(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     hits = [m.group(0) for m in EXTERNAL_URL.finditer(text)]
@@ -190,6 +194,23 @@ def test_nothing_else_is_served(client: Client, path: str) -> None:
 def test_the_page_needs_its_files(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"index\.html"):
         add_page(FastAPI(), tmp_path)
+    (tmp_path / "index.html").write_text("<!doctype html>", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match=r"favicon\.ico"):
+        add_page(FastAPI(), tmp_path)
+
+
+def test_favicon_is_a_real_icon_served_where_browsers_ask(client: Client) -> None:
+    # Browsers request /favicon.ico on their own; a 404 there is a console error on
+    # every page of the server (the browser test asserts a clean console).
+    response = client.get("/favicon.ico")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/x-icon"
+    assert response.content == client.get("/static/favicon.ico").content
+    icon = Image.open(io.BytesIO(response.content))
+    assert icon.format == "ICO" and {(16, 16), (32, 32)} <= icon.info["sizes"]
+    assert len(response.content) < 8 * 1024  # small: fetched once per browser
+    assert "/favicon.ico" not in client.get("/openapi.json").json()["paths"]
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node not installed: no syntax check")
