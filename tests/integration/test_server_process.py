@@ -9,90 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
-import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
-from sklearn.datasets import load_digits
 
+from tests.integration.server import Server, digit_png, start_server
 from tests.service.bundles import clone_version
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _png(index: int) -> bytes:
-    pixels = np.round(load_digits().images[index] / 16 * 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    url: str
-    grpc_target: str
-    repo: Path
-    log: Path
-
-    def metric(self, name: str, **labels: str) -> float:
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v
-                                               for k, v in labels.items()):
-                    total += sample.value
-        return total
-
-    def rss_mb(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        raise AssertionError("no VmRSS")
-
-
-def _start(repo: Path, tmp_path: Path, **settings: str) -> Server:
-    http_port, grpc_port = _free_port(), _free_port()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "AEC_MODEL_REPO": str(repo),
-           "AEC_HOST": "127.0.0.1", "AEC_HTTP_PORT": str(http_port),
-           "AEC_GRPC_PORT": str(grpc_port), "AEC_POLL_SECONDS": "0.5",
-           **{f"AEC_{k.upper()}": v for k, v in settings.items()}}
-    log = tmp_path / "server.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env,
-                                stdout=sink, stderr=subprocess.STDOUT)
-    server = Server(proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", repo, log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("server not ready:\n" + log.read_text())
 
 
 @pytest.fixture
@@ -100,7 +28,7 @@ def server_factory(tmp_path: Path) -> Iterator[object]:
     started: list[Server] = []
 
     def start(repo: Path, **settings: str) -> Server:
-        server = _start(repo, tmp_path, **settings)
+        server = start_server(sys.executable, repo, tmp_path, REPO_ROOT, **settings)
         started.append(server)
         return server
 
@@ -118,7 +46,7 @@ async def _cluster(client: httpx.AsyncClient, png: bytes, model: str = "digits")
 
 def test_concurrent_requests_are_batched(server_factory, model_repo: Path) -> None:  # type: ignore[no-untyped-def]
     server = server_factory(model_repo, max_batch_delay_ms="20", max_batch_size="16")
-    pngs = [_png(i) for i in range(32)]
+    pngs = [digit_png(i) for i in range(32)]
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
@@ -136,7 +64,7 @@ def test_concurrent_requests_are_batched(server_factory, model_repo: Path) -> No
 def test_version_swap_under_load_fails_no_request(server_factory, model_repo: Path,  # type: ignore[no-untyped-def]
                                                   digits_bundle: Path) -> None:
     server = server_factory(model_repo)
-    pngs = [_png(i) for i in range(8)]
+    pngs = [digit_png(i) for i in range(8)]
     versions: list[int] = []
     failures: list[str] = []
 
@@ -179,7 +107,7 @@ def test_overload_gets_503_at_once_without_memory_growth(server_factory,  # type
                                                         model_repo: Path) -> None:
     server = server_factory(model_repo, max_queue="8", max_batch_size="4",
                             max_batch_delay_ms="200")
-    big = {"instances": [{"b64": base64.b64encode(_png(i)).decode()} for i in range(6)]}
+    big = {"instances": [{"b64": base64.b64encode(digit_png(i)).decode()} for i in range(6)]}
 
     async def flood(n: int) -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=n)
@@ -205,7 +133,7 @@ def test_sigterm_drains_in_flight_requests(server_factory, model_repo: Path) -> 
     # A long batch delay keeps requests queued when the signal arrives.
     server = server_factory(model_repo, max_batch_delay_ms="1500", max_batch_size="64",
                             drain_seconds="20")
-    pngs = [_png(i) for i in range(16)]
+    pngs = [digit_png(i) for i in range(16)]
 
     async def scenario() -> tuple[list[httpx.Response], int, int]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:

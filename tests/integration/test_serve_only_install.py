@@ -1,0 +1,111 @@
+"""The service installs from requirements/serve-cpu.txt alone, as the serving image does, and
+`python -m service` starts and answers there: no training package is needed to serve.
+
+The environment is built the Dockerfile's way: the lock with --require-hashes --no-deps
+(nothing resolved), then a wheel of the project built from pyproject.toml, README.md and
+service/ only. It runs from a folder outside the repository, so nothing is imported from the
+work tree. Building it takes about 40 s (TensorFlow comes from pip's cache after `make venv`).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.integration.server import Server, digit_png, start_server
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVE_LOCK = REPO_ROOT / "requirements" / "serve-cpu.txt"
+# What the training extra adds and the service must do without (and the training code).
+TRAINING_ONLY = ("matplotlib", "sklearn", "sknetwork", "scipy", "threadpoolctl", "training")
+
+
+def _pip(python: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """This venv's pip acting on the environment of ``python`` (pip's --python), so the
+    new environment needs no pip of its own."""
+    return subprocess.run([sys.executable, "-m", "pip", "--python", str(python),
+                           "--disable-pip-version-check", *args],
+                          capture_output=True, text=True, timeout=900, check=False)
+
+
+@pytest.fixture(scope="module")
+def serve_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The interpreter of a fresh venv holding serve-cpu.txt and the project's service."""
+    work = tmp_path_factory.mktemp("serve-only")
+    # The serving image's build context: no training/ folder, so the wheel has none.
+    source = work / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    shutil.copytree(REPO_ROOT / "service", source / "service",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    wheels = work / "wheels"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "--wheel-dir", str(wheels), str(source)],
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = wheels.glob("aecluster-*.whl")
+
+    env = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True,
+                   timeout=120)
+    python = env / "bin" / "python"
+    for step in (("install", "--require-hashes", "--no-deps", "-r", str(SERVE_LOCK)),
+                 ("install", "--no-deps", str(wheel)),
+                 ("check",)):  # every installed package has what it depends on
+        done = _pip(python, *step)
+        assert done.returncode == 0, f"pip {' '.join(step)}:\n{done.stdout}{done.stderr}"
+    return python
+
+
+@pytest.fixture
+def serve_only_server(serve_python: Path, model_repo: Path, tmp_path: Path) -> Iterator[Server]:
+    cwd = tmp_path / "elsewhere"  # not the repository: only installed code is importable
+    cwd.mkdir()
+    server = start_server(str(serve_python), model_repo, tmp_path, cwd)
+    yield server
+    server.proc.terminate()
+    server.proc.wait(timeout=30)
+
+
+def test_the_serve_only_environment_has_no_training_packages(serve_python: Path) -> None:
+    probe = ("import importlib.util, sys; "
+             "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m)))")
+    found = subprocess.run([str(serve_python), "-c", probe, *TRAINING_ONLY],
+                           capture_output=True, text=True, timeout=60, check=True,
+                           cwd=serve_python.parent, env={**os.environ, "PYTHONPATH": ""})
+    assert found.stdout.split() == []
+    where = subprocess.run([str(serve_python), "-c", "import service; print(service.__file__)"],
+                           capture_output=True, text=True, timeout=60, check=True,
+                           cwd=serve_python.parent)
+    # The installed wheel, not the work tree.
+    assert Path(where.stdout.strip()).is_relative_to(serve_python.parents[1] / "lib")
+    installed = _pip(serve_python, "list", "--format=freeze").stdout.lower()
+    assert "tensorflow==" in installed and "matplotlib" not in installed
+
+
+def test_python_m_service_starts_and_answers(serve_only_server: Server) -> None:
+    server = serve_only_server
+    body = {"instances": [{"b64": base64.b64encode(digit_png(i)).decode()} for i in range(3)]}
+    response = httpx.post(f"{server.url}/v1/models/digits:cluster", json=body, timeout=60)
+
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 3
+    assert all(0 <= p["cluster_id"] < 10 and p["distance"] >= 0 for p in predictions)
+    assert httpx.get(f"{server.url}/", timeout=10).status_code == 200  # the page's files
+    assert httpx.get(f"{server.url}/favicon.ico", timeout=10).status_code == 200
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                           timeout=30)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
