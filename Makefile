@@ -32,7 +32,10 @@ $(STAMP): $(LOCK) pyproject.toml
 
 ## make lock: recompile requirements/*.txt from pyproject.toml (pins kept where they still
 ## resolve; UPGRADE=1 moves everything to the newest allowed release). Commit the result.
-lock: $(STAMP)
+## It uses the venv's uv as it is: a pyproject.toml that no longer matches the old lock must
+## not first rebuild the venv from that lock.
+lock:
+	@test -x $(VENV)/bin/uv || $(MAKE) venv
 	$(PY) scripts/lock.py $(if $(UPGRADE),--upgrade,)
 
 ## make run: train the digits bundle into models/digits/1 if the repository has none

@@ -1,7 +1,8 @@
-"""The Dockerfile lints clean, and what it installs and runs matches pyproject.toml, the
-service's entry point and settings, and the Kubernetes manifests. No Docker engine needed:
-the instructions are parsed, and the parts that are programs (the requirement list, the
-HEALTHCHECK) are run here against the real files."""
+"""The Dockerfile lints clean, and what it installs and runs matches the committed locks
+(requirements/*.txt), pyproject.toml, the service's entry point and settings, and the
+Kubernetes manifests. No Docker engine needed: the instructions are parsed, each `pip
+install` is read word by word, the lock files it names are read, and the HEALTHCHECK is run
+here."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import threading
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
 from service.settings import Settings
 from tests.deploy import manifests
@@ -29,6 +32,10 @@ DOCKERIGNORE = manifests.ROOT / ".dockerignore"
 PYPROJECT: dict[str, Any] = tomllib.loads(
     (manifests.ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 PROJECT: dict[str, Any] = PYPROJECT["project"]
+VARIANTS = ("cpu", "gpu")
+# The two images: `serve` is the default (last) stage, `train` is built with --target train.
+TARGETS = ("serve", "train")
+VENV = "/opt/venv"
 
 
 @dataclass(frozen=True)
@@ -91,18 +98,157 @@ def _env(instruction: Instruction) -> dict[str, str]:
     return dict(word.split("=", 1) for word in shlex.split(instruction.args))
 
 
-def _requirements_command() -> list[str]:
-    """The `python -c CODE VARIANT` that writes requirements.txt in the build stage."""
-    for run in _in_stage("build", "RUN"):
-        words = shlex.split(run.args)
-        if "requirements.txt" in words and words[:2] == ["python", "-c"]:
-            return words[:4]
-    raise AssertionError("no RUN python -c ... > requirements.txt in the build stage")
+def _expand(text: str, variant: str) -> str:
+    """``text`` with the VARIANT build argument substituted, as the builder does."""
+    return re.sub(r"\$\{VARIANT\}|\$VARIANT\b", variant, text)
 
 
-def _pyproject_requirements(variant: str) -> list[str]:
-    extra = PROJECT["optional-dependencies"]["gpu"] if variant == "gpu" else []
-    return [*PROJECT["dependencies"], *extra]
+def _stages() -> dict[str, str]:
+    """{stage: what its FROM names}, in the Dockerfile's order (the last is the default)."""
+    return {i.stage: i.args.split()[0] for i in _instructions()
+            if i.keyword == "FROM" and i.stage is not None}
+
+
+def _chain(stage: str, variant: str) -> list[str]:
+    """``stage`` and the stages it is built FROM, nearest first (the image at the root is
+    not included)."""
+    stages = _stages()
+    chain = [stage]
+    while (parent := _expand(stages[chain[-1]], variant)) in stages:
+        chain.append(parent)
+    return chain
+
+
+def _effective(stage: str, keyword: str, variant: str = "cpu") -> Instruction | None:
+    """The ``keyword`` instruction in force in ``stage``: its own last one, else its
+    parent's, and so on (what ENTRYPOINT, USER, HEALTHCHECK, WORKDIR inherit)."""
+    for name in _chain(stage, variant):
+        found = _in_stage(name, keyword)
+        if found:
+            return found[-1]
+    return None
+
+
+def _copy_words(copy: Instruction) -> tuple[dict[str, str], list[str], str]:
+    """(--flags, sources, destination) of a COPY."""
+    words = copy.args.split()
+    flags = dict(w[2:].partition("=")[::2] for w in words if w.startswith("--"))
+    paths = [w for w in words if not w.startswith("--")]
+    return flags, paths[:-1], paths[-1]
+
+
+def _venv_stage(target: str, variant: str) -> str:
+    """The stage whose /opt/venv the ``target`` image copies in."""
+    for name in _chain(target, variant):
+        for copy in _in_stage(name, "COPY"):
+            flags, sources, destination = _copy_words(copy)
+            if "from" in flags and sources == [VENV] and destination == VENV:
+                return flags["from"]
+    raise AssertionError(f"{target} copies no {VENV} from a build stage")
+
+
+def _build_stages(target: str, variant: str) -> list[str]:
+    """The stages that make the ``target`` image's venv, in build order (base first)."""
+    return list(reversed(_chain(_venv_stage(target, variant), variant)))
+
+
+@dataclass(frozen=True)
+class PipInstall:
+    run: Instruction
+    options: list[str]  # every word starting with "-" (but the values of -r)
+    locks: list[str]  # the -r files, as written (${VARIANT} unexpanded)
+    targets: list[str]  # everything else: what is installed besides the locks
+
+
+def _pip_installs(stage: str | None = None) -> list[PipInstall]:
+    """Every `pip install` of the RUN instructions (of ``stage``, or all), one per command
+    of a `&&` chain."""
+    found = []
+    for run in (i for i in _instructions()
+                if i.keyword == "RUN" and (stage is None or i.stage == stage)):
+        command: list[str] = []
+        for word in [*shlex.split(run.args), "&&"]:
+            if word not in ("&&", "||", ";"):
+                command.append(word)
+                continue
+            if command[:2] == ["pip", "install"] or command[:4] == ["python", "-m", "pip",
+                                                                    "install"]:
+                rest = command[command.index("install") + 1:]
+                options, locks, targets = [], [], []
+                words = iter(rest)
+                for w in words:
+                    if w in ("-r", "--requirement"):
+                        locks.append(next(words))
+                    elif w.startswith("-"):
+                        options.append(w)
+                    else:
+                        targets.append(w)
+                found.append(PipInstall(run, options, locks, targets))
+            command = []
+    return found
+
+
+def _locks_of(target: str, variant: str) -> list[str]:
+    """The lock files installed into the ``target`` image's venv, in order, expanded."""
+    return [_expand(lock, variant) for stage in _build_stages(target, variant)
+            for pip in _pip_installs(stage) for lock in pip.locks]
+
+
+def _context_copies(target: str, variant: str) -> set[str]:
+    """What the ``target`` image's build copies from the build context (not the locks)."""
+    stages = set(_build_stages(target, variant)) | set(_chain(target, variant))
+    return {_expand(source, variant).rstrip("/")
+            for stage in stages for copy in _in_stage(stage, "COPY")
+            for flags, sources, _ in [_copy_words(copy)] if "from" not in flags
+            for source in sources if not source.startswith("requirements/")}
+
+
+@dataclass(frozen=True)
+class Pin:
+    version: str
+    hashes: frozenset[str]
+    via: tuple[str, ...]  # uv's annotation: what requires it ("aecluster (pyproject.toml)", ...)
+
+
+def _read_lock(path: str) -> dict[str, Pin]:
+    """{canonical name: Pin} of a `uv pip compile --generate-hashes` lock file."""
+    pins: dict[str, dict[str, Any]] = {}
+    current: dict[str, Any] | None = None
+    in_via = False
+    for line in (manifests.ROOT / path).read_text(encoding="utf-8").splitlines():
+        if match := re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==(\S+)", line):
+            current = {"version": match[2], "hashes": set(), "via": []}
+            pins[canonicalize_name(match[1])] = current
+            in_via = False
+            continue
+        text = line.strip().rstrip("\\").strip()
+        if not line.startswith(" "):  # the header's comments; anything else is not a pin
+            assert not text or text.startswith("#"), f"{path}: {line!r} is not an exact pin"
+            continue
+        assert current is not None, f"{path}: {line!r} belongs to no pin"
+        if text.startswith("--hash="):
+            current["hashes"].add(text.removeprefix("--hash="))
+        elif text == "# via":
+            in_via = True
+        elif text.startswith("# via "):
+            current["via"].append(text.removeprefix("# via ").strip())
+            in_via = False
+        elif in_via and text.startswith("#"):
+            current["via"].append(text.lstrip("#").strip())
+    return {name: Pin(p["version"], frozenset(p["hashes"]), tuple(p["via"]))
+            for name, p in pins.items()}
+
+
+def _extra(name: str) -> set[str]:
+    """The canonical package names of a pyproject.toml extra."""
+    return {canonicalize_name(Requirement(r).name)
+            for r in PROJECT["optional-dependencies"][name]}
+
+
+def _packages() -> set[str]:
+    """The top-level packages setuptools installs (the find patterns' roots)."""
+    return {p.rstrip("*").rstrip(".") for p in
+            PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
 
 
 # ---- lint ----------------------------------------------------------------------------------
@@ -143,13 +289,40 @@ def test_base_python_is_the_one_pyproject_requires() -> None:
 
 
 def test_stages_and_the_variant_switch() -> None:
-    froms = {i.stage: i.args.split()[0] for i in _instructions() if i.keyword == "FROM"}
-    # build and both runtimes share one base: the venv's interpreter links point into it.
-    assert froms == {"python": "${PYTHON_IMAGE}", "build": "python",
-                     "runtime-cpu": "python", "runtime-gpu": "python",
-                     "runtime": "runtime-${VARIANT}"}
-    assert list(froms)[-1] == "runtime"  # the default target
+    # Build and runtime stages share one base: the venv's interpreter links point into it.
+    # The train build starts from the serve dependency layer: the train image shares it.
+    assert _stages() == {
+        "python": "${PYTHON_IMAGE}",
+        "serve-deps": "python", "serve-build": "serve-deps", "train-build": "serve-deps",
+        "runtime-cpu": "python", "runtime-gpu": "python",
+        "runtime": "runtime-${VARIANT}", "train": "runtime", "serve": "runtime",
+    }
     assert _global_args()["VARIANT"] == "cpu"
+    for variant in VARIANTS:
+        for target in TARGETS:
+            assert _chain(target, variant)[-1] == "python"
+            assert _chain(_venv_stage(target, variant), variant)[-1] == "python"
+
+
+def test_serve_is_the_default_target() -> None:
+    """A plain `docker build .` builds the last stage: it must be the service's image."""
+    assert list(_stages())[-1] == "serve"
+    last = _instructions()[-1]
+    assert (last.stage, last.keyword) == ("serve", "ENTRYPOINT")
+    assert json.loads(last.args) == ["python", "-m", "service"]
+
+
+def test_every_stage_using_variant_declares_it() -> None:
+    """A global ARG is empty inside a stage unless the stage (or one it is built FROM)
+    declares it again: `requirements/serve-.txt` would be a confusing failure."""
+    for stage in _stages():
+        for instruction in _in_stage(stage):
+            if instruction.keyword in ("FROM", "ARG") or "VARIANT" not in instruction.args:
+                continue
+            declared = [a for name in _chain(stage, "cpu") for a in _in_stage(name, "ARG")
+                        if a.args.split("=")[0] == "VARIANT"
+                        and (a.stage != stage or a.line < instruction.line)]
+            assert declared, f"line {instruction.line}: VARIANT used in {stage} undeclared"
 
 
 def test_gpu_runtime_asks_for_the_driver_and_cpu_does_not() -> None:
@@ -160,22 +333,172 @@ def test_gpu_runtime_asks_for_the_driver_and_cpu_does_not() -> None:
 # ---- what is installed ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["cpu", "gpu"])
-def test_installed_requirements_are_pyprojects(variant: str) -> None:
-    """Run the build stage's own requirement command on the real pyproject.toml."""
-    python, flag, code, argument = _requirements_command()
-    assert (python, flag, argument) == ("python", "-c", "${VARIANT}")
-    result = subprocess.run([sys.executable, flag, code, variant], cwd=manifests.ROOT,
-                            capture_output=True, text=True, timeout=30, check=False)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == _pyproject_requirements(variant)
+def test_no_pip_install_resolves_anything() -> None:
+    """Every install is a hash-checked lock or the project itself, never a resolve: no
+    dependency is looked up (--no-deps) and no build requirement is downloaded
+    (--no-build-isolation: the lock's setuptools builds the project)."""
+    installs = _pip_installs()
+    assert installs, "the Dockerfile installs nothing with pip"
+    assert not [r.line for r in _instructions() if r.keyword == "RUN"
+                and re.search(r"\b(uv|pipx|poetry|conda)\b|easy_install", r.args)]
+    for pip in installs:
+        assert "--no-deps" in pip.options, f"line {pip.run.line}: pip install without --no-deps"
+        assert "--no-cache-dir" in pip.options, f"line {pip.run.line}"
+        if pip.locks:
+            assert "--require-hashes" in pip.options and not pip.targets, (
+                f"line {pip.run.line}: a lock is installed alone and hash-checked")
+        else:
+            assert pip.targets == ["."], f"line {pip.run.line}: installs {pip.targets}"
+            assert "--no-build-isolation" in pip.options, f"line {pip.run.line}"
+            assert "-e" not in pip.options and "--editable" not in pip.options
 
 
-def test_unknown_variant_fails_the_build() -> None:
-    _, flag, code, _ = _requirements_command()
-    result = subprocess.run([sys.executable, flag, code, "tpu"], cwd=manifests.ROOT,
-                            capture_output=True, text=True, timeout=30, check=False)
-    assert result.returncode != 0 and "KeyError" in result.stderr
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_installed_lock_exists_and_is_exact(variant: str) -> None:
+    """Each -r file of the Dockerfile exists for the variant and pins every package to one
+    version with its hashes (hash-checking mode refuses anything less)."""
+    locks = {_expand(lock, variant) for pip in _pip_installs() for lock in pip.locks}
+    assert locks == {f"requirements/serve-{variant}.txt", f"requirements/train-{variant}.txt"}
+    for lock in sorted(locks):
+        assert (manifests.ROOT / lock).is_file(), lock
+        pins = _read_lock(lock)
+        assert pins, lock
+        assert all(pin.hashes and all(h.startswith("sha256:") for h in pin.hashes)
+                   for pin in pins.values()), lock
+
+
+def test_an_unknown_variant_has_no_lock() -> None:
+    """VARIANT=tpu: the lock COPY finds no file, which fails the build at its first step."""
+    copied = [source for copy in _instructions() if copy.keyword == "COPY"
+              for flags, sources, _ in [_copy_words(copy)] if "from" not in flags
+              for source in sources if "VARIANT" in source]
+    assert copied
+    for source in copied:
+        assert not any(ch in source for ch in "*?["), f"{source}: a glob can match nothing"
+        assert all((manifests.ROOT / _expand(source, v)).is_file() for v in VARIANTS)
+        assert not (manifests.ROOT / _expand(source, "tpu")).exists()
+
+
+def test_each_lock_is_copied_alone_before_its_install() -> None:
+    """Only the lock goes in before a dependency layer, so a code change cannot invalidate
+    it; it is the step just before its install and lands where -r reads it (the WORKDIR)."""
+    for stage in _stages():
+        chain = _chain(stage, "cpu")
+        steps = [i for i in _in_stage(stage) if i.keyword in ("COPY", "RUN")]
+        for pip in (p for p in _pip_installs(stage) if p.locks):
+            earlier = [c for c in _instructions() if c.keyword == "COPY" and c.stage in chain
+                       and (c.stage != stage or c.line < pip.run.line)]
+            installed = [lock for name in reversed(chain) for p in _pip_installs(name)
+                         if p.run.stage != stage or p.run.line <= pip.run.line
+                         for lock in p.locks]
+            assert [s for c in earlier for s in _copy_words(c)[1]] == installed, (
+                f"line {pip.run.line}: only the locks may be copied before their install")
+            previous = steps[steps.index(pip.run) - 1]
+            flags, sources, destination = _copy_words(previous)
+            assert previous.keyword == "COPY" and not flags and sources == pip.locks
+            assert all(PurePosixPath(destination) == PurePosixPath(lock).parent
+                       for lock in pip.locks), f"line {previous.line}: -r reads it elsewhere"
+            workdir = _effective(stage, "WORKDIR")
+            assert workdir is not None and (workdir.stage != stage
+                                            or workdir.line < previous.line)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_code_goes_in_after_the_dependencies(target: str) -> None:
+    """Each venv is built in order: lock, its install (repeated per lock), then the code,
+    then the project's install as the build stage's last step."""
+    for variant in VARIANTS:
+        steps = []
+        for stage in _build_stages(target, variant):
+            for step in _in_stage(stage):
+                pips = [p for p in _pip_installs(stage) if p.run == step]
+                if step.keyword == "COPY":
+                    sources = _copy_words(step)[1]
+                    steps.append("lock" if all(s.startswith("requirements/") for s in sources)
+                                 else "code")
+                elif any(p.locks for p in pips):
+                    steps.append("deps")
+                elif any(p.targets == ["."] for p in pips):
+                    steps.append("project")
+        assert re.fullmatch(r"(lock deps )+(code )+project", " ".join(steps)), steps
+        assert _in_stage(_venv_stage(target, variant))[-1].keyword == "RUN"
+
+
+def test_the_serve_image_has_only_the_service_code() -> None:
+    """The serve image copies pyproject.toml, the readme its metadata reads and `service`,
+    never `training` (setuptools' find then installs `service` alone); the train image
+    copies both packages."""
+    both = _packages()
+    assert both == {"service", "training"}
+    for variant in VARIANTS:
+        assert _context_copies("serve", variant) == {"pyproject.toml", PROJECT["readme"],
+                                                     "service"}
+        assert _context_copies("train", variant) == {"pyproject.toml", PROJECT["readme"],
+                                                     *both}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_serve_lock_has_no_training_packages(variant: str) -> None:
+    """The serve image installs its own lock alone, and that lock holds none of the `train`
+    extra's packages, but for one a service dependency needs itself (keras: TensorFlow's
+    own requirement, which uv's `# via` names)."""
+    (lock,) = _locks_of("serve", variant)
+    assert lock == f"requirements/serve-{variant}.txt"
+    pins = _read_lock(lock)
+    train = _extra("train")
+    for name in sorted(train & pins.keys()):
+        via = [v for v in pins[name].via if not v.startswith("-")]
+        assert via and not any(v.startswith("aecluster") for v in via), (name, via)
+        assert any(canonicalize_name(v) in pins for v in via), (name, via)
+    assert train - pins.keys(), f"{lock} holds the whole train extra"
+    # and the service's own requirements are all there
+    core = {canonicalize_name(Requirement(r).name) for r in PROJECT["dependencies"]}
+    assert core <= pins.keys(), core - pins.keys()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_train_lock_is_a_superset_of_the_serve_lock(variant: str) -> None:
+    """The train venv is the serve venv plus the train lock: the serve lock's packages must
+    be in it at the same versions and hashes (pip keeps what is installed; a different pin
+    would be a mix of two resolutions), and the train extra must be complete."""
+    serve = _locks_of("serve", variant)
+    locks = _locks_of("train", variant)
+    assert locks[:len(serve)] == serve, "the train image builds on the serve dependency layer"
+    assert locks[-1] == f"requirements/train-{variant}.txt"
+    train = _read_lock(locks[-1])
+    for lock in locks[:-1]:
+        for name, pin in _read_lock(lock).items():
+            assert name in train, f"{name} of {lock} missing from {locks[-1]}"
+            assert (train[name].version, train[name].hashes) == (pin.version, pin.hashes), name
+    missing = _extra("train") - train.keys()
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_gpu_locks_add_cuda_and_cpu_locks_do_not(target: str) -> None:
+    """VARIANT picks the lock: CUDA's wheels (the gpu extra) are in the gpu ones only, with
+    the same TensorFlow as the cpu ones."""
+    cpu, gpu = (_read_lock(_locks_of(target, v)[-1]) for v in VARIANTS)
+    assert not [n for n in cpu if n.startswith("nvidia-")]
+    assert "nvidia-cudnn-cu12" in gpu
+    assert cpu["tensorflow"].version == gpu["tensorflow"].version
+    assert {n: p.version for n, p in cpu.items()}.items() <= {
+        n: p.version for n, p in gpu.items()}.items()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_locks_build_the_project(target: str) -> None:
+    """--no-build-isolation builds with what the venv has: pyproject's build requirements
+    must be in the image's locks, at versions they accept."""
+    for variant in VARIANTS:
+        pins: dict[str, Pin] = {}
+        for lock in _locks_of(target, variant):
+            pins |= _read_lock(lock)
+        for text in PYPROJECT["build-system"]["requires"]:
+            requirement = Requirement(text)
+            name = canonicalize_name(requirement.name)
+            assert name in pins, f"{text} is not in the {target}-{variant} locks"
+            assert requirement.specifier.contains(pins[name].version, prereleases=True), text
 
 
 def test_gpu_extra_is_the_same_tensorflow_with_cuda() -> None:
@@ -183,23 +506,6 @@ def test_gpu_extra_is_the_same_tensorflow_with_cuda() -> None:
     (gpu,) = PROJECT["optional-dependencies"]["gpu"]
     assert len(pins) == 1
     assert gpu == pins[0].replace("tensorflow", "tensorflow[and-cuda]", 1)
-
-
-def test_dependencies_are_installed_before_the_code_is_copied() -> None:
-    build = _in_stage("build")
-    copies = [i for i in build if i.keyword == "COPY"]
-    runs = [i for i in build if i.keyword == "RUN"]
-    dependency_run = next(i for i in runs if "-r requirements.txt" in i.args)
-    code_run = next(i for i in runs if "--no-deps ." in i.args)
-    # Only pyproject.toml before the dependency layer: a code change cannot invalidate it.
-    before = [c.args for c in copies if c.line < dependency_run.line]
-    assert before == ["pyproject.toml ./"]
-    after = {c.args.split()[0] for c in copies if dependency_run.line < c.line < code_run.line}
-    packages = {p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"][
-        "include"]}
-    # The packages setuptools installs, and the readme its metadata reads.
-    assert after == packages | {PROJECT["readme"]}
-    assert "pip install --no-cache-dir --no-deps ." in code_run.args
 
 
 def test_every_package_with_code_is_installed() -> None:
@@ -235,32 +541,54 @@ def test_every_data_file_is_package_data() -> None:
 # ---- what runs --------------------------------------------------------------------------
 
 
-def test_runtime_copies_only_the_environment() -> None:
-    copies = [i.args for i in _in_stage("runtime", "COPY")]
-    assert copies == ["--from=build /opt/venv /opt/venv"]
-    env = _env(_in_stage("runtime", "ENV")[0])
-    assert env["PATH"].split(":")[0] == "/opt/venv/bin"  # `python` is the venv's
+@pytest.mark.parametrize("target", TARGETS)
+def test_each_image_copies_only_its_environment(target: str) -> None:
+    """The runtime stages get the venv of their own build stage and nothing else (no
+    compiler leftovers, no source tree); the shared runtime base copies nothing."""
+    assert _in_stage("runtime", "COPY") == []
+    copies = [i.args for i in _in_stage(target, "COPY")]
+    assert copies == [f"--from={target}-build {VENV} {VENV}"]
+    for variant in VARIANTS:
+        assert _venv_stage(target, variant) == f"{target}-build"
+        runs = [r.args for s in _build_stages(target, variant) for r in _in_stage(s, "RUN")]
+        assert runs[0] == f"python -m venv {VENV}"
+    env = _env(_only("runtime", "ENV"))
+    assert env["PATH"].split(":")[0] == f"{VENV}/bin"  # `python` is the venv's
 
 
-def test_runs_the_service_as_a_non_root_user() -> None:
-    user = _only("runtime", "USER").args
-    uid, _, gid = user.partition(":")
+@pytest.mark.parametrize("target", TARGETS)
+def test_runs_as_a_non_root_user(target: str) -> None:
+    user = _effective(target, "USER")
+    assert user is not None and user.stage == "runtime"  # set once, for both images
+    uid, _, gid = user.args.partition(":")
     # Numeric, so that Kubernetes' runAsNonRoot can check it; the manifests run as it too.
     assert uid.isdigit() and int(uid) > 0 and gid.isdigit() and int(gid) > 0
     deployment = manifests.load_yaml(manifests.K8S / "base" / "deployment.yaml")[0]
-    context = deployment["spec"]["template"]["spec"]["securityContext"]
-    assert (context["runAsUser"], context["runAsGroup"]) == (int(uid), int(gid))
+    job = manifests.load_yaml(manifests.TRAINING_JOB)[0]
+    for workload in (deployment, job):
+        context = workload["spec"]["template"]["spec"]["securityContext"]
+        assert (context["runAsUser"], context["runAsGroup"]) == (int(uid), int(gid))
     assert re.search(rf"useradd\b.*--uid {uid}\b", _only("runtime", "RUN").args)
-    assert _instructions()[-1].keyword == "ENTRYPOINT"
 
 
 def test_entrypoint_and_ports_are_the_services() -> None:
-    assert json.loads(_only("runtime", "ENTRYPOINT").args) == ["python", "-m", "service"]
+    assert json.loads(_only("serve", "ENTRYPOINT").args) == ["python", "-m", "service"]
     assert (manifests.ROOT / "service" / "__main__.py").is_file()
     assert PYPROJECT["project"]["scripts"]["aecluster-serve"] == "service.cli:main"
-    exposed = {int(p) for p in _only("runtime", "EXPOSE").args.split()}
+    exposed = {int(p) for p in _only("serve", "EXPOSE").args.split()}
     assert exposed == {Settings.model_fields["http_port"].default,
                        Settings.model_fields["grpc_port"].default}
+
+
+def test_train_target_runs_training() -> None:
+    """`--target train` runs `python -m training` (the Job adds `train ...`); it neither
+    exposes the service's ports nor probes its /healthz."""
+    entrypoint = _effective("train", "ENTRYPOINT")
+    assert entrypoint is not None and entrypoint.stage == "train"
+    assert json.loads(entrypoint.args) == ["python", "-m", "training"]
+    assert (manifests.ROOT / "training" / "__main__.py").is_file()
+    assert _effective("train", "HEALTHCHECK") is None
+    assert _effective("train", "EXPOSE") is None
 
 
 def test_entrypoint_starts(tmp_path: Path) -> None:
@@ -272,7 +600,7 @@ def test_entrypoint_starts(tmp_path: Path) -> None:
 
 
 def test_model_repository_is_the_mounted_volume() -> None:
-    env = _env(_in_stage("runtime", "ENV")[0])
+    env = _env(_only("runtime", "ENV"))
     assert env["AEC_MODEL_REPO"] == "/models"
     deployment = manifests.load_yaml(manifests.K8S / "base" / "deployment.yaml")[0]
     mounts = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
@@ -306,7 +634,7 @@ def health_server() -> Iterator[tuple[int, type[_Health]]]:
 
 
 def _healthcheck_command() -> list[str]:
-    healthcheck = _only("runtime", "HEALTHCHECK").args
+    healthcheck = _only("serve", "HEALTHCHECK").args
     command = json.loads(healthcheck.split(" CMD ", 1)[1])
     assert command[0] == "python"
     return [sys.executable, *command[1:]]
@@ -380,7 +708,7 @@ def _in_context(path: str) -> bool:
     ".git/HEAD", "tests/conftest.py", "examples/digit-8.png", "runs/1/events",
     "service/__pycache__/cli.cpython-311.pyc", "training/data/__pycache__/x.pyc",
     ".pytest_cache/v/cache/nodeids", ".mypy_cache/3.11/x.json", ".ruff_cache/x",
-    "aecluster.egg-info/PKG-INFO", "k8s/base/deployment.yaml",
+    "aecluster.egg-info/PKG-INFO", "k8s/base/deployment.yaml", "scripts/lock.py",
 ])
 def test_dockerignore_keeps_out(path: str) -> None:
     assert not _in_context(path)
@@ -391,17 +719,21 @@ def test_dockerignore_keeps_out(path: str) -> None:
     "service/_generated/aecluster/v1/cluster_service_pb2.py",
     # training.data is code (a package), not a data set: it must get in.
     "training/data/__init__.py", "training/models/__init__.py",
+    # the locks the images install
+    "requirements/serve-cpu.txt", "requirements/serve-gpu.txt",
+    "requirements/train-cpu.txt", "requirements/train-gpu.txt",
 ])
 def test_dockerignore_lets_in(path: str) -> None:
     assert _in_context(path)
 
 
-def test_everything_the_dockerfile_copies_is_in_the_context() -> None:
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_everything_the_dockerfile_copies_is_in_the_context(variant: str) -> None:
     for copy in (i for i in _instructions() if i.keyword == "COPY"):
-        words = copy.args.split()
-        if words[0].startswith("--from="):
+        flags, sources, _ = _copy_words(copy)
+        if "from" in flags:
             continue
-        for source in words[:-1]:
+        for source in (_expand(s, variant) for s in sources):
             path = manifests.ROOT / source
             assert path.exists(), source
             files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()
@@ -422,3 +754,9 @@ def test_readme_builds_the_images_the_overlays_deploy() -> None:
                 f"-t {image['newName']}:{image['newTag']} .")
         assert line in readme, line
         assert line in header, line
+        # The training image of the same variant: the `train` target, named after it.
+        train = (f"docker build --build-arg VARIANT={overlay} --target train "
+                 f"-t {image['newName']}-train:{image['newTag']} .")
+        assert train in readme, train
+        assert train in header, train
+    assert "train" in _stages()

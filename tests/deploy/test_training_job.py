@@ -1,5 +1,6 @@
-"""The training Job: the serving image running ``python -m training train`` into the serving
-volume under the next version number, which the service then hot-reloads."""
+"""The training Job: the training image (the Dockerfile's ``train`` target) running
+``python -m training train`` into the serving volume under the next version number, which the
+service then hot-reloads."""
 
 from __future__ import annotations
 
@@ -59,11 +60,17 @@ def test_job_is_run_per_training_and_cleans_up(training_job: manifests.Obj) -> N
     assert spec["activeDeadlineSeconds"] > 0
 
 
-def test_job_uses_the_serving_image_and_volume(
+def test_job_uses_the_training_image_and_the_serving_volume(
     training_job: manifests.Obj, rendered: Rendered
 ) -> None:
     serving = manifests.one(rendered["gpu"], "Deployment")
-    assert manifests.container(training_job)["image"] == manifests.container(serving)["image"]
+    # The serving image has no training code: the Job runs the `train` target built from the
+    # same Dockerfile, variant and version, named after the serving image with `-train`.
+    name, _, tag = manifests.container(serving)["image"].rpartition(":")
+    assert manifests.container(training_job)["image"] == f"{name}-train:{tag}"
+    # and the Job's own comment says how to build it
+    build = f"docker build --build-arg VARIANT=gpu --target train -t {name}-train:{tag} ."
+    assert build in manifests.TRAINING_JOB.read_text(encoding="utf-8")
 
     claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
               for v in _pod_spec(training_job)["volumes"] if "persistentVolumeClaim" in v}
