@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import re
 import subprocess
 import sys
 import tomllib
@@ -27,12 +26,11 @@ from packaging.requirements import Requirement
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
+from tests.lockfiles import read_lock
+
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 PROJECT_NAME = canonicalize_name(PYPROJECT["project"]["name"])
-# One pinned line of a lock (`name==version \`), and its hash lines.
-PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)\s*\\?$")
-HASH = re.compile(r"^\s+--hash=sha256:[0-9a-f]{64}\s*\\?$")
 
 
 def _lock_module() -> ModuleType:
@@ -51,19 +49,12 @@ LOCKS = {lock.name: lock for lock in LOCK.LOCKS}
 
 @cache
 def _pins(name: str) -> dict[NormalizedName, Version]:
-    """Package -> version of one lock, checking each pin carries at least one sha256."""
-    pins: dict[NormalizedName, Version] = {}
-    lines = LOCKS[name].path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines):
-        found = PIN.match(line)
-        if not found:
-            continue
-        package = canonicalize_name(found[1])
-        assert package not in pins, f"{name}: {package} pinned twice"
-        pins[package] = Version(found[2])
-        assert number + 1 < len(lines) and HASH.match(lines[number + 1]), (
-            f"{name}.txt: {found[0]} has no --hash line: pip cannot check what it installs")
-    return pins
+    """Package -> version of one lock, checking each pin carries its sha256 hashes."""
+    pins = read_lock(LOCKS[name].path)
+    unhashed = [p for p, pin in pins.items()
+                if not pin.hashes or not all(h.startswith("sha256:") for h in pin.hashes)]
+    assert not unhashed, f"{name}.txt: no sha256 for {unhashed}: pip cannot check them"
+    return {canonicalize_name(p): Version(pin.version) for p, pin in pins.items()}
 
 
 def _environment() -> dict[str, str]:
@@ -141,25 +132,11 @@ def test_a_package_has_one_version_across_the_locks() -> None:
     assert not split, f"packages locked at different versions: {split}"
 
 
-@pytest.mark.parametrize(("small", "large"), [("serve-cpu", "train-cpu"),
-                                              ("serve-gpu", "train-gpu"),
-                                              ("serve-cpu", "serve-gpu"),
-                                              ("train-cpu", "dev")])
-def test_each_image_lock_is_contained_in_the_larger_one(small: str, large: str) -> None:
-    # The training image installs its lock on top of the serving one (Dockerfile), and the
-    # developer tests the service with what the image runs.
-    missing = set(_pins(small)) - set(_pins(large))
-    assert not missing, f"{small}.txt has packages {large}.txt lacks: {sorted(missing)}"
-
-
-def test_the_serve_locks_leave_out_the_training_packages() -> None:
-    train_only = _names(["train"]) - _names([])
-    # What the service must install without: plotting, graph clustering, scikit-learn.
-    assert {"matplotlib", "scikit-network", "scikit-learn", "scipy"} <= train_only
-    for name in ("serve-cpu", "serve-gpu"):
-        present = train_only & set(_pins(name))
-        # keras is a dependency of tensorflow itself, so it is there for the service too.
-        assert present <= {"keras"}, f"{name}.txt installs training packages {sorted(present)}"
+def test_the_developer_venv_holds_what_the_images_run() -> None:
+    # Every lock is constrained by dev.txt (scripts/lock.py), so the suite tests the service
+    # and training at the versions the images install (tests/deploy checks the images' locks).
+    for name in ("serve-cpu", "train-cpu"):
+        assert _pins(name).items() <= _pins("dev").items(), f"{name}.txt strays from dev.txt"
 
 
 def test_the_gpu_locks_add_cuda_and_only_cuda() -> None:

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -471,6 +472,30 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def missing_training_packages(distribution: str = "aecluster") -> list[str]:
+    """The packages of the ``train`` extra (pyproject.toml) that are not installed: what a
+    serve-only install (``pip install aecluster``) lacks. Empty when the project is not
+    installed at all (run from a source tree: nothing to compare against)."""
+    from packaging.requirements import Requirement
+
+    try:
+        declared = metadata.requires(distribution) or []
+    except metadata.PackageNotFoundError:
+        return []
+    missing = []
+    for text in declared:
+        requirement = Requirement(text)
+        if requirement.marker is None or not requirement.marker.evaluate({"extra": "train"}):
+            continue
+        if requirement.marker.evaluate({"extra": ""}):
+            continue  # a core dependency, not the extra's
+        try:
+            metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            missing.append(requirement.name)
+    return missing
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -487,6 +512,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(__name__).info(
             "preset %s: %s", args.preset,
             ", ".join(f"{key}={getattr(args, key)}" for key in PRESETS[args.preset]))
+    missing = missing_training_packages()
+    if missing:  # before the first import of one: a sentence, not an ImportError traceback
+        print(f"error: training needs the `train` extra, and {', '.join(missing)} "
+              "is not installed: pip install 'aecluster[train]' (the serving image has no "
+              "training; use the training image, Dockerfile target `train`)", file=sys.stderr)
+        return EXIT_USAGE
     from service.bundle import BundleError
     from training import interrupt
     from training.errors import TrainingError

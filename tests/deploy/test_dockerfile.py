@@ -26,6 +26,7 @@ from packaging.utils import canonicalize_name
 
 from service.settings import Settings
 from tests.deploy import manifests
+from tests.lockfiles import Pin, read_lock
 
 DOCKERFILE = manifests.ROOT / "Dockerfile"
 DOCKERIGNORE = manifests.ROOT / ".dockerignore"
@@ -203,42 +204,6 @@ def _context_copies(target: str, variant: str) -> set[str]:
             for source in sources if not source.startswith("requirements/")}
 
 
-@dataclass(frozen=True)
-class Pin:
-    version: str
-    hashes: frozenset[str]
-    via: tuple[str, ...]  # uv's annotation: what requires it ("aecluster (pyproject.toml)", ...)
-
-
-def _read_lock(path: str) -> dict[str, Pin]:
-    """{canonical name: Pin} of a `uv pip compile --generate-hashes` lock file."""
-    pins: dict[str, dict[str, Any]] = {}
-    current: dict[str, Any] | None = None
-    in_via = False
-    for line in (manifests.ROOT / path).read_text(encoding="utf-8").splitlines():
-        if match := re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==(\S+)", line):
-            current = {"version": match[2], "hashes": set(), "via": []}
-            pins[canonicalize_name(match[1])] = current
-            in_via = False
-            continue
-        text = line.strip().rstrip("\\").strip()
-        if not line.startswith(" "):  # the header's comments; anything else is not a pin
-            assert not text or text.startswith("#"), f"{path}: {line!r} is not an exact pin"
-            continue
-        assert current is not None, f"{path}: {line!r} belongs to no pin"
-        if text.startswith("--hash="):
-            current["hashes"].add(text.removeprefix("--hash="))
-        elif text == "# via":
-            in_via = True
-        elif text.startswith("# via "):
-            current["via"].append(text.removeprefix("# via ").strip())
-            in_via = False
-        elif in_via and text.startswith("#"):
-            current["via"].append(text.lstrip("#").strip())
-    return {name: Pin(p["version"], frozenset(p["hashes"]), tuple(p["via"]))
-            for name, p in pins.items()}
-
-
 def _extra(name: str) -> set[str]:
     """The canonical package names of a pyproject.toml extra."""
     return {canonicalize_name(Requirement(r).name)
@@ -361,7 +326,7 @@ def test_every_installed_lock_exists_and_is_exact(variant: str) -> None:
     assert locks == {f"requirements/serve-{variant}.txt", f"requirements/train-{variant}.txt"}
     for lock in sorted(locks):
         assert (manifests.ROOT / lock).is_file(), lock
-        pins = _read_lock(lock)
+        pins = read_lock(manifests.ROOT / lock)
         assert pins, lock
         assert all(pin.hashes and all(h.startswith("sha256:") for h in pin.hashes)
                    for pin in pins.values()), lock
@@ -444,7 +409,7 @@ def test_the_serve_lock_has_no_training_packages(variant: str) -> None:
     own requirement, which uv's `# via` names)."""
     (lock,) = _locks_of("serve", variant)
     assert lock == f"requirements/serve-{variant}.txt"
-    pins = _read_lock(lock)
+    pins = read_lock(manifests.ROOT / lock)
     train = _extra("train")
     for name in sorted(train & pins.keys()):
         via = [v for v in pins[name].via if not v.startswith("-")]
@@ -465,9 +430,9 @@ def test_the_train_lock_is_a_superset_of_the_serve_lock(variant: str) -> None:
     locks = _locks_of("train", variant)
     assert locks[:len(serve)] == serve, "the train image builds on the serve dependency layer"
     assert locks[-1] == f"requirements/train-{variant}.txt"
-    train = _read_lock(locks[-1])
+    train = read_lock(manifests.ROOT / locks[-1])
     for lock in locks[:-1]:
-        for name, pin in _read_lock(lock).items():
+        for name, pin in read_lock(manifests.ROOT / lock).items():
             assert name in train, f"{name} of {lock} missing from {locks[-1]}"
             assert (train[name].version, train[name].hashes) == (pin.version, pin.hashes), name
     missing = _extra("train") - train.keys()
@@ -478,7 +443,7 @@ def test_the_train_lock_is_a_superset_of_the_serve_lock(variant: str) -> None:
 def test_gpu_locks_add_cuda_and_cpu_locks_do_not(target: str) -> None:
     """VARIANT picks the lock: CUDA's wheels (the gpu extra) are in the gpu ones only, with
     the same TensorFlow as the cpu ones."""
-    cpu, gpu = (_read_lock(_locks_of(target, v)[-1]) for v in VARIANTS)
+    cpu, gpu = (read_lock(manifests.ROOT / _locks_of(target, v)[-1]) for v in VARIANTS)
     assert not [n for n in cpu if n.startswith("nvidia-")]
     assert "nvidia-cudnn-cu12" in gpu
     assert cpu["tensorflow"].version == gpu["tensorflow"].version
@@ -493,7 +458,7 @@ def test_the_locks_build_the_project(target: str) -> None:
     for variant in VARIANTS:
         pins: dict[str, Pin] = {}
         for lock in _locks_of(target, variant):
-            pins |= _read_lock(lock)
+            pins |= read_lock(manifests.ROOT / lock)
         for text in PYPROJECT["build-system"]["requires"]:
             requirement = Requirement(text)
             name = canonicalize_name(requirement.name)

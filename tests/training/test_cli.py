@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from training.cli import main
+from training.cli import main, missing_training_packages
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +37,28 @@ def test_help_documents_every_train_option(capsys: pytest.CaptureFixture[str]) -
                    "--overwrite", "fashion-mnist", "idx:DIR", "images:DIR", "tfrecord:",
                    "csv:FILE", "cifar10:DIR", "npz:FILE"]:
         assert option in text, option
+
+
+def test_a_serve_only_install_is_told_to_install_the_train_extra(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Training's own packages are the `train` extra (pyproject.toml): without one of them,
+    # a sentence naming it and the extra, exit 2, before any import fails or data is read.
+    assert missing_training_packages() == []
+    real_version = metadata.version
+
+    def version(name: str) -> str:
+        if name == "scikit-network":
+            raise metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+    assert missing_training_packages() == ["scikit-network"]
+    code, out, err = _run(["train", "--dataset", "digits", "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and out == ""
+    assert "scikit-network" in err and "pip install 'aecluster[train]'" in err
+    assert "Traceback" not in err and not (tmp_path / "b").exists()
+    assert missing_training_packages("no-such-distribution") == []
 
 
 @pytest.mark.parametrize(
