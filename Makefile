@@ -66,9 +66,11 @@ lint: $(STAMP)
 	$(PY) -m ruff check training service tests bench scripts
 	$(PY) -m mypy training service
 
-## make bench: the serving benchmark (needs a bundle: make train)
+## make bench: the serving benchmark, against the in-process model and MLServer, with h2load
+## and wrk (installed from Debian if absent); bench/results/serve.{json,md}. The first run
+## trains a small Fashion-MNIST bundle into bench/work/; BUNDLE=DIR serves another version.
 bench: $(STAMP)
-	$(PY) bench/bench_service.py --model-repo models --model digits
+	$(PY) bench/serve/run.py $(if $(BUNDLE),--bundle $(BUNDLE),)
 
 ## make bench-quality: the Fashion-MNIST clustering-quality table (all rows, 3 seeds; hours on
 ## 2 CPU cores). QUICK=1 runs one seed of the main rows. Finished runs are kept in

@@ -170,8 +170,12 @@ def _imports(folder: Path) -> dict[str, list[str]]:
     """Absolute imports of third-party modules under ``folder``: module -> files."""
     found: dict[str, list[str]] = {}
     for path in sorted(folder.rglob("*.py")):
-        if "_generated" in path.parts:
-            continue
+        inside = path.relative_to(folder).parts[:-1]
+        if "_generated" in path.parts or any(part.startswith(".") for part in inside):
+            continue  # generated code; hidden folders (a venv of its own, caches)
+        if any((folder.joinpath(*inside[:depth]) / "requirements.in").is_file()
+               for depth in range(1, len(inside) + 1)):
+            continue  # an environment of its own (bench/serve/mlserver: MLServer's venv)
         siblings = {p.stem for p in path.parent.glob("*.py")}  # scripts run from their folder
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
@@ -229,6 +233,14 @@ def test_every_imported_package_is_declared(folder: str) -> None:
                             f"pyproject.toml does not declare for {folder}/ (core + extras: "
                             f"{extras})")
     assert not problems, "\n".join(problems)
+
+
+def test_only_the_mlserver_peer_is_an_environment_of_its_own() -> None:
+    # Code there imports what its own lock installs (mlserver), never the project's venv.
+    tracked = subprocess.run(["git", "ls-files", "--", "*requirements.in"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, check=True)
+    assert [Path(p).parent.as_posix() for p in tracked.stdout.split()] == ["bench/serve/mlserver"]
+    assert not [m for m in _imports(ROOT / "bench") if m.split(".")[0] == "mlserver"]
 
 
 def test_the_import_check_catches_an_undeclared_package(tmp_path: Path) -> None:
