@@ -28,9 +28,14 @@ class Settings(BaseSettings):
                            description="gRPC port (native and TF Serving APIs); 0: a free one.")
     max_batch_size: int = Field(default=32, ge=1, le=4096,
                                 description="Most images the batcher merges into one model call.")
+    # 0 (measured, bench/results/serve.md): a lone request runs at once instead of waiting
+    # for a batch that never comes, and under load the requests that arrive while the model
+    # computes form the next batch anyway. With the C load generators on 2 cores, 5 ms cost
+    # 5.7 ms at c = 1 and gained nothing at c = 32 (1,140 against 1,282 req/s, gRPC).
     max_batch_delay_ms: float = Field(
-        default=5.0, ge=0.0, le=10_000.0,
-        description="Longest wait, from the oldest queued request, before a batch is run.",
+        default=0.0, ge=0.0, le=10_000.0,
+        description="Longest wait, from the oldest queued request, before a batch is run "
+        "while the model is idle (0: run at once; requests arriving meanwhile batch).",
     )
     max_queue: int = Field(
         default=1024, ge=1,

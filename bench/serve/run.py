@@ -481,7 +481,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Serving benchmark, {report['date']}: {report['machine']}; bundle "
         f"{report['bundle']['name']} v{report['bundle']['version']} "
         f"({report['bundle']['input']}, embedding {report['bundle']['embedding_dim']}, "
-        f"K = {report['bundle']['clusters']}); {report['seconds']:.0f} s per row after "
+        f"K = {report['bundle']['clusters']}); aecluster settings: "
+        f"{_settings_text(report['aecluster_settings'])}; {report['seconds']:.0f} s per row after "
         f"{report['warmup']:.0f} s of warm-up; h2load (gRPC) and wrk (HTTP) on the same cores.",
         "",
         "In-process `ModelRuntime.run` (one tf.function call):",
@@ -516,6 +517,10 @@ def markdown(report: dict[str, Any]) -> str:
               "reconstruction setting). vs MLServer: aecluster's req/s over MLServer's on the "
               "same protocol, request shape and concurrency."]
     return "\n".join(lines) + "\n"
+
+
+def _settings_text(settings: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
 
 
 def bundle_facts(version_dir: Path) -> dict[str, Any]:
@@ -563,6 +568,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, CPU only"
                    if not _gpus() else f"{os.cpu_count()} cores, GPU",
         "seconds": args.seconds, "warmup": args.warmup, "bundle": bundle_facts(version_dir),
+        # aecluster reads AEC_* from the environment it inherits: record what differed
+        # from its defaults (e.g. AEC_MAX_BATCH_DELAY_MS=0 make bench).
+        "aecluster_settings": {k: v for k, v in sorted(os.environ.items())
+                               if k.startswith("AEC_")},
         "in_process": [{"batch": b, "reconstruction": r, **figures}
                        for (b, r), figures in sorted(model.items())],
         "rows": [row.as_dict() for row in rows],

@@ -221,7 +221,7 @@ def test_gpu_overlay_requests_a_gpu_on_gpu_nodes(rendered: Rendered) -> None:
     assert _setting(rendered, "gpu", "device") == "gpu"
 
 
-def test_gpu_overlay_batches_more_and_waits_less(rendered: Rendered) -> None:
+def test_gpu_overlay_batches_more(rendered: Rendered) -> None:
     for field in ("max_batch_size", "max_batch_delay_ms"):
         assert "AEC_" + field.upper() in _config(rendered, "gpu")
     gpu_size = _setting(rendered, "gpu", "max_batch_size")
@@ -230,7 +230,10 @@ def test_gpu_overlay_batches_more_and_waits_less(rendered: Rendered) -> None:
     cpu_delay = _setting(rendered, "cpu", "max_batch_delay_ms")
     assert isinstance(gpu_size, int) and isinstance(cpu_size, int)
     assert isinstance(gpu_delay, float) and isinstance(cpu_delay, float)
-    assert gpu_size > cpu_size and gpu_delay < cpu_delay
+    assert gpu_size > cpu_size
+    # The CPU pods run the measured default: a lone request is never held for a batch.
+    assert cpu_delay == Settings.model_fields["max_batch_delay_ms"].default == 0.0
+    assert 0.0 <= gpu_delay <= 5.0
 
 
 @pytest.mark.parametrize("overlay", manifests.OVERLAYS)
