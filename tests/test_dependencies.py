@@ -9,7 +9,6 @@ locked uv against the package index, as ``make lock`` does, and compares.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import subprocess
 import sys
 import tomllib
@@ -17,7 +16,6 @@ from collections.abc import Iterable
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -26,6 +24,7 @@ from packaging.requirements import Requirement
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
+from tests.by_path import load_module
 from tests.lockfiles import read_lock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,17 +32,8 @@ PYPROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text(en
 PROJECT_NAME = canonicalize_name(PYPROJECT["project"]["name"])
 
 
-def _lock_module() -> ModuleType:
-    """scripts/lock.py, the single list of locks and what each holds."""
-    spec = importlib.util.spec_from_file_location("lock_script", ROOT / "scripts" / "lock.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while building
-    spec.loader.exec_module(module)
-    return module
-
-
-LOCK = _lock_module()
+# scripts/lock.py: the single list of locks and what each holds.
+LOCK = load_module(ROOT / "scripts" / "lock.py", "lock_script")
 LOCKS = {lock.name: lock for lock in LOCK.LOCKS}
 
 

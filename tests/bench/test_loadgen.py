@@ -7,7 +7,6 @@ nghttp2-client and wrk) rather than skip, so a benchmark dependency cannot silen
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import socket
 import sys
@@ -17,28 +16,18 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from tests.by_path import load_module
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_loadgen() -> ModuleType:
-    """bench/serve/loadgen.py by path: bench/ is not a package."""
-    spec = importlib.util.spec_from_file_location("bench_serve_loadgen",
-                                                  ROOT / "bench" / "serve" / "loadgen.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while building
-    spec.loader.exec_module(module)
-    return module
-
-
-loadgen = _load_loadgen()
+loadgen = load_module(ROOT / "bench" / "serve" / "loadgen.py", "bench_serve_loadgen")
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 # NUL bytes, quotes, a backslash, a non-UTF-8 byte: the body must reach the server unchanged

@@ -290,31 +290,24 @@ def check_images(n: int) -> None:
         raise UsageError(f"--images must be at least 1, got {n}")
 
 
-def cmd_grpc_request(args: argparse.Namespace) -> int:
+def cmd_request(args: argparse.Namespace) -> int:
+    """grpc-request / rest-request: one request of N random images written to --out."""
     _, manifest = read_bundle(args.bundle)
     check_images(args.images)
     rc = in_venv_python(args)
     if rc is not None:
         return rc
-    data = grpc_request_bytes(random_images(manifest, args.images, args.seed), args.reconstruction)
+    images = random_images(manifest, args.images, args.seed)
+    if args.command == "grpc-request":
+        data = grpc_request_bytes(images, args.reconstruction)
+        what = (f"inference.ModelInferRequest for model {model_name(args.reconstruction)}, "
+                f"{args.images} FP32 images {input_shape(manifest)}; h2load path {GRPC_METHOD}")
+    else:
+        data = rest_request_body(images)
+        what = (f"POST /v2/models/{model_name(args.reconstruction)}/infer, {args.images} FP32 "
+                f"images {input_shape(manifest)}")
     Path(args.out).write_bytes(data)
-    log(f"wrote {len(data)} bytes to {args.out}: inference.ModelInferRequest for model "
-        f"{model_name(args.reconstruction)}, {args.images} FP32 images {input_shape(manifest)}; "
-        f"h2load path {GRPC_METHOD}")
-    return 0
-
-
-def cmd_rest_request(args: argparse.Namespace) -> int:
-    _, manifest = read_bundle(args.bundle)
-    check_images(args.images)
-    rc = in_venv_python(args)
-    if rc is not None:
-        return rc
-    data = rest_request_body(random_images(manifest, args.images, args.seed))
-    Path(args.out).write_bytes(data)
-    log(f"wrote {len(data)} bytes to {args.out}: POST /v2/models/"
-        f"{model_name(args.reconstruction)}/infer, {args.images} FP32 images "
-        f"{input_shape(manifest)}")
+    log(f"wrote {len(data)} bytes to {args.out}: {what}")
     return 0
 
 
@@ -341,8 +334,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_start)
 
     for name, func, what in (
-        ("grpc-request", cmd_grpc_request, "a serialized inference.ModelInferRequest"),
-        ("rest-request", cmd_rest_request, "a V2 REST JSON body"),
+        ("grpc-request", cmd_request, "a serialized inference.ModelInferRequest"),
+        ("rest-request", cmd_request, "a V2 REST JSON body"),
     ):
         p = sub.add_parser(name, help=f"write {what} of N random images")
         p.add_argument("--bundle", required=True, help="bundle version directory")
