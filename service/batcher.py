@@ -29,6 +29,7 @@ from service.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 RunFn = Callable[[np.ndarray, bool], types.BatchOutput]
+ObserveFn = Callable[[types.BatchOutput], None]
 
 # Weight of the newest model-call time in the running average behind Retry-After.
 _EMA_WEIGHT = 0.2
@@ -55,7 +56,9 @@ class Batcher:
 
     ``run(images, with_reconstruction)`` is the model call (``ModelRuntime.run`` behind a
     positional adapter); it runs on ``executor``, by default a single worker thread owned
-    by this batcher (TensorFlow already spreads one call over the cores).
+    by this batcher (TensorFlow already spreads one call over the cores). ``observe``, if
+    given, sees every batch's output on that thread after the call (the metrics of what
+    was computed, recorded once per batch rather than once per request).
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class Batcher:
         max_queue: int,
         metrics: Metrics,
         executor: concurrent.futures.Executor | None = None,
+        observe: ObserveFn | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -77,6 +81,7 @@ class Batcher:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
         self._run = run
+        self._observe = observe
         self.model = model
         self.version = version
         self.max_batch_size = max_batch_size
@@ -287,6 +292,9 @@ class Batcher:
             raise errors.InternalError(
                 f"the model of {self._name()} returned {rows} rows for {len(images)} images"
             )
+        if self._observe is not None:
+            # Once per batch, here on the worker thread: the event loop keeps serving.
+            self._observe(output)
         return output
 
     async def _run_batch(self, batch: list[_Part]) -> None:
@@ -323,7 +331,7 @@ class Batcher:
             rows = output.rows(start, start + part.size)
             start += part.size
             if not part.with_reconstruction and rows.reconstruction is not None:
-                rows = dataclasses.replace(rows, reconstruction=None)
+                rows = rows.without_reconstruction()
             if not part.future.done():
                 part.future.set_result(rows)
 

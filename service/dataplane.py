@@ -146,7 +146,7 @@ class DataPlane:
                 want_recon = options.return_reconstruction != "none"
                 out = await lv.batcher.submit(batch, with_reconstruction=want_recon,
                                               deadline=deadline)
-                results = self._results(lv, batch, out, options)
+                results = self._results(lv, out, options)
                 return _info(lv), results
         finally:
             self._leave()
@@ -166,52 +166,37 @@ class DataPlane:
         return await asyncio.to_thread(imagecodec.prepare_batch, images, spec,
                                        max_pixels=self._max_pixels)
 
-    def _results(self, lv: LoadedVersion, batch: np.ndarray, out: BatchOutput,
+    def _results(self, lv: LoadedVersion, out: BatchOutput,
                  options: ClusterOptions) -> list[ClusterResult]:
-        outliers = out.distance > lv.outlier_threshold[out.cluster_id]
+        # The metrics of these rows were recorded with their batch (VersionMetrics).
+        outliers = (out.distance > lv.outlier_threshold[out.cluster_id]).tolist()
+        ids = out.cluster_id.tolist()
+        distances = out.distance.tolist()
+        recon = out.reconstruction
         errors = psnrs = None
-        if out.reconstruction is not None:
-            errors, psnrs = _reconstruction_quality(batch, out.reconstruction)
-        self._observe(lv, out, outliers, errors)
+        if recon is not None and out.reconstruction_error is not None:
+            errors = out.reconstruction_error.tolist()
+            psnrs = psnr(out.reconstruction_error).tolist()
         k = min(options.top_k, lv.manifest.n_clusters)
         order = np.argsort(out.distances, axis=1, kind="stable")[:, :k] if k else None
         results = []
-        for i in range(len(out.cluster_id)):
-            cluster = int(out.cluster_id[i])
+        for i, cluster in enumerate(ids):
             result = ClusterResult(
                 cluster_id=cluster,
-                distance=float(out.distance[i]),
-                is_outlier=bool(outliers[i]),
+                distance=distances[i],
+                is_outlier=outliers[i],
                 label=lv.manifest.cluster_label(cluster),
             )
-            if out.reconstruction is not None and errors is not None and psnrs is not None:
-                result.reconstruction = out.reconstruction[i]
-                result.reconstruction_error = float(errors[i])
-                result.psnr = float(psnrs[i])
+            if recon is not None and errors is not None and psnrs is not None:
+                result.reconstruction = recon[i]
+                result.reconstruction_error = errors[i]
+                result.psnr = psnrs[i]
             if options.return_embedding:
                 result.embedding = out.embedding[i]
             if order is not None:
                 result.top_k = [(int(c), float(out.distances[i, c])) for c in order[i]]
             results.append(result)
         return results
-
-    def _observe(self, lv: LoadedVersion, out: BatchOutput, outliers: np.ndarray,
-                 errors: np.ndarray | None) -> None:
-        labels = {"model": lv.name, "version": str(lv.version)}
-        ids, counts = np.unique(out.cluster_id, return_counts=True)
-        for cluster, count in zip(ids, counts, strict=True):
-            self._metrics.cluster_assignments_total.labels(**labels, cluster=str(int(cluster))).inc(
-                int(count))
-        distance = self._metrics.distance.labels(**labels)
-        for value in out.distance:
-            distance.observe(float(value))
-        n_out = int(outliers.sum())
-        if n_out:
-            self._metrics.outliers_total.labels(**labels).inc(n_out)
-        if errors is not None:
-            recon = self._metrics.reconstruction_error.labels(**labels)
-            for value in errors:
-                recon.observe(float(value))
 
     # ---- TensorFlow Serving API --------------------------------------------------------
 
@@ -251,10 +236,6 @@ class DataPlane:
                 out = await lv.batcher.submit(batch, with_reconstruction=want_recon,
                                               deadline=deadline)
                 outliers = out.distance > lv.outlier_threshold[out.cluster_id]
-                errors = None
-                if out.reconstruction is not None:
-                    errors, _ = _reconstruction_quality(batch, out.reconstruction)
-                self._observe(lv, out, outliers, errors)
                 every = {
                     "cluster_id": out.cluster_id.astype(np.int64),
                     "distance": out.distance.astype(np.float32),
@@ -357,13 +338,11 @@ def _checked_name(name: str) -> str:
         raise NotFound(str(exc)) from exc
 
 
-def _reconstruction_quality(inputs: np.ndarray, recon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image MSE and PSNR (dB, data range 1, capped like training's)."""
-    axes = tuple(range(1, inputs.ndim))
-    mse = np.mean((recon.astype(np.float32) - inputs.astype(np.float32)) ** 2, axis=axes)
+def psnr(mse: np.ndarray) -> np.ndarray:
+    """PSNR in dB of images in [0, 1] from their mean squared errors (capped like training's)."""
     with np.errstate(divide="ignore"):
-        psnr = np.where(mse > 0, 10.0 * np.log10(1.0 / np.maximum(mse, 1e-30)), PSNR_CAP_DB)
-    return mse.astype(np.float32), np.minimum(psnr, PSNR_CAP_DB).astype(np.float32)
+        db = np.where(mse > 0, 10.0 * np.log10(1.0 / np.maximum(mse, 1e-30)), PSNR_CAP_DB)
+    return np.minimum(db, PSNR_CAP_DB).astype(np.float32)
 
 
 def _check_float_images(inputs: Mapping[str, np.ndarray], spec: bundle.InputSpec) -> np.ndarray:

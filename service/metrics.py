@@ -8,6 +8,9 @@ servers in one process) never collide. Every metric is a counter, gauge or histo
 
 from __future__ import annotations
 
+import threading
+
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -16,6 +19,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from service.types import BatchOutput
 
 # Sub-millisecond (a cached tiny model on a GPU) up to tens of seconds (a queue under
 # overload): the range a request or a model call can take.
@@ -106,3 +111,49 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition text of every metric and the content type to send it with."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class VersionMetrics:
+    """The per-image metrics of one model version, recorded once per computed batch.
+
+    Label children are looked up once and kept (a ``labels()`` call per image was a
+    measurable share of a request). A series appears on its first observation, as before:
+    no reconstruction error is reported for a version whose decoder never ran.
+    """
+
+    def __init__(self, metrics: Metrics, model: str, version: int,
+                 outlier_threshold: np.ndarray) -> None:
+        self._metrics = metrics
+        self._labels = {"model": model, "version": str(version)}
+        self._threshold = outlier_threshold
+        self._lock = threading.Lock()
+        self._clusters: dict[int, Counter] = {}
+        self._distance = metrics.distance.labels(**self._labels)
+        self._outliers: Counter | None = None
+        self._reconstruction: Histogram | None = None
+
+    def observe(self, output: BatchOutput) -> None:
+        """Assignments, distances, outliers and reconstruction errors of one batch."""
+        with self._lock:  # children are created lazily; batches of one version are serial
+            ids, counts = np.unique(output.cluster_id, return_counts=True)
+            for cluster, count in zip(ids.tolist(), counts.tolist(), strict=True):
+                child = self._clusters.get(cluster)
+                if child is None:
+                    child = self._metrics.cluster_assignments_total.labels(
+                        **self._labels, cluster=str(cluster))
+                    self._clusters[cluster] = child
+                child.inc(count)
+            for value in output.distance.tolist():
+                self._distance.observe(value)
+            outliers = int(np.count_nonzero(
+                output.distance > self._threshold[output.cluster_id]))
+            if outliers:
+                if self._outliers is None:
+                    self._outliers = self._metrics.outliers_total.labels(**self._labels)
+                self._outliers.inc(outliers)
+            if output.reconstruction_error is not None:
+                if self._reconstruction is None:
+                    self._reconstruction = self._metrics.reconstruction_error.labels(
+                        **self._labels)
+                for value in output.reconstruction_error.tolist():
+                    self._reconstruction.observe(value)

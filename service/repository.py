@@ -22,10 +22,10 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from service import bundle
+from service import bundle, heap
 from service.batcher import Batcher
 from service.errors import NotFound, Unavailable
-from service.metrics import Metrics
+from service.metrics import Metrics, VersionMetrics
 from service.settings import Settings
 from service.types import BatchOutput
 
@@ -155,11 +155,13 @@ class ModelRepository:
     async def poll_once(self) -> None:
         """One scan: load new highest versions, unload replaced or removed ones."""
         async with self._scan_lock:
+            changed = False
             wanted = self._wanted()
             for name, version in wanted.items():
                 current = self._loaded.get(name, {})
                 if version not in current:
                     await self._load(name, version)
+                    changed = True
             for name, by_version in list(self._loaded.items()):
                 keep = wanted.get(name)
                 for version, lv in list(by_version.items()):
@@ -167,6 +169,10 @@ class ModelRepository:
                     default = self._default_version(name)
                     if not on_disk or (keep is not None and version != keep and default != version):
                         await self._unload(lv, reason="removed" if not on_disk else "replaced")
+                        changed = True
+            if changed:
+                # Once per change of the loaded set, not per request: see service/heap.py.
+                heap.settle()
 
     async def _load(self, name: str, version: int) -> None:
         path = self._root / name / str(version)
@@ -188,14 +194,15 @@ class ModelRepository:
         self._loading.discard(key)
         self._failures.pop(key, None)
         settings = self._settings
+        thresholds = np.array([s.p99 for s in manifest.cluster_stats], dtype=np.float32)
         batcher = Batcher(
             lambda images, rec: runtime.run(images, with_reconstruction=rec),
             model=name, version=version, max_batch_size=settings.max_batch_size,
             max_delay_s=settings.max_batch_delay_ms / 1000.0, max_queue=settings.max_queue,
             metrics=self._metrics,
+            observe=VersionMetrics(self._metrics, name, version, thresholds).observe,
         )
         await batcher.start()
-        thresholds = np.array([s.p99 for s in manifest.cluster_stats], dtype=np.float32)
         lv = LoadedVersion(name, version, path, manifest, runtime, batcher, thresholds)
         # The swap: one dict assignment, no await in between, so a request sees either
         # the old default or the new one, never neither.

@@ -23,7 +23,7 @@ from service.grpc import GrpcServer, start_grpc_server
 from service.metrics import Metrics
 from service.repository import ModelRepository
 from service.rest import create_app
-from service.runtime import configure_device, runtime_factory
+from service.runtime import configure_device, configure_threads, runtime_factory
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class AppServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        configure_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
         self.device = configure_device(settings.device, memory_growth=settings.gpu_memory_growth)
         self.repository = ModelRepository(
             settings, self.metrics, runtime_factory(self.device, settings.batch_sizes()))

@@ -68,6 +68,19 @@ class Settings(BaseSettings):
     gpu_memory_growth: bool = Field(
         default=True, description="Let TensorFlow grow GPU memory instead of reserving it all."
     )
+    # 1 and 1 (measured, bench/results/serve.md): this model's ops are small, and handing
+    # them between TensorFlow's pool threads cost more than it saved. The batch-1 call took
+    # 1.07 ms with one thread against 1.71 ms with TensorFlow's default of one per core, and
+    # the serving figures moved the same way; the spare core serves requests instead.
+    tf_intra_op_threads: int = Field(
+        default=1, ge=0, le=1024,
+        description="Threads TensorFlow may use inside one op (0: TensorFlow's default, "
+        "one per core). Raise it for large models on many cores.",
+    )
+    tf_inter_op_threads: int = Field(
+        default=1, ge=0, le=1024,
+        description="Ops TensorFlow may run at once (0: TensorFlow's default).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the JSON logs on stderr."
     )

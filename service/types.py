@@ -67,6 +67,9 @@ class BatchOutput:
     distances: np.ndarray  # float32 [N, K], Euclidean distance to every centroid
     embedding: np.ndarray  # float32 [N, D]
     reconstruction: np.ndarray | None  # float32 [N, H, W, C], None when not asked for
+    # float32 [N], mean squared error of each reconstruction against its input (computed in
+    # the model call, once per batch); None exactly when reconstruction is None
+    reconstruction_error: np.ndarray | None = None
 
     def rows(self, start: int, stop: int) -> BatchOutput:
         """The outputs of images ``start:stop``."""
@@ -77,12 +80,19 @@ class BatchOutput:
             embedding=self.embedding[start:stop],
             reconstruction=None if self.reconstruction is None
             else self.reconstruction[start:stop],
+            reconstruction_error=None if self.reconstruction_error is None
+            else self.reconstruction_error[start:stop],
         )
+
+    def without_reconstruction(self) -> BatchOutput:
+        """The same rows without the reconstruction and its error."""
+        return BatchOutput(self.cluster_id, self.distance, self.distances, self.embedding, None)
 
     @staticmethod
     def concat(parts: list[BatchOutput]) -> BatchOutput:
         """Join outputs computed in several batches back into one, in order."""
         recon = [p.reconstruction for p in parts]
+        errors = [p.reconstruction_error for p in parts]
         return BatchOutput(
             cluster_id=np.concatenate([p.cluster_id for p in parts]),
             distance=np.concatenate([p.distance for p in parts]),
@@ -90,4 +100,6 @@ class BatchOutput:
             embedding=np.concatenate([p.embedding for p in parts]),
             reconstruction=None if any(r is None for r in recon)
             else np.concatenate([r for r in recon if r is not None]),
+            reconstruction_error=None if any(e is None for e in errors)
+            else np.concatenate([e for e in errors if e is not None]),
         )

@@ -114,6 +114,8 @@ async def test_queue_full_tells_the_client_when_to_retry(served: Served) -> None
         await call
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert (PUSHBACK_KEY, "1000") in tuple(caught.value.trailing_metadata() or ())
+    # Failed calls carry their request id too, beside the pushback.
+    assert any(k == "x-request-id" for k, _ in caught.value.trailing_metadata() or ())
 
 
 async def test_unexpected_errors_are_logged_and_hidden(
@@ -126,6 +128,7 @@ async def test_unexpected_errors_are_logged_and_hidden(
         await call
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert caught.value.details() == INTERNAL_MESSAGE.format(request_id="req-42")
+    assert ("x-request-id", "req-42") in tuple(caught.value.trailing_metadata() or ())
     assert SECRET not in caught.value.details()
     [record] = [r for r in caplog.records if r.exc_info]
     assert SECRET in caplog.text and "RuntimeError" in caplog.text
@@ -155,16 +158,17 @@ async def test_request_id_in_and_out(served: Served) -> None:
     call = served.stub.Cluster(pb.ClusterRequest(model="ok"),
                                metadata=(("x-request-id", "trace-7.a:b"),))
     await call
-    assert ("x-request-id", "trace-7.a:b") in tuple(await call.initial_metadata())
+    # In the trailing metadata, sent with the status (no extra operation per call).
+    assert ("x-request-id", "trace-7.a:b") in tuple(await call.trailing_metadata())
     generated = served.stub.Cluster(pb.ClusterRequest(model="ok"))
     await generated
-    [rid] = [v for k, v in await generated.initial_metadata() if k == "x-request-id"]
+    [rid] = [v for k, v in await generated.trailing_metadata() if k == "x-request-id"]
     assert len(rid) == 32 and int(rid, 16) >= 0
     # Ids end up in logs: anything but a short plain token is replaced by a fresh one.
     hostile = served.stub.Cluster(pb.ClusterRequest(model="ok"),
                                   metadata=(("x-request-id", "a b\"}{" * 10),))
     await hostile
-    [replaced] = [v for k, v in await hostile.initial_metadata() if k == "x-request-id"]
+    [replaced] = [v for k, v in await hostile.trailing_metadata() if k == "x-request-id"]
     assert len(replaced) == 32
     assert served.servicer.seen_request_ids == ["trace-7.a:b", rid, replaced]
 

@@ -122,7 +122,7 @@ async def test_cluster_relays_the_data_plane_exactly(stack: Stack) -> None:
                                 return_embedding=True, top_k=3)
     call = stack.native.Cluster(request, metadata=(("x-request-id", "native-1"),))
     answer = await call
-    assert ("x-request-id", "native-1") in tuple(await call.initial_metadata())
+    assert ("x-request-id", "native-1") in tuple(await call.trailing_metadata())
     info, expected = await stack.dataplane.cluster(
         ModelRef("digits"), [ImageInput(array=i) for i in DIGITS],
         ClusterOptions(return_reconstruction="array", return_embedding=True, top_k=3))
