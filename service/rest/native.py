@@ -282,13 +282,13 @@ def _prediction(result: ClusterResult, options: ClusterOptions) -> dict[str, Any
             png = encode_png(result.reconstruction)
             entry["reconstruction"] = {"b64": base64.b64encode(png).decode("ascii")}
         else:
-            entry["reconstruction"] = result.reconstruction.tolist()
+            entry["reconstruction"] = result.reconstruction  # numpy: dumps writes it in C
     if result.reconstruction_error is not None:
         entry["reconstruction_error"] = finite_or_none(result.reconstruction_error)
     if result.psnr is not None:
         entry["psnr"] = finite_or_none(result.psnr)
     if result.embedding is not None:
-        entry["embedding"] = result.embedding.tolist()
+        entry["embedding"] = result.embedding
     if options.top_k > 0:
         entry["top_k"] = [{"cluster_id": c, "distance": finite_or_none(d)}
                           for c, d in result.top_k]

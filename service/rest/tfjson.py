@@ -129,10 +129,10 @@ def _bytes_tensor(value: Any, *, where: str) -> np.ndarray:
     return array
 
 
-def _value(array: np.ndarray) -> Any:
+def _value(array: np.ndarray) -> np.ndarray:
     if array.dtype == object:
         raise TypeError("string outputs are not produced by these signatures")
-    return array.tolist()
+    return array  # encoding.dumps writes numpy arrays and their rows as they are
 
 
 def row_answer(outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 
+import json
+from typing import Any
+
 import numpy as np
 import pytest
 
 from service.dataplane import SignatureInfo, TensorInfo
 from service.errors import InvalidInput
 from service.rest import tfjson
+from service.rest.encoding import dumps
 
 IMAGES = SignatureInfo({"images": TensorInfo("float32", (-1, 2, 2, 1))},
                        {"cluster_id": TensorInfo("int64", (-1,))})
@@ -23,22 +27,27 @@ def _b64(data: bytes) -> dict[str, str]:
     return {"b64": base64.b64encode(data).decode()}
 
 
+def _sent(answer: dict[str, Any]) -> Any:
+    """The answer as a caller reads it: encoded as the API sends it, parsed back."""
+    return json.loads(dumps(answer))
+
+
 def test_row_answers_follow_tf_serving() -> None:
     one = {"cluster_id": np.array([3, 1], dtype=np.int64)}
-    assert tfjson.row_answer(one) == {"predictions": [3, 1]}
+    assert _sent(tfjson.row_answer(one)) == {"predictions": [3, 1]}
     several = {"cluster_id": np.array([3, 1]), "is_outlier": np.array([True, False]),
                "embedding": np.array([[0.5, 1.0], [0.0, 2.0]], dtype=np.float32)}
-    assert tfjson.row_answer(several) == {"predictions": [
+    assert _sent(tfjson.row_answer(several)) == {"predictions": [
         {"cluster_id": 3, "is_outlier": True, "embedding": [0.5, 1.0]},
         {"cluster_id": 1, "is_outlier": False, "embedding": [0.0, 2.0]},
     ]}
 
 
 def test_columnar_answers_follow_tf_serving() -> None:
-    assert tfjson.columnar_answer({"distance": np.array([0.5], dtype=np.float32)}) == {
+    assert _sent(tfjson.columnar_answer({"distance": np.array([0.5], dtype=np.float32)})) == {
         "outputs": [0.5]}
-    assert tfjson.columnar_answer({"cluster_id": np.array([3]),
-                                   "is_outlier": np.array([False])}) == {
+    assert _sent(tfjson.columnar_answer({"cluster_id": np.array([3]),
+                                         "is_outlier": np.array([False])})) == {
         "outputs": {"cluster_id": [3], "is_outlier": [False]}}
 
 
