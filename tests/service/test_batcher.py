@@ -603,3 +603,25 @@ def test_caller_cancellation_withdraws_its_images() -> None:
     run(main())
     assert 8 not in model.computed_ids()
 
+
+
+def test_observe_sees_each_computed_batch_once_on_the_worker_thread() -> None:
+    model = PlainModel()
+    seen: list[tuple[list[int], int]] = []
+    batcher = Batcher(model, model="m", version=1, max_batch_size=8, max_delay_s=0.05,
+                      max_queue=64, metrics=Metrics(),
+                      observe=lambda out: seen.append((out.cluster_id.tolist(),
+                                                       threading.get_ident())))
+
+    async def main() -> None:
+        await batcher.start()
+        try:
+            await asyncio.gather(*(batcher.submit(ids_images([i]), with_reconstruction=False)
+                                   for i in range(3)))
+        finally:
+            await batcher.stop(5.0)
+
+    run(main())
+    # One batch of three requests: observed once, with all three rows, where the model ran.
+    assert [ids for ids, _ in seen] == [[0, 1, 2]]
+    assert {thread for _, thread in seen} == model.threads

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import LATENCY_BUCKETS, Metrics
+from service import types
+from service.metrics import LATENCY_BUCKETS, Metrics, VersionMetrics
 
 # name in the exposition (family name as the parser reports it) -> type
 EXPECTED = {
@@ -101,3 +103,31 @@ def test_explicit_registry_is_used() -> None:
     # A second Metrics on the same registry would register the same names twice.
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         Metrics(registry)
+
+
+def test_version_metrics_record_a_batch_and_create_series_on_first_use() -> None:
+    metrics = Metrics()
+    version = VersionMetrics(metrics, "digits", 2, np.array([1.0, 1.0, 5.0], np.float32))
+    labels = {"model": "digits", "version": "2"}
+
+    def get(name: str, **extra: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {**labels, **extra})
+
+    version.observe(types.BatchOutput(
+        cluster_id=np.array([0, 0, 2], np.int64), distance=np.array([0.5, 2.0, 3.0], np.float32),
+        distances=np.zeros((3, 3), np.float32), embedding=np.zeros((3, 4), np.float32),
+        reconstruction=None))
+    assert get("aecluster_cluster_assignments_total", cluster="0") == 2
+    assert get("aecluster_cluster_assignments_total", cluster="2") == 1
+    assert get("aecluster_cluster_assignments_total", cluster="1") is None  # never assigned
+    assert get("aecluster_distance_count") == 3 and get("aecluster_distance_sum") == 5.5
+    assert get("aecluster_outliers_total") == 1  # 2.0 > 1.0 of cluster 0; 3.0 <= 5.0
+    assert get("aecluster_reconstruction_error_count") is None  # the decoder did not run
+    version.observe(types.BatchOutput(
+        cluster_id=np.array([1], np.int64), distance=np.array([0.1], np.float32),
+        distances=np.zeros((1, 3), np.float32), embedding=np.zeros((1, 4), np.float32),
+        reconstruction=np.zeros((1, 2, 2, 1), np.float32),
+        reconstruction_error=np.array([0.25], np.float32)))
+    assert get("aecluster_cluster_assignments_total", cluster="1") == 1
+    assert get("aecluster_reconstruction_error_count") == 1
+    assert get("aecluster_reconstruction_error_sum") == 0.25

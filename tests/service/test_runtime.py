@@ -3,7 +3,10 @@ SavedModels, padded to the allowed sizes without retracing, thread-safe, clear e
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ import tensorflow as tf
 from sklearn.datasets import load_digits
 
 from service import bundle, errors
-from service.runtime import ModelRuntime, configure_device, resolve_device
+from service.runtime import ModelRuntime, configure_device, configure_threads, resolve_device
 
 SIZES = (1, 2, 4, 8, 16)
 
@@ -90,6 +93,12 @@ def test_equals_reference_assignment_and_saved_models(
         assert out.reconstruction is not None
         np.testing.assert_allclose(out.reconstruction, _decode(saved_models, embedding),
                                    atol=1e-5)
+        # Computed in the graph, once per batch: the MSE of each row against its input.
+        assert out.reconstruction_error is not None
+        np.testing.assert_allclose(
+            out.reconstruction_error,
+            ((out.reconstruction - batch) ** 2).mean(axis=(1, 2, 3)), rtol=1e-5, atol=1e-7)
+        assert runtime.run(batch, with_reconstruction=False).reconstruction_error is None
 
 
 def test_all_distances_match_numpy(runtime: ModelRuntime,
@@ -220,3 +229,25 @@ def test_runtime_on_the_auto_device(digits_bundle: Path,
     out = rt.run(images[:3], with_reconstruction=False)
     assert out.cluster_id.shape == (3,)
     assert (rt.name, rt.version) == (manifest.name, manifest.version)
+
+
+def test_thread_pools_follow_the_settings_before_tensorflow_starts() -> None:
+    """In a fresh process the sizes apply; once TensorFlow has run they are logged, not fatal."""
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(stream=sys.stdout, level=logging.WARNING)\n"
+        "import tensorflow as tf\n"
+        "from service.runtime import configure_threads\n"
+        "configure_threads(1, 2)\n"
+        "print('sizes', tf.config.threading.get_intra_op_parallelism_threads(),\n"
+        "      tf.config.threading.get_inter_op_parallelism_threads())\n"
+        "tf.constant(1.0) + 1.0\n"
+        "configure_threads(3, 0)\n"
+        "print('after', tf.config.threading.get_intra_op_parallelism_threads())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert "sizes 1 2" in done.stdout
+    assert "after 1" in done.stdout  # unchanged, and the process went on
+    assert "tf_intra_op_threads = 3 not applied" in done.stdout
+    configure_threads(0, 0)  # 0 leaves TensorFlow's pools alone: a no-op in this process
