@@ -270,11 +270,12 @@ def _to_unit(arr: np.ndarray) -> np.ndarray:
             )
         return arr.astype(np.float32) * _INV_255
     if kind == "f":
-        unit = arr.astype(np.float32)
-        if not np.all(np.isfinite(unit)):
-            raise errors.InvalidInput("image contains NaN or infinite values")
+        unit = arr.astype(np.float32, copy=False)
         low_f, high_f = float(unit.min()), float(unit.max())
-        if low_f < 0.0 or high_f > 1.0:
+        # One check for the common case: NaN fails both comparisons, infinities the range.
+        if not (low_f >= 0.0 and high_f <= 1.0):
+            if not np.all(np.isfinite(unit)):
+                raise errors.InvalidInput("image contains NaN or infinite values")
             raise errors.InvalidInput(
                 f"float image values must be in [0, 1], got {low_f:.6g}..{high_f:.6g}"
             )
@@ -305,9 +306,8 @@ def _resize(colored: list[np.ndarray], spec: bundle.InputSpec) -> np.ndarray:
             resized = tf.image.resize_with_pad(stack, spec.height, spec.width, method=spec.resize)
         else:
             resized = tf.image.resize(stack, target, method=spec.resize)
-        out[indices] = resized.numpy()
-    # Bilinear weights are convex, but rounding may step a hair outside [0, 1].
-    np.clip(out, 0.0, 1.0, out=out)
+        # Bilinear weights are convex, but rounding may step a hair outside [0, 1].
+        out[indices] = np.clip(resized.numpy(), 0.0, 1.0)
     return out
 
 
