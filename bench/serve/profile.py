@@ -6,8 +6,8 @@ records every thread of the server with py-spy (busy threads only, Python frames
 pausing the server: with --native, py-spy must stop it for every sample, which cut gRPC at
 c = 32 from about 1,100 to 110 req/s here and so profiled another workload). Time in C code
 (grpc's core, TensorFlow's kernels) shows under the Python frame that called it. Writes
-a flame graph (SVG) and a table of the frames holding the most samples, by own time and, for
-the service's own functions, by inclusive time.
+a flame graph (SVG) and, beside it (.txt), a table of the frames holding the most samples, by
+own time and, for the service's own functions, by inclusive time.
 
     .venv/bin/python bench/serve/profile.py                       # gRPC, c = 32, reconstruction
     .venv/bin/python bench/serve/profile.py --no-reconstruction --out bench/results/x.svg
@@ -140,16 +140,17 @@ def _profile(args: argparse.Namespace, version_dir: Path) -> int:
     result = load.get("result")
     if isinstance(result, Exception):
         raise run.BenchError(f"the load during the profile failed: {result}")
-    print(f"profile of {manifest.name} v{manifest.version}, gRPC native, c = "
-          f"{args.concurrency}, reconstruction {not args.no_reconstruction}"
-          + (f": {result.rps:.0f} req/s under the profiler" if result else ""))
-    print(f"flame graph: {args.out}")
-    print("\nown time (leaf frames), share of all samples of all threads:")
-    for frame, share in own:
-        print(f"  {100 * share:5.1f} %  {frame}")
-    print("\ninclusive time of the service's own functions:")
-    for frame, share in inclusive:
-        print(f"  {100 * share:5.1f} %  {frame}")
+    lines = [f"profile of {manifest.name} v{manifest.version}, gRPC native, c = "
+             f"{args.concurrency}, reconstruction {not args.no_reconstruction}"
+             + (f": {result.rps:.0f} req/s under the profiler" if result else ""),
+             f"flame graph: {args.out}",
+             "", "own time (leaf frames), share of all samples of all threads:"]
+    lines += [f"  {100 * share:5.1f} %  {frame}" for frame, share in own]
+    lines += ["", "inclusive time of the service's own functions:"]
+    lines += [f"  {100 * share:5.1f} %  {frame}" for frame, share in inclusive]
+    text = "\n".join(lines) + "\n"
+    args.out.with_suffix(".txt").write_text(text)  # the table beside its flame graph
+    print(text, end="")
     return 0
 
 
