@@ -135,8 +135,9 @@ class VersionMetrics:
     def observe(self, output: BatchOutput) -> None:
         """Assignments, distances, outliers and reconstruction errors of one batch."""
         with self._lock:  # children are created lazily; batches of one version are serial
-            ids, counts = np.unique(output.cluster_id, return_counts=True)
-            for cluster, count in zip(ids.tolist(), counts.tolist(), strict=True):
+            counts = np.bincount(output.cluster_id, minlength=len(self._threshold))
+            for cluster in np.flatnonzero(counts).tolist():
+                count = int(counts[cluster])
                 child = self._clusters.get(cluster)
                 if child is None:
                     child = self._metrics.cluster_assignments_total.labels(

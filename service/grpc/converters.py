@@ -86,7 +86,9 @@ def tensor_to_array(tensor: pb.Tensor, what: str) -> np.ndarray:
             f"{what}: tensor data holds {len(tensor.data)} bytes, but shape {shape} of "
             f"{tensor.dtype} needs {expected}"
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    # A read-only view of the message's bytes; astype copies only on a big-endian host.
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape).astype(
+        dtype.newbyteorder("="), copy=False)
 
 
 def array_to_tensor(array: np.ndarray) -> pb.Tensor:
