@@ -322,14 +322,16 @@ def read_verified(version_dir: Path, manifest: Manifest, relative: str) -> bytes
 
 def load_centroids(version_dir: Path, manifest: Manifest, *, verify: bool = True) -> np.ndarray:
     """Return the float32 [K, D] centroids, after checking the bundle's checksums."""
-    import joblib  # local: only loaders pay for it
+    from service import centroid_file  # local: only loaders pay for joblib
 
     if verify:
         verify_checksums(version_dir, manifest)
     try:
-        payload = joblib.load(version_dir / CENTROIDS_FILE)
+        payload = centroid_file.load(version_dir / CENTROIDS_FILE)
+    except centroid_file.RefusedPickle as exc:
+        raise BundleError(f"{CENTROIDS_FILE} was refused, nothing in it was run: {exc}") from exc
     except Exception as exc:  # joblib raises many types for a bad pickle
-        raise BundleError(f"{version_dir / CENTROIDS_FILE} could not be loaded: {exc}") from exc
+        raise BundleError(f"{CENTROIDS_FILE} could not be loaded: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != CENTROIDS_FORMAT:
         raise BundleError(f"{CENTROIDS_FILE} is not a format-{CENTROIDS_FORMAT} centroid file")
     centroids = np.asarray(payload.get("centroids"))
