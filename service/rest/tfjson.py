@@ -95,6 +95,11 @@ def columnar_inputs(inputs: Any, signature_name: str,
     return {name: to_tensor(inputs, signature.inputs[name], where="inputs")}
 
 
+# Deepest nesting of a string input accepted: a batch of encoded images is rank 1, and
+# TF Serving's row format adds at most one level.
+MAX_STRING_RANK = 8
+
+
 def to_tensor(value: Any, info: TensorInfo, *, where: str) -> np.ndarray:
     """A JSON value as an array of the input's dtype (strings: an object array of bytes)."""
     if info.dtype == "string":
@@ -108,15 +113,22 @@ def to_tensor(value: Any, info: TensorInfo, *, where: str) -> np.ndarray:
 
 
 def _bytes_tensor(value: Any, *, where: str) -> np.ndarray:
-    def convert(item: Any, path: str) -> Any:
+    def convert(item: Any, path: str, depth: int) -> Any:
         if isinstance(item, list):
-            return [convert(child, f"{path}[{i}]") for i, child in enumerate(item)]
+            if depth >= MAX_STRING_RANK:
+                # Checked while walking: numpy iterates at most 32 dimensions (issue 39: a
+                # 33-deep list was a 500), and no signature here takes more than a vector.
+                raise InvalidInput(
+                    f"{where} is nested more than {MAX_STRING_RANK} levels deep; string "
+                    "inputs are vectors of encoded images"
+                )
+            return [convert(child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item)]
         if isinstance(item, str):
             # TF Serving reads a plain string as the UTF-8 bytes of the text.
             return item.encode("utf-8")
         return decode_b64(item, where=path)
 
-    nested = convert(value, where)
+    nested = convert(value, where, 0)
     if not isinstance(nested, list):
         scalar = np.empty((), dtype=object)
         scalar[()] = nested

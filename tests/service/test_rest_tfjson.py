@@ -79,3 +79,17 @@ def test_bytes_inputs() -> None:
         tfjson.columnar_inputs([[_b64(b"a")], [_b64(b"b"), _b64(b"c")]], "predict_bytes", BYTES)
     with pytest.raises(InvalidInput, match=r"inputs\[0\]"):
         tfjson.columnar_inputs([3], "predict_bytes", BYTES)
+
+
+@pytest.mark.parametrize("depth", [9, 33, 100])
+def test_deeply_nested_strings_are_refused_not_a_crash(depth: int) -> None:
+    # Issue 39: 33 levels made numpy raise RuntimeError inside the handler (a 500).
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value]
+    with pytest.raises(InvalidInput, match="nested more than 8 levels deep"):
+        tfjson.to_tensor(value, BYTES.inputs["image_bytes"], where="instances")
+    shallow: Any = _b64(b"png")
+    for _ in range(tfjson.MAX_STRING_RANK):
+        shallow = [shallow]
+    assert tfjson.to_tensor(shallow, BYTES.inputs["image_bytes"], where="instances").ndim == 8
