@@ -11,6 +11,7 @@ import contextvars
 import datetime as dt
 import json
 import logging
+import re
 import sys
 import uuid
 from typing import Any
@@ -25,6 +26,22 @@ _RECORD_ATTRIBUTES = frozenset(
 # Marks the handler configure_logging installed, so calling it again replaces only that one.
 _HANDLER_NAME = "aecluster"
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+# C0 and C1 control characters, DEL, and the Unicode line and paragraph separators: what a
+# caller could use, through a logged path or name, to start a line of its own or send a
+# terminal escape (issue 39).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\n``)."""
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        if keep_newlines and char == "\n":
+            return char
+        code = ord(char)
+        return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+    return _CONTROL.sub(escape, text)
 
 
 def new_request_id() -> str:
@@ -70,8 +87,44 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             entry["stack_info"] = self.formatStack(record.stack_info)
         # default=str: an extra field that JSON cannot hold (a Path, a numpy scalar) must
-        # never make a log call fail.
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        # never make a log call fail. JSON escapes C0 controls itself; the rest are escaped
+        # here (as JSON \\u escapes, so the value reads back unchanged).
+        line = json.dumps(entry, default=str, ensure_ascii=False)
+        return _CONTROL.sub(lambda match: f"\\u{ord(match.group()):04x}", line)
+
+
+class PlainFormatter(logging.Formatter):
+    """``PLAIN_FORMAT`` lines that a logged value cannot break or forge.
+
+    Control characters in the record's line are escaped. A traceback keeps its lines, each
+    continuation prefixed with ``| ``. So every line that starts with a timestamp is a record.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(PLAIN_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return escape_controls(super().formatException(ei), keep_newlines=True)
+
+    def formatStack(self, stack_info: str) -> str:
+        return escape_controls(super().formatStack(stack_info), keep_newlines=True)
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        text = self.formatMessage(record)
+        # Formatted here, not taken from record.exc_text: another handler may have cached
+        # it there unescaped.
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        elif record.exc_text:
+            text += "\n" + escape_controls(record.exc_text, keep_newlines=True)
+        if record.stack_info:
+            text += "\n" + self.formatStack(record.stack_info)
+        return text.replace("\n", "\n| ")
 
 
 def configure_logging(level: str, *, json_format: bool) -> None:
@@ -91,7 +144,7 @@ def configure_logging(level: str, *, json_format: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if json_format else logging.Formatter(PLAIN_FORMAT))
+    handler.setFormatter(JsonFormatter() if json_format else PlainFormatter())
     root.addHandler(handler)
     root.setLevel(numeric)
     # Servers' own loggers propagate to the root, so they share the format and the id.

@@ -103,3 +103,35 @@ def test_plain_text_and_reconfiguration(capsys: pytest.CaptureFixture[str],
 def test_unknown_level_is_refused(restore_root: None) -> None:
     with pytest.raises(ValueError, match="unknown log level 'LOUD'"):
         logs.configure_logging("LOUD", json_format=True)
+
+
+HOSTILE = ("/v1/models/a\n2026-12-06 00:00:00,000 INFO service.rest.access [x] "
+           "FORGED\x1b[2J\u2028\x85:cluster")
+
+
+def test_plain_text_lines_cannot_be_forged(capsys: pytest.CaptureFixture[str],
+                                           restore_root: None) -> None:
+    # Issue 39: with AEC_LOG_JSON=false a decoded request path was written raw.
+    logs.configure_logging("INFO", json_format=False)
+    logger = logging.getLogger("service.rest.access")
+    logger.info("POST %s 404", HOSTILE)
+    try:
+        raise ValueError(f"bad name {HOSTILE}")
+    except ValueError:
+        logger.exception("failed")
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\u2028" not in err and "\x85" not in err
+    records = [line for line in err.splitlines() if not line.startswith("| ")]
+    # Two records, two lines: the traceback's lines all carry the continuation mark.
+    assert len(records) == 2 and all(re.match(r"\d{4}-\d\d-\d\d ", r) for r in records)
+    assert "FORGED\\x1b[2J\\u2028\\x85:cluster 404" in records[0]
+
+
+def test_json_lines_escape_every_control_character(capsys: pytest.CaptureFixture[str],
+                                                   restore_root: None) -> None:
+    logs.configure_logging("INFO", json_format=True)
+    logging.getLogger("service.rest.access").info("POST %s", HOSTILE)
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\u2028" not in err and "\x85" not in err
+    [entry] = _lines(err)
+    assert entry["message"] == f"POST {HOSTILE}"  # escaped on the wire, exact once parsed
