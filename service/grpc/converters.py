@@ -168,12 +168,15 @@ def model_ref(spec: model_pb2.ModelSpec) -> ModelRef:
 
 
 def tensor_proto_to_array(proto: tensor_pb2.TensorProto, name: str, *,
-                          max_bytes: int) -> np.ndarray:
+                          max_bytes: int, max_images: int | None = None) -> np.ndarray:
     """A ``TensorProto`` as numpy, with TensorFlow's rules (``tf.make_ndarray``).
 
     Values come from ``tensor_content`` or else from the typed ``*_val`` field, where fewer
     values than elements repeat the last one. Because that lets a tiny message describe a
-    huge tensor, the expanded size is capped at ``max_bytes`` (the message size limit).
+    huge tensor, the declared shape is checked before anything is expanded: the expanded
+    size against ``max_bytes`` (the message size limit) and, when given, the number of
+    images against ``max_images`` (the batch dimension; every element of a string tensor
+    is one encoded image).
     """
     entry = _TF_DTYPES.get(proto.dtype)
     if entry is None:
@@ -189,6 +192,15 @@ def tensor_proto_to_array(proto: tensor_pb2.TensorProto, name: str, *,
     if any(size < 0 for size in shape):
         raise InvalidInput(f"input {name!r} has shape {shape} with a negative dimension")
     count = math.prod(shape)
+    if max_images is not None:
+        images = count if dtype.kind == "O" else (shape[0] if shape else 1)
+        if images > max_images:
+            # Issue 39: [8,000,000] strings from one string_val, a 56-byte message, took
+            # 15-29 s of the event loop to expand before the count was checked.
+            raise PayloadTooLarge(
+                f"input {name!r} of shape {shape} holds {images} images; the limit is "
+                f"{max_images} per request (AEC_MAX_IMAGES_PER_REQUEST)"
+            )
     itemsize = 8 if dtype.kind == "O" else dtype.itemsize
     if count * itemsize > max_bytes:
         raise PayloadTooLarge(

@@ -116,7 +116,8 @@ async def start_grpc_server(dataplane: DataPlane, settings: Settings,
     )
     pb_grpc.add_ClusterServiceServicer_to_server(ClusterServicer(dataplane), server)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(dataplane, max_message_bytes=limit), server)
+        PredictionServicer(dataplane, max_message_bytes=limit,
+                           max_images=settings.max_images_per_request), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(dataplane), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

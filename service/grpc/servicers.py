@@ -94,9 +94,11 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """``tensorflow.serving.PredictionService``: Predict and GetModelMetadata."""
 
-    def __init__(self, dataplane: DataPlane, *, max_message_bytes: int) -> None:
+    def __init__(self, dataplane: DataPlane, *, max_message_bytes: int,
+                 max_images: int | None = None) -> None:
         self._dataplane = dataplane
         self._max_bytes = max_message_bytes
+        self._max_images = max_images
 
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
@@ -104,7 +106,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         """TF Serving's Predict over the ``serving_default`` and ``predict_bytes`` signatures."""
         model = converters.model_ref(request.model_spec)
         inputs = {
-            name: converters.tensor_proto_to_array(proto, name, max_bytes=self._max_bytes)
+            name: converters.tensor_proto_to_array(proto, name, max_bytes=self._max_bytes,
+                                                   max_images=self._max_images)
             for name, proto in request.inputs.items()
         }
         signature = request.model_spec.signature_name or None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,6 +16,24 @@ from service.grpc import converters
 from service.repository import VersionStatus
 
 LIMIT = 1 << 20
+
+
+def test_declared_images_are_counted_before_anything_is_expanded() -> None:
+    # Issue 39: this 56-byte message expanded into 8,000,000 strings on the event loop.
+    bomb = _proto(types_pb2.DT_STRING, [8_000_000])
+    bomb.string_val.append(b"x")
+    assert len(bomb.SerializeToString()) < 64
+    started = time.perf_counter()
+    with pytest.raises(PayloadTooLarge, match="holds 8000000 images; the limit is 64"):
+        converters.tensor_proto_to_array(bomb, "image_bytes", max_bytes=1 << 26, max_images=64)
+    assert time.perf_counter() - started < 0.05
+    images = _proto(types_pb2.DT_FLOAT, [65, 2, 2, 1])
+    images.float_val.append(0.5)
+    with pytest.raises(PayloadTooLarge, match="holds 65 images"):
+        converters.tensor_proto_to_array(images, "images", max_bytes=LIMIT, max_images=64)
+    images.tensor_shape.dim[0].size = 64
+    assert converters.tensor_proto_to_array(images, "images", max_bytes=LIMIT,
+                                            max_images=64).shape == (64, 2, 2, 1)
 
 
 @pytest.mark.parametrize("array", [

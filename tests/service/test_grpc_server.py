@@ -506,3 +506,24 @@ async def test_bad_requests_get_their_code_and_the_server_keeps_serving(stack: S
     assert caught.value.code() == grpc.StatusCode[code], caught.value.details()
     assert fragment in (caught.value.details() or "")
     await stack.still_serving()
+
+
+async def test_a_tiny_predict_declaring_millions_of_images_is_refused_at_once(
+        stack: Stack) -> None:
+    # Issue 39: a 56-byte Predict (DT_STRING of shape [8,000,000], one string_val) held the
+    # event loop for 15-29 s while it was expanded, before the image count was checked.
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "digits"
+    request.model_spec.signature_name = "predict_bytes"
+    bomb = request.inputs["image_bytes"]
+    bomb.dtype = tf.string.as_datatype_enum
+    bomb.tensor_shape.dim.add().size = 8_000_000
+    bomb.string_val.append(b"x")
+    assert len(request.SerializeToString()) < 80
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.predict.Predict(request)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"holds 8000000 images; the limit is {MAX_IMAGES}" in (caught.value.details() or "")
+    assert asyncio.get_running_loop().time() - started < 1.0
+    await stack.still_serving()
