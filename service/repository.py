@@ -74,10 +74,19 @@ class LoadedVersion:
         self.idle.set()
 
 
+# A failed version is retried when its files change, but no sooner than this after its
+# last attempt, doubling per failure up to the maximum: a copy still in progress is not
+# re-verified (every file hashed) on every scan.
+RETRY_BACKOFF_S = 1.0
+RETRY_BACKOFF_MAX_S = 60.0
+
+
 @dataclass(frozen=True)
 class _Failure:
-    manifest_mtime: float
+    fingerprint: tuple[tuple[str, int, int], ...]  # the version's files when it failed
     message: str
+    attempts: int
+    next_try: float  # time.monotonic(): no retry before it, changed or not
 
 
 class ModelRepository:
@@ -146,11 +155,19 @@ class ModelRepository:
         return wanted
 
     def _failed_unchanged(self, name: str, version: int) -> bool:
+        """Whether a failed version should be skipped by this scan.
+
+        It is tried again once any of its files changed (added, removed, resized, touched)
+        and its backoff has passed. Copy tools (rsync, ``aws s3 sync``) write in name
+        order, so ``manifest.json`` can land before ``report/``: such a version fails
+        until the copy completes, and then loads.
+        """
         failure = self._failures.get((name, version))
         if failure is None:
             return False
-        manifest = self._root / name / str(version) / bundle.MANIFEST_FILE
-        return _mtime(manifest) == failure.manifest_mtime
+        if time.monotonic() < failure.next_try:
+            return True
+        return _fingerprint(self._root / name / str(version)) == failure.fingerprint
 
     async def poll_once(self) -> None:
         """One scan: load new highest versions, unload replaced or removed ones."""
@@ -186,7 +203,10 @@ class ModelRepository:
             self._loading.discard(key)
             known = isinstance(exc, bundle.BundleError)
             message = str(exc) if known else f"{type(exc).__name__}: {exc}"
-            self._failures[key] = _Failure(_mtime(path / bundle.MANIFEST_FILE), message)
+            attempts = self._failures[key].attempts + 1 if key in self._failures else 1
+            backoff = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2 ** (attempts - 1))
+            self._failures[key] = _Failure(_fingerprint(path), message, attempts,
+                                           time.monotonic() + backoff)
             self._metrics.model_load_failures_total.labels(model=name).inc()
             logger.error("could not load %s version %d: %s", name, version, message,
                          exc_info=not known)
@@ -325,11 +345,18 @@ class ModelRepository:
         return {name: sorted(by_version) for name, by_version in self._loaded.items()}
 
 
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return -1.0
+def _fingerprint(version_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """(relative path, size, mtime in ns) of every file under ``version_dir``, sorted."""
+    entries = []
+    for path in version_dir.rglob("*"):
+        try:
+            stat = path.stat()
+        except OSError:  # removed while we looked: the next scan sees the change
+            continue
+        if path.is_file():
+            entries.append((path.relative_to(version_dir).as_posix(), stat.st_size,
+                            stat.st_mtime_ns))
+    return tuple(sorted(entries))
 
 
 def _info_labels(manifest: bundle.Manifest) -> dict[str, str]:

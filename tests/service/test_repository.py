@@ -13,7 +13,7 @@ import pytest
 from service import bundle
 from service.errors import NotFound, Unavailable
 from service.metrics import Metrics
-from service.repository import ModelRepository
+from service.repository import RETRY_BACKOFF_S, ModelRepository
 from service.runtime import runtime_factory
 from service.settings import Settings
 from tests.service.bundles import clone_version
@@ -149,5 +149,38 @@ async def test_manifest_must_match_its_directory(model_repo: Path) -> None:
     try:
         with pytest.raises(Unavailable, match="directory and the manifest must agree"):
             repo.get("other")
+    finally:
+        await repo.stop(1)
+
+
+async def test_a_version_copied_manifest_first_loads_once_the_copy_completes(
+        model_repo: Path, digits_bundle: Path) -> None:
+    # Issue 39: rsync and `aws s3 sync` copy in name order, so manifest.json lands before
+    # report/. The version failed verification and was never retried (the retry was keyed on
+    # the manifest's mtime alone).
+    repo, metrics = _repository(model_repo)
+    await repo.start()
+    try:
+        staged = clone_version(digits_bundle, model_repo.parent / "staging", "digits", 2)
+        late = sorted(p for p in staged.rglob("*") if p.is_file()
+                      and p.relative_to(staged).as_posix() > bundle.MANIFEST_FILE)
+        assert late, "the bundle has files that sort after manifest.json"
+        partial = model_repo / "digits" / "2"
+        shutil.copytree(staged, partial)
+        for path in late:  # the copy has not reached these yet
+            (partial / path.relative_to(staged)).unlink()
+        await repo.poll_once()
+        assert repo.get("digits").version == 1
+        assert _sample(metrics, "aecluster_model_load_failures_total", model="digits") == 1
+        [failed] = [s for s in repo.status("digits") if s.version == 2]
+        assert "missing" in failed.error_message
+        await repo.poll_once()  # unchanged: not retried on every scan
+        assert _sample(metrics, "aecluster_model_load_failures_total", model="digits") == 1
+        for path in late:  # the copy completes, manifest.json untouched
+            shutil.copy2(path, partial / path.relative_to(staged))
+        await asyncio.sleep(RETRY_BACKOFF_S + 0.1)
+        await repo.poll_once()
+        assert repo.get("digits").version == 2
+        assert (2, "AVAILABLE") in [(s.version, s.state) for s in repo.status("digits")]
     finally:
         await repo.stop(1)
