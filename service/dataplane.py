@@ -85,6 +85,7 @@ class DataPlane:
         self._settings = settings
         self._metrics = metrics
         self._max_pixels = settings.max_image_pixels
+        self._max_request_pixels = settings.max_request_pixels
         self._draining = False
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -162,9 +163,11 @@ class DataPlane:
     async def _prepare(self, images: Sequence[ImageInput], spec: bundle.InputSpec) -> np.ndarray:
         size = sum(len(i.encoded) if i.encoded is not None else 0 for i in images)
         if size <= INLINE_DECODE_BYTES:
-            return imagecodec.prepare_batch(images, spec, max_pixels=self._max_pixels)
+            return imagecodec.prepare_batch(images, spec, max_pixels=self._max_pixels,
+                                            max_request_pixels=self._max_request_pixels)
         return await asyncio.to_thread(imagecodec.prepare_batch, images, spec,
-                                       max_pixels=self._max_pixels)
+                                       max_pixels=self._max_pixels,
+                                       max_request_pixels=self._max_request_pixels)
 
     def _results(self, lv: LoadedVersion, out: BatchOutput,
                  options: ClusterOptions) -> list[ClusterResult]:

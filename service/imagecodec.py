@@ -198,15 +198,20 @@ def to_model_input(image: np.ndarray, spec: bundle.InputSpec) -> np.ndarray:
 
 
 def prepare_batch(
-    images: Sequence[types.ImageInput], spec: bundle.InputSpec, *, max_pixels: int
+    images: Sequence[types.ImageInput], spec: bundle.InputSpec, *, max_pixels: int,
+    max_request_pixels: int | None = None,
 ) -> np.ndarray:
     """Decode and preprocess a request's images into one float32 [N, h, w, c] batch.
 
     Errors name the index of the bad image ("image 3: ..."), keeping their class
-    (InvalidInput or PayloadTooLarge); an empty sequence is InvalidInput.
+    (InvalidInput or PayloadTooLarge); an empty sequence is InvalidInput. With
+    ``max_request_pixels``, the pixels of all images together (from the headers and array
+    shapes) are checked against it before any image is decoded.
     """
     if len(images) == 0:
         raise errors.InvalidInput("no images: the request must hold at least one image")
+    if max_request_pixels is not None:
+        _check_request_pixels(images, max_request_pixels)
     colored: list[np.ndarray] = []
     for index, item in enumerate(images):
         try:
@@ -218,6 +223,36 @@ def prepare_batch(
         except errors.ServiceError as exc:
             raise type(exc)(f"image {index}: {exc.message}") from exc
     return _resize(colored, spec)
+
+
+def _check_request_pixels(images: Sequence[types.ImageInput], budget: int) -> None:
+    """PayloadTooLarge when the images' declared pixels add up to more than ``budget``.
+
+    Encoded images are measured from their headers (Pillow reads no pixel data for it);
+    one whose header cannot be read counts nothing here and is refused by its decode.
+    """
+    total = 0
+    for index, item in enumerate(images):
+        if item.array is not None:
+            shape = np.shape(item.array)
+            total += int(shape[0]) * int(shape[1]) if len(shape) >= 2 else 0
+        elif item.encoded is not None:
+            total += _declared_pixels(item.encoded)
+        if total > budget:
+            raise errors.PayloadTooLarge(
+                f"the request's images hold more than {budget} pixels together (at least "
+                f"{total} by the first {index + 1}), the per-request limit "
+                "(AEC_MAX_REQUEST_PIXELS); send them in several requests"
+            )
+
+
+def _declared_pixels(data: bytes) -> int:
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
+            width, height = img.size
+    except Exception:  # unreadable or over Pillow's own limit: decode_image says why
+        return 0
+    return width * height
 
 
 def _check_array_size(array: np.ndarray | None, max_pixels: int) -> np.ndarray:

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         description="Largest decoded image (width x height) accepted; guards against "
         "decompression bombs (413 beyond).",
     )
+    # 32 M: about 1 GB of decode buffers at worst, a quarter of the Deployment's memory
+    # limit. 16 images of 4000x4000 (256 M pixels, a 334 KB JSON body) took 3.9 GB.
+    max_request_pixels: int = Field(
+        default=32_000_000, ge=1,
+        description="Most decoded pixels (width x height, summed over the images) in one "
+        "request, checked from the headers before anything is decoded (413 beyond).",
+    )
     max_images_per_request: int = Field(default=1024, ge=1,
                                         description="Most images in one request (413 beyond).")
     grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024,

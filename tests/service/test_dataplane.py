@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -210,3 +211,16 @@ async def test_drain_finishes_in_flight_and_refuses_new(plane: DataPlane,
     finished = await asyncio.gather(*running)
     assert all(len(results) == len(images) for _, results in finished)
     await drain
+
+
+async def test_a_small_request_of_huge_images_is_refused_before_decoding(
+        plane: DataPlane) -> None:
+    # Issue 39's reproducer with the default settings: 16 copies of a blank 4000x4000 PNG
+    # (each under the per-image limit of 16 M pixels, together 256 M) took 3.9 GB of RSS.
+    buffer = io.BytesIO()
+    Image.new("L", (4000, 4000)).save(buffer, format="PNG", compress_level=9)
+    images = [ImageInput(encoded=buffer.getvalue())] * 16
+    started = time.perf_counter()
+    with pytest.raises(PayloadTooLarge, match="AEC_MAX_REQUEST_PIXELS"):
+        await plane.cluster(DIGITS, images, ClusterOptions())
+    assert time.perf_counter() - started < 1.0

@@ -407,3 +407,31 @@ def test_encode_png_rejects_what_is_not_an_image() -> None:
         imagecodec.encode_png(np.full((4, 4, 1), np.nan, np.float32))
     with pytest.raises(errors.InvalidInput, match="dtype uint8"):
         imagecodec.encode_png(np.zeros((4, 4), np.uint8))
+
+
+def _blank_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG", compress_level=9)
+    return buffer.getvalue()
+
+
+def test_the_request_pixel_budget_is_checked_from_headers_before_decoding() -> None:
+    # Issue 39: 16 copies of a 4000x4000 PNG (tiny files) were all decoded: 3.9 GB of RSS.
+    big = _blank_png(4000, 4000)
+    assert len(big) < 64 * 1024
+    images = [ImageInput(encoded=big)] * 16
+    target = spec(8, 8, "gray")
+    started = time.perf_counter()
+    with pytest.raises(errors.PayloadTooLarge,
+                       match=r"more than 31999999 pixels together \(at least 32000000 by the "
+                             r"first 2\).*AEC_MAX_REQUEST_PIXELS"):
+        imagecodec.prepare_batch(images, target, max_pixels=16_000_000,
+                                 max_request_pixels=31_999_999)
+    assert time.perf_counter() - started < 0.5  # headers only: nothing was decoded
+    # Arrays count by their shapes; within the budget everything is decoded as before.
+    arrays = [ImageInput(array=np.zeros((100, 100), np.uint8))] * 3
+    with pytest.raises(errors.PayloadTooLarge, match="by the first 3"):
+        imagecodec.prepare_batch(arrays, target, max_pixels=16_000_000,
+                                 max_request_pixels=29_999)
+    assert imagecodec.prepare_batch(arrays, target, max_pixels=16_000_000,
+                                    max_request_pixels=30_000).shape == (3, 8, 8, 1)
