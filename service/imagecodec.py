@@ -210,7 +210,9 @@ def prepare_batch(
     """
     if len(images) == 0:
         raise errors.InvalidInput("no images: the request must hold at least one image")
-    if max_request_pixels is not None:
+    if max_request_pixels is not None and len(images) * max_pixels > max_request_pixels:
+        # Only then can the total pass the budget: each image is held to max_pixels anyway.
+        # (One or two images with the defaults: no second look at their headers.)
         _check_request_pixels(images, max_request_pixels)
     colored: list[np.ndarray] = []
     for index, item in enumerate(images):
