@@ -72,11 +72,11 @@ def plot(samples: list[tuple[float, float]], warmup: float, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.plot([t / 60 for t, _ in samples], [r for _, r in samples], color="#1f77b4")
     ax.axvspan(0, warmup / 60, color="#dddddd", label="warm-up")
-    ax.axhspan(after_warmup, after_warmup * (1 + TARGET), color="#d4f0d4",
+    ax.axhspan(after_warmup * (1 - TARGET), after_warmup * (1 + TARGET), color="#d4f0d4",
                label="within 5 % of RSS after warm-up")
     ax.set_xlabel("minutes under load (c = 32)")
     ax.set_ylabel("server RSS (MiB)")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, 1.15 * max(after_warmup * (1 + TARGET), max(r for _, r in samples)))
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(out)
