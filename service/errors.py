@@ -20,13 +20,28 @@ from __future__ import annotations
 from http import HTTPStatus
 
 
+# Longest message a caller is sent. Messages echo what the caller sent (a model name, a
+# field): a 10 KB name made the gRPC status trailer pass grpc's 8 KB metadata limit, and the
+# caller got RESOURCE_EXHAUSTED instead of NOT_FOUND (issue 39).
+MAX_MESSAGE_CHARS = 1000
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    cut = len(message) - MAX_MESSAGE_CHARS
+    return f"{message[:MAX_MESSAGE_CHARS]}... ({cut} more characters not shown)"
+
+
 class ServiceError(Exception):
-    """Base class: ``str(error)`` is the message the caller sees."""
+    """Base class: ``str(error)`` is the message the caller sees (at most about
+    ``MAX_MESSAGE_CHARS`` characters: longer ones are cut, saying so)."""
 
     http_status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
     grpc_code: str = "INTERNAL"
 
     def __init__(self, message: str) -> None:
+        message = _bounded(message)
         super().__init__(message)
         self.message = message
 

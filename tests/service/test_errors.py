@@ -114,3 +114,12 @@ async def test_unexpected_exceptions_become_500_and_internal(transports) -> None
         await stub.Cluster(pb.ClusterRequest(model="digits", images=[pb.Image(encoded=b"x")]))
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (info.value.details() or "")
+
+
+def test_messages_are_bounded_and_say_so() -> None:
+    short = errors.NotFound("model 'x' is not served here")
+    assert short.message == str(short) == "model 'x' is not served here"
+    long = errors.NotFound(f"model {'a' * 5000!r} is not served here")
+    assert len(long.message) < errors.MAX_MESSAGE_CHARS + 50
+    assert long.message.endswith("(4027 more characters not shown)")
+    assert str(long) == long.message

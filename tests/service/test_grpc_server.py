@@ -527,3 +527,15 @@ async def test_a_tiny_predict_declaring_millions_of_images_is_refused_at_once(
     assert f"holds 8000000 images; the limit is {MAX_IMAGES}" in (caught.value.details() or "")
     assert asyncio.get_running_loop().time() - started < 1.0
     await stack.still_serving()
+
+
+async def test_a_huge_model_name_is_not_found_with_a_bounded_message(stack: Stack) -> None:
+    # Issue 39: a 10 KB name echoed into the status trailer passed grpc's 8 KB metadata limit,
+    # and the caller got RESOURCE_EXHAUSTED instead of NOT_FOUND.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.native.Cluster(pb.ClusterRequest(model="a" * 10_000,
+                                                     images=[_tensor_image(DIGITS[0])]))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    details = caught.value.details() or ""
+    assert len(details) < 1100 and details.endswith("more characters not shown)")
+    await stack.still_serving()
