@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-
 # Longest message a caller is sent. Messages echo what the caller sent (a model name, a
 # field): a 10 KB name made the gRPC status trailer pass grpc's 8 KB metadata limit, and the
 # caller got RESOURCE_EXHAUSTED instead of NOT_FOUND (issue 39).
