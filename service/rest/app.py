@@ -18,9 +18,11 @@ import swagger_ui_bundle
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from service.dataplane import DataPlane
 from service.errors import InternalError, QueueFull, ServiceError
@@ -53,6 +55,7 @@ Errors are `{"error": "..."}` with the status of the error table (400 bad input,
 unknown model/version/signature, 413 over a limit, 503 queue full (+ Retry-After) or not
 ready, 504 deadline passed).
 """
+UNKNOWN_ROUTE = "unknown"
 MODEL_ENDPOINTS = (
     "POST /v1/models/{name}[/versions/{v}]:cluster, POST ...:predict, "
     "GET /v1/models/{name}[/versions/{v}] (status), GET .../metadata, GET .../clusters, "
@@ -120,15 +123,17 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> Fa
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.include_router(operations_router(dataplane, metrics))
-    app.include_router(cluster_router(dataplane, settings))
-    app.include_router(clusters_router(dataplane))
-    app.include_router(tfserving_router(dataplane))
+    routers = [operations_router(dataplane, metrics), cluster_router(dataplane, settings),
+               clusters_router(dataplane), tfserving_router(dataplane)]
+    for router in routers:
+        app.include_router(router)
     add_page(app)
-    # Last: anything else under /v1/models is answered 404 with the valid endpoints rather
-    # than 405 from a partial match of the GET routes.
-    app.add_api_route("/v1/models/{rest:path}", _unknown_model_endpoint, name="unknown",
-                      methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+    # Last: anything else under /v1/models is answered here: 405 with Allow when another
+    # method serves the path, else 404 with the valid endpoints.
+    served = [route for router in routers for route in router.routes
+              if isinstance(route, APIRoute)]
+    app.add_api_route("/v1/models/{rest:path}", _unknown_model_endpoint(served),
+                      name=UNKNOWN_ROUTE, methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                       include_in_schema=False)
     return app
 
@@ -172,8 +177,27 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(message, exc.status_code, exc.headers)
 
 
-async def _unknown_model_endpoint(request: Request) -> Response:
-    return error_response(
-        f"no endpoint {request.method} {request.url.path}; model endpoints: {MODEL_ENDPOINTS}",
-        HTTPStatus.NOT_FOUND,
-    )
+def _unknown_model_endpoint(served: list[APIRoute]) -> Any:
+    """The handler of every other request under /v1/models."""
+
+    async def unknown(request: Request) -> Response:
+        # A path that another method serves is 405 with Allow, as HTTP says (issue 39: it
+        # was 404, so clients and fuzzers could not tell a wrong method from a wrong path).
+        allowed: set[str] = set()
+        for route in served:
+            match, child = route.matches(request.scope)
+            # "/v1/models/{name}" also matches "x:predict"; a name never holds a colon.
+            if match == Match.PARTIAL and ":" not in child["path_params"].get("name", ""):
+                allowed.update(route.methods or ())
+        if allowed:
+            return error_response(
+                f"{request.method} is not allowed on {request.url.path}; allowed: "
+                f"{', '.join(sorted(allowed))}", HTTPStatus.METHOD_NOT_ALLOWED,
+                {"Allow": ", ".join(sorted(allowed))},
+            )
+        return error_response(
+            f"no endpoint {request.method} {request.url.path}; model endpoints: "
+            f"{MODEL_ENDPOINTS}", HTTPStatus.NOT_FOUND,
+        )
+
+    return unknown

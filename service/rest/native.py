@@ -84,7 +84,8 @@ CLUSTER_BODY: dict[str, Any] = {
         )
     ] + [
         {"name": "X-Request-Timeout-Ms", "in": "header", "required": False,
-         "schema": {"type": "number"},
+         # what params.deadline accepts: a positive, finite number
+         "schema": {"type": "number", "exclusiveMinimum": 0},
          "description": "Give up (504) if the images are still queued after this long."},
         {"name": "X-Request-Id", "in": "header", "required": False, "schema": {"type": "string"},
          "description": "Echoed back and logged; generated when absent."},

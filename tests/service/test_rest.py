@@ -191,6 +191,8 @@ def test_openapi_documents_the_native_endpoint(client: httpx.Client) -> None:
         components["Prediction"]["properties"])
     ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok["$ref"] == "#/components/schemas/ClusterResponse"
+    [timeout] = [p for p in operation["parameters"] if p["name"] == "X-Request-Timeout-Ms"]
+    assert timeout["schema"] == {"type": "number", "exclusiveMinimum": 0}  # as the server
     assert "PredictRequest" in components
     for path in ("/v1/models/{name}:predict", "/v1/models/{name}/metadata", "/healthz",
                  "/readyz", "/metrics"):
@@ -695,7 +697,15 @@ def test_path_traversal_is_never_a_file_access(live: LiveServer, client: httpx.C
 
 def test_unknown_endpoints_answer_json(client: httpx.Client) -> None:
     _assert_error(client.get("/nowhere"), 404, "no endpoint GET /nowhere")
-    _assert_error(client.delete("/v1/models/digits"), 404, "model endpoints")
+    # A path served for other methods: 405 with Allow (issue 39: it was 404).
+    deleted = client.delete("/v1/models/digits")
+    _assert_error(deleted, 405, "DELETE is not allowed on /v1/models/digits; allowed: GET")
+    assert deleted.headers["allow"] == "GET"
+    put = client.put("/v1/models/digits:predict", json={})
+    _assert_error(put, 405, "allowed: POST")
+    assert put.headers["allow"] == "POST"
+    _assert_error(client.delete("/v1/models/digits/versions/1/nothing/here"), 404,
+                  "model endpoints")
     _assert_error(client.get("/v1/models/digits:cluster"), 404, "POST :cluster")
     _assert_error(client.post("/healthz"), 405, "not allowed")
 
