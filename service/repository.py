@@ -203,6 +203,10 @@ class ModelRepository:
             self._loading.discard(key)
             known = isinstance(exc, bundle.BundleError)
             message = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            # Callers read this in the status API: paths relative to the repository, not the
+            # server's file system layout (issue 39).
+            message = message.replace(f"{self._root.resolve()}/", "").replace(
+                f"{self._root}/", "")
             attempts = self._failures[key].attempts + 1 if key in self._failures else 1
             backoff = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2 ** (attempts - 1))
             self._failures[key] = _Failure(_fingerprint(path), message, attempts,

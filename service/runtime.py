@@ -105,6 +105,22 @@ def configure_device(device: str, *, memory_growth: bool) -> str:
     return name
 
 
+def _load_saved_model(version_dir: Path, what: str) -> Any:
+    """``tf.saved_model.load`` of one of the bundle's SavedModels, failing with a reason.
+
+    TensorFlow reports a truncated or damaged SavedModel in its own terms (a truncated
+    variables file was "IndexError: Read less bytes than requested"): say which model
+    could not be read and what that usually means.
+    """
+    try:
+        return tf.saved_model.load(str(version_dir / what))
+    except Exception as exc:
+        raise bundle.BundleError(
+            f"the {what} SavedModel could not be loaded; it is damaged, truncated or not a "
+            f"SavedModel ({type(exc).__name__}: {str(exc)[:300]})"
+        ) from exc
+
+
 def _signature(loaded: Any, what: str, version_dir: Path) -> Any:
     signatures = getattr(loaded, "signatures", {})
     if bundle.SIGNATURE not in signatures:
@@ -152,8 +168,8 @@ class ModelRuntime:
         started = time.perf_counter()
         with tf.device(self.device):
             # Variables are placed where the SavedModels are loaded.
-            self._encoder_model = tf.saved_model.load(str(version_dir / bundle.ENCODER_DIR))
-            self._decoder_model = tf.saved_model.load(str(version_dir / bundle.DECODER_DIR))
+            self._encoder_model = _load_saved_model(version_dir, bundle.ENCODER_DIR)
+            self._decoder_model = _load_saved_model(version_dir, bundle.DECODER_DIR)
             self._centroids = tf.constant(cen)
             self._centroid_sq = tf.constant(np.sum(cen * cen, axis=1))
         self._encoder = _signature(self._encoder_model, bundle.ENCODER_DIR, version_dir)

@@ -184,3 +184,35 @@ async def test_a_version_copied_manifest_first_loads_once_the_copy_completes(
         assert (2, "AVAILABLE") in [(s.version, s.state) for s in repo.status("digits")]
     finally:
         await repo.stop(1)
+
+
+async def test_failures_name_paths_relative_to_the_repository_and_say_why(
+        model_repo: Path, digits_bundle: Path) -> None:
+    # Issue 39: the status API showed the server's absolute paths, and a truncated SavedModel
+    # read "IndexError: Read less bytes than requested".
+    version = clone_version(digits_bundle, model_repo, "digits", 2)
+    variables = sorted((version / bundle.ENCODER_DIR / "variables").glob("*.data-*"))[0]
+    variables.write_bytes(variables.read_bytes()[: variables.stat().st_size // 2])
+    manifest = json.loads((version / bundle.MANIFEST_FILE).read_text())
+    relative = variables.relative_to(version).as_posix()
+    manifest["files"][relative] = bundle.sha256_file(variables)  # checksums pass
+    (version / bundle.MANIFEST_FILE).write_text(json.dumps(manifest))
+    (model_repo / "digits" / "3").mkdir()
+    (model_repo / "digits" / "3" / bundle.MANIFEST_FILE).write_text(
+        json.dumps({**manifest, "version": 3}))  # a manifest whose files are all missing
+    repo, _ = _repository(model_repo)
+    await repo.start()
+    try:
+        await repo.poll_once()
+        await asyncio.sleep(RETRY_BACKOFF_S + 0.1)
+        shutil.rmtree(model_repo / "digits" / "3")
+        await repo.poll_once()
+        messages = {s.version: s.error_message for s in repo.status("digits")
+                    if s.error_message}
+        assert str(model_repo) not in " ".join(messages.values()), messages
+        assert messages[3].startswith("digits/3 failed verification"), messages[3]
+        assert "encoder SavedModel could not be loaded; it is damaged, truncated" in (
+            messages[2]), messages[2]
+        assert repo.get("digits").version == 1
+    finally:
+        await repo.stop(1)
