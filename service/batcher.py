@@ -293,8 +293,12 @@ class Batcher:
                 f"the model of {self._name()} returned {rows} rows for {len(images)} images"
             )
         if self._observe is not None:
-            # Once per batch, here on the worker thread: the event loop keeps serving.
-            self._observe(output)
+            # Once per batch, here on the worker thread: the event loop keeps serving. The
+            # callers' answers do not depend on it, so a failure here is only logged.
+            try:
+                self._observe(output)
+            except Exception:
+                logger.exception("recording the metrics of a batch of %s failed", self._name())
         return output
 
     async def _run_batch(self, batch: list[_Part]) -> None:

@@ -3,7 +3,7 @@
 A loaded TensorFlow model leaves about 420,000 long-lived Python objects on the heap. Each
 full (generation 2) collection walks all of them: measured 150 ms on the benchmark's
 bundle, during which the event loop answers nothing, so a JSON request (784 floats become
-784 Python objects) saw p99 138 ms against a p50 of 3.9 ms (bench/results/serve.md).
+784 Python objects) saw p99 138 ms against a p50 of 3.9 ms (issue 38's benchmark, before).
 
 :func:`settle` collects once and then freezes every surviving object (``gc.freeze``): the
 collector never scans them again, while reference counting still frees whatever stops

@@ -625,3 +625,22 @@ def test_observe_sees_each_computed_batch_once_on_the_worker_thread() -> None:
     # One batch of three requests: observed once, with all three rows, where the model ran.
     assert [ids for ids, _ in seen] == [[0, 1, 2]]
     assert {thread for _, thread in seen} == model.threads
+
+
+def test_a_failing_observer_is_logged_and_the_answers_still_go_out(
+        caplog: pytest.LogCaptureFixture) -> None:
+    def broken(output: types.BatchOutput) -> None:
+        raise RuntimeError("metrics backend gone")
+
+    batcher = Batcher(PlainModel(), model="m", version=1, max_batch_size=8, max_delay_s=0.0,
+                      max_queue=64, metrics=Metrics(), observe=broken)
+
+    async def main() -> types.BatchOutput:
+        await batcher.start()
+        try:
+            return await batcher.submit(ids_images([4]), with_reconstruction=False)
+        finally:
+            await batcher.stop(5.0)
+
+    assert run(main()).cluster_id.tolist() == [4]
+    assert "recording the metrics of a batch of model m version 1 failed" in caplog.text
