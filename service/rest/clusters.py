@@ -22,6 +22,7 @@ from service.errors import NotFound
 from service.rest import params
 from service.rest.encoding import JSON_MEDIA_TYPE, finite_or_none, json_response
 from service.rest.native import ERROR_RESPONSES
+from service.rest.params import VersionSegment
 
 PNG_MEDIA_TYPE = "image/png"
 # Short: a version directory can be replaced in place (train --overwrite); the ETag lets a
@@ -64,7 +65,7 @@ def clusters_router(dataplane: DataPlane) -> APIRouter:
 
     @router.get("/v1/models/{name}/versions/{version}/clusters",
                 summary="Clusters of one version", **clusters_doc)
-    async def clusters_version(request: Request, name: str, version: str) -> Response:
+    async def clusters_version(request: Request, name: str, version: VersionSegment) -> Response:
         """As the default-version listing, for ``version``."""
         return clusters(request, name, version)
 
@@ -75,7 +76,7 @@ def clusters_router(dataplane: DataPlane) -> APIRouter:
                    200: {"content": {PNG_MEDIA_TYPE: {}},
                          "description": "A training image near the cluster's centroid."}},
     )
-    async def exemplar(request: Request, name: str, version: str, cluster: str,
+    async def exemplar(request: Request, name: str, version: VersionSegment, cluster: str,
                        index: str) -> Response:
         """A PNG the bundle's manifest lists, after its SHA-256 was checked again."""
         model = params.model_ref(name, version)

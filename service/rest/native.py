@@ -39,6 +39,7 @@ from service.rest.encoding import (
     parse_json,
     validation_message,
 )
+from service.rest.params import VersionSegment
 from service.rest.schemas import (
     BINARY_SCHEMA,
     MULTIPART_SCHEMA,
@@ -119,7 +120,7 @@ def cluster_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
         response_model=ClusterResponse, responses=ERROR_RESPONSES, openapi_extra=CLUSTER_BODY,
         summary="Cluster images with one version of a model",
     )
-    async def cluster_version(request: Request, name: str, version: str) -> Response:
+    async def cluster_version(request: Request, name: str, version: VersionSegment) -> Response:
         """As the default-version endpoint, answered by ``version``."""
         return await handle(request, name, version)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Annotated
 
+from fastapi import Path
 from starlette.requests import Request
 
 from service import bundle
@@ -12,6 +14,14 @@ from service.errors import InvalidInput, NotFound
 from service.types import ModelRef
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
+
+# The ``{version}`` path segment, documented as what the server accepts, a positive integer
+# (issue 39: the schema said string). It stays a string to the framework, so that
+# model_version parses it and a bad one gets this service's own 400 message.
+VersionSegment = Annotated[str, Path(
+    description="A model version: a positive integer.",
+    json_schema_extra={"type": "integer", "minimum": 1},
+)]
 
 
 def model_name(name: str) -> str:

@@ -25,6 +25,7 @@ from service.rest.encoding import (
     parse_json,
 )
 from service.rest.native import ERROR_RESPONSES
+from service.rest.params import VersionSegment
 from service.types import ModelRef
 
 # Above this many output values the answer is encoded on a worker thread.
@@ -72,7 +73,7 @@ def tfserving_router(dataplane: DataPlane) -> APIRouter:
     @router.post("/v1/models/{name}/versions/{version}:predict", name="predict",
                  responses=ERROR_RESPONSES, openapi_extra=PREDICT_BODY,
                  summary="TF Serving Predict (one version)")
-    async def predict_version(request: Request, name: str, version: str) -> Response:
+    async def predict_version(request: Request, name: str, version: VersionSegment) -> Response:
         """TF Serving's ``:predict`` answered by ``version``."""
         return await predict(request, name, version)
 
@@ -99,7 +100,7 @@ def tfserving_router(dataplane: DataPlane) -> APIRouter:
 
     @router.get("/v1/models/{name}/versions/{version}", summary="TF Serving model status",
                 **status_doc)
-    async def status_version(name: str, version: str) -> Response:
+    async def status_version(name: str, version: VersionSegment) -> Response:
         """TF Serving's GetModelStatus for one version."""
         return status(name, version)
 
@@ -116,7 +117,7 @@ def tfserving_router(dataplane: DataPlane) -> APIRouter:
 
     @router.get("/v1/models/{name}/versions/{version}/metadata", name="model_metadata",
                 responses=ERROR_RESPONSES, summary="TF Serving model metadata of one version")
-    async def metadata_version(name: str, version: str) -> Response:
+    async def metadata_version(name: str, version: VersionSegment) -> Response:
         """As the default-version metadata, for ``version``."""
         return metadata(name, version)
 

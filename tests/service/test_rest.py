@@ -193,6 +193,12 @@ def test_openapi_documents_the_native_endpoint(client: httpx.Client) -> None:
     assert ok["$ref"] == "#/components/schemas/ClusterResponse"
     [timeout] = [p for p in operation["parameters"] if p["name"] == "X-Request-Timeout-Ms"]
     assert timeout["schema"] == {"type": "number", "exclusiveMinimum": 0}  # as the server
+    # Every {version} is what the server accepts: a positive integer (issue 39: "string").
+    versions = [p["schema"] for path, ops in schema["paths"].items() if "{version}" in path
+                for op in ops.values() for p in op.get("parameters", [])
+                if p["name"] == "version"]
+    assert len(versions) == 6
+    assert all(v["type"] == "integer" and v["minimum"] == 1 for v in versions), versions
     assert "PredictRequest" in components
     for path in ("/v1/models/{name}:predict", "/v1/models/{name}/metadata", "/healthz",
                  "/readyz", "/metrics"):
