@@ -173,8 +173,14 @@ def _tensor_info(name: str, info: TensorInfo) -> dict[str, Any]:
     }
 
 
-def metadata_answer(metadata: ModelMetadata) -> dict[str, Any]:
-    """GetModelMetadata's JSON (``SignatureDefMap`` in protobuf's JSON mapping) + the manifest."""
+def metadata_answer(metadata: ModelMetadata, *,
+                    library_versions: bool = False) -> dict[str, Any]:
+    """GetModelMetadata's JSON (``SignatureDefMap`` in protobuf's JSON mapping) + the manifest.
+
+    The manifest's ``library_versions`` (the exact versions of TensorFlow, numpy ...
+    the bundle was trained with) is left out unless ``library_versions``: it tells a caller
+    what to attack, and the people who need it ask for it (issue 39).
+    """
     signature_defs = {
         name: {
             "inputs": {k: _tensor_info(k, v) for k, v in sig.inputs.items()},
@@ -188,5 +194,7 @@ def metadata_answer(metadata: ModelMetadata) -> dict[str, Any]:
         "model_spec": {"name": metadata.name, "signature_name": "",
                        "version": str(metadata.version)},
         "metadata": {"signature_def": {"signature_def": signature_defs}},
-        "aecluster": metadata.manifest.model_dump(mode="json"),
+        "aecluster": metadata.manifest.model_dump(
+            mode="json",
+            exclude=None if library_versions else {"library_versions"}),
     }

@@ -104,22 +104,25 @@ def tfserving_router(dataplane: DataPlane) -> APIRouter:
         """TF Serving's GetModelStatus for one version."""
         return status(name, version)
 
-    def metadata(name: str, version: str | None) -> Response:
+    def metadata(name: str, version: str | None, library_versions: bool) -> Response:
         return json_response(tfjson.metadata_answer(
-            dataplane.model_metadata(params.model_ref(name, version))
+            dataplane.model_metadata(params.model_ref(name, version)),
+            library_versions=library_versions,
         ))
 
     @router.get("/v1/models/{name}/metadata", name="model_metadata", responses=ERROR_RESPONSES,
                 summary="TF Serving model metadata (+ the bundle manifest)")
-    async def metadata_default(name: str) -> Response:
-        """Signatures in TF Serving's JSON shape, plus ``aecluster``: the bundle's manifest."""
-        return metadata(name, None)
+    async def metadata_default(name: str, include_library_versions: bool = False) -> Response:
+        """Signatures in TF Serving's JSON shape, plus ``aecluster``: the bundle's manifest
+        (its ``library_versions`` only with ``?include_library_versions=true``)."""
+        return metadata(name, None, include_library_versions)
 
     @router.get("/v1/models/{name}/versions/{version}/metadata", name="model_metadata",
                 responses=ERROR_RESPONSES, summary="TF Serving model metadata of one version")
-    async def metadata_version(name: str, version: VersionSegment) -> Response:
+    async def metadata_version(name: str, version: VersionSegment,
+                               include_library_versions: bool = False) -> Response:
         """As the default-version metadata, for ``version``."""
-        return metadata(name, version)
+        return metadata(name, version, include_library_versions)
 
     return router
 

@@ -570,6 +570,11 @@ def test_model_metadata(client: httpx.Client, digits_bundle: Path) -> None:
         manifest = bundle.read_manifest(digits_bundle)
         assert answer["aecluster"]["n_clusters"] == manifest.n_clusters
         assert answer["aecluster"]["files"] == manifest.files
+        # Library versions only when asked for (issue 39: they told callers what to attack).
+        assert "library_versions" not in answer["aecluster"]
+    asked = client.get("/v1/models/digits/metadata",
+                       params={"include_library_versions": "true"}).json()
+    assert asked["aecluster"]["library_versions"] == manifest.library_versions
     _assert_error(client.get("/v1/models/nope/metadata"), 404, "'nope'")
     _assert_error(client.get("/v1/models/digits/versions/3/metadata"), 404, "version 3")
 
