@@ -39,13 +39,8 @@ def serve_processes(n: int, repo: Path, workdir: Path, stack: ExitStack) -> list
     """Start ``n`` servers on ``repo``; their ports."""
     servers = []
     for i in range(n):
-        http_port, grpc_port = run.free_port(), run.free_port()
-        command = [sys.executable, "-m", "service", "--model-repo", str(repo), "--host",
-                   "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-                   "--poll-seconds", "0"]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "AEC_LOG_LEVEL": "WARNING"}
-        stack.enter_context(run.running(command, f"http://127.0.0.1:{http_port}/readyz",
-                                        f"aecluster {i}", workdir / f"server-{i}.log", env))
+        _, http_port, grpc_port = stack.enter_context(
+            run.aecluster(repo, workdir / f"server-{i}.log", f"aecluster {i}"))
         servers.append({"http": http_port, "grpc": grpc_port})
     return servers
 
@@ -96,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         with tempfile.TemporaryDirectory(prefix="aecluster-processes-") as scratch:
             workdir = Path(scratch)
-            repo = workdir / "repo"
-            (repo / model).mkdir(parents=True)
-            (repo / model / "1").symlink_to(version_dir, target_is_directory=True)
+            repo, _ = run.link_repository(version_dir, workdir)
             for n in args.processes:
                 with ExitStack() as stack:
                     servers = serve_processes(n, repo, workdir, stack)

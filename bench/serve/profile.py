@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import re
 import subprocess
 import sys
@@ -102,16 +101,8 @@ def _profile(args: argparse.Namespace, version_dir: Path) -> int:
     message = run.native_grpc_request(manifest.name, images, not args.no_reconstruction)
     with tempfile.TemporaryDirectory(prefix="aecluster-profile-") as scratch:
         work = Path(scratch)
-        target = work / "repo" / manifest.name / str(manifest.version)
-        target.parent.mkdir(parents=True)
-        target.symlink_to(version_dir, target_is_directory=True)
-        http_port, grpc_port = run.free_port(), run.free_port()
-        command = [sys.executable, "-m", "service", "--model-repo", str(work / "repo"),
-                   "--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port",
-                   str(grpc_port), "--poll-seconds", "0"]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "AEC_LOG_LEVEL": "WARNING"}
-        with run.running(command, f"http://127.0.0.1:{http_port}/readyz", "aecluster",
-                         work / "server.log", env) as server:
+        repo, _ = run.link_repository(version_dir, work)
+        with run.aecluster(repo, work / "server.log") as (server, _, grpc_port):
             run.check_native_grpc(f"127.0.0.1:{grpc_port}", message, 1)
             raw = work / "stacks.txt"
             load: dict[str, loadgen.LoadResult | Exception] = {}

@@ -248,6 +248,34 @@ def running(command: list[str], ready_url: str, what: str, log_path: Path,
             proc.wait(timeout=30)
 
 
+def link_repository(version_dir: Path, workdir: Path) -> tuple[Path, str]:
+    """A model repository under ``workdir`` holding ``version_dir`` (a symlink named as its
+    manifest says); returns the repository and the model's name."""
+    from service import bundle
+
+    manifest = bundle.read_manifest(version_dir)
+    repo = workdir / "repo"
+    target = repo / manifest.name / str(manifest.version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        target.symlink_to(version_dir, target_is_directory=True)
+    return repo, manifest.name
+
+
+@contextmanager
+def aecluster(repo: Path, log_path: Path,
+              what: str = "aecluster") -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
+    """``python -m service`` on ``repo`` (settings from the AEC_* environment, quiet logs, no
+    polling) on free ports, ready; yields the process and its HTTP and gRPC ports."""
+    http_port, grpc_port = free_port(), free_port()
+    command = [sys.executable, "-m", "service", "--model-repo", str(repo), "--host",
+               "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+               "--poll-seconds", "0"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "AEC_LOG_LEVEL": "WARNING"}
+    with running(command, f"http://127.0.0.1:{http_port}/readyz", what, log_path, env) as proc:
+        yield proc, http_port, grpc_port
+
+
 def free_port() -> int:
     import socket
 
@@ -370,22 +398,10 @@ class Plan:
 def bench_aecluster(plan: Plan, version_dir: Path, images: np.ndarray,
                     concurrencies: list[int]) -> None:
     """The aecluster rows: native and TF Serving gRPC, native and TF Serving HTTP."""
-    from service import bundle
-
-    model = bundle.read_manifest(version_dir).name
-    repo = plan.workdir / "repo"
-    target = repo / model / str(bundle.read_manifest(version_dir).version)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        target.symlink_to(version_dir, target_is_directory=True)
-    http_port, grpc_port = free_port(), free_port()
-    command = [sys.executable, "-m", "service", "--model-repo", str(repo), "--host",
-               "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-               "--poll-seconds", "0"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "AEC_LOG_LEVEL": "WARNING"}
-    url = f"http://127.0.0.1:{http_port}"
+    repo, model = link_repository(version_dir, plan.workdir)
     one, batch = images[:1], images[:BATCH]
-    with running(command, f"{url}/readyz", "aecluster", plan.workdir / "aecluster.log", env):
+    with aecluster(repo, plan.workdir / "aecluster.log") as (_, http_port, grpc_port):
+        url = f"http://127.0.0.1:{http_port}"
         log(f"aecluster ready on HTTP {http_port}, gRPC {grpc_port}")
         for reconstruction in (True, False):
             message = native_grpc_request(model, one, reconstruction)

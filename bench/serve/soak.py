@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -97,19 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loadgen.ensure_tools()
         version_dir = run.ensure_bundle(None)
-        model = run.bundle_facts(version_dir)["name"]
         with tempfile.TemporaryDirectory(prefix="aecluster-soak-") as scratch:
             workdir = Path(scratch)
-            repo = workdir / "repo"
-            (repo / model).mkdir(parents=True)
-            (repo / model / "1").symlink_to(version_dir, target_is_directory=True)
-            http_port, grpc_port = run.free_port(), run.free_port()
-            command = [sys.executable, "-m", "service", "--model-repo", str(repo), "--host",
-                       "127.0.0.1", "--http-port", str(http_port), "--grpc-port",
-                       str(grpc_port), "--poll-seconds", "0"]
-            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "AEC_LOG_LEVEL": "WARNING"}
-            with run.running(command, f"http://127.0.0.1:{http_port}/readyz", "aecluster",
-                             workdir / "server.log", env) as proc:
+            repo, model = run.link_repository(version_dir, workdir)
+            with run.aecluster(repo, workdir / "server.log") as (proc, http_port, grpc_port):
                 idle = rss_mib(proc.pid)
                 total = args.warmup + 60 * args.minutes
                 done = threading.Event()

@@ -71,3 +71,19 @@ def test_the_in_process_child_measures_every_shape(digits_bundle: Path) -> None:
 
 def test_rss_is_read_from_proc() -> None:
     assert 1.0 < soak.rss_mib(os.getpid()) < 64 * 1024
+
+
+def test_the_mlserver_peer_reads_the_bundle_contract_as_the_service_does() -> None:
+    # The peer runs in MLServer's own venv, without this project, so it spells the bundle's
+    # file, signature and tensor names itself: they must stay those of service/bundle.py.
+    import ast
+
+    from service import bundle
+
+    tree = ast.parse((ROOT / "bench" / "serve" / "mlserver" / "runtime.py").read_text())
+    spelled = {target.id: node.value.value for node in tree.body
+               if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+               for target in node.targets if isinstance(target, ast.Name)
+               and hasattr(bundle, target.id)}
+    assert {"MANIFEST_FILE", "CENTROIDS_FILE", "SIGNATURE", "ENCODER_OUTPUT"} <= set(spelled)
+    assert spelled == {name: getattr(bundle, name) for name in spelled}
