@@ -8,6 +8,8 @@ grpc or FastAPI; ``grpc.StatusCode[cls.grpc_code]`` turns the name into the enum
 |--------------------------------------------------------|------|--------------------|
 | malformed request, bad image, shape, NaN/inf, empty    | 400  | INVALID_ARGUMENT   |
 | unknown model, version or signature                    | 404  | NOT_FOUND          |
+| method not served on a served path (HTTP, + Allow)     | 405  | UNIMPLEMENTED      |
+| body in a media type the endpoint does not read (HTTP) | 415  | INVALID_ARGUMENT   |
 | body or image over the configured limit                | 413  | RESOURCE_EXHAUSTED |
 | queue full (backpressure)                              | 503  | RESOURCE_EXHAUSTED |
 | model not ready / server draining                      | 503  | UNAVAILABLE        |
@@ -59,6 +61,30 @@ class NotFound(ServiceError):
     grpc_code = "NOT_FOUND"
 
 
+class MethodNotAllowed(ServiceError):
+    """An HTTP method that the path is not served for; ``allow`` lists the ones it is.
+
+    gRPC methods are named by their path, so there it can only be UNIMPLEMENTED.
+    """
+
+    http_status = HTTPStatus.METHOD_NOT_ALLOWED
+    grpc_code = "UNIMPLEMENTED"
+
+    def __init__(self, message: str, allow: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
+class UnsupportedMediaType(ServiceError):
+    """An HTTP body whose Content-Type the endpoint does not read (JSON sent as image/png).
+
+    gRPC messages have no media type; the code is there for the table's sake.
+    """
+
+    http_status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    grpc_code = "INVALID_ARGUMENT"
+
+
 class PayloadTooLarge(ServiceError):
     """A body or a decoded image is over its configured limit."""
 
@@ -99,6 +125,6 @@ class InternalError(ServiceError):
 
 
 ERROR_CLASSES: tuple[type[ServiceError], ...] = (
-    InvalidInput, NotFound, PayloadTooLarge, QueueFull, Unavailable, DeadlineExceeded,
+    InvalidInput, NotFound, MethodNotAllowed, UnsupportedMediaType, PayloadTooLarge, QueueFull, Unavailable, DeadlineExceeded,
     InternalError,
 )

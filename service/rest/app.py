@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from service.dataplane import DataPlane
-from service.errors import InternalError, QueueFull, ServiceError
+from service.errors import InternalError, MethodNotAllowed, QueueFull, ServiceError
 from service.metrics import Metrics
 from service.rest.clusters import clusters_router
 from service.rest.encoding import error_response
@@ -152,6 +152,8 @@ async def _service_error(request: Request, exc: Exception) -> Response:
                     extra={"error_class": type(exc).__name__})
     if isinstance(exc, QueueFull):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if isinstance(exc, MethodNotAllowed):
+        headers["Allow"] = ", ".join(exc.allow)
     return error_response(message, status, headers)
 
 

@@ -19,9 +19,12 @@ import orjson
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, UnsupportedMediaType
 
 JSON_MEDIA_TYPE = "application/json"
+# What a JSON body may be labelled: JSON itself, no label at all, or curl's `-d` default
+# (TF Serving's own REST examples post JSON with `curl -d` and no Content-Type).
+JSON_LABELS = ("", JSON_MEDIA_TYPE, "application/x-www-form-urlencoded")
 # Parsing a body and turning nested lists into arrays is CPU work that holds the event
 # loop; past this many bytes it runs on a worker thread so other requests keep flowing.
 INLINE_PARSE_BYTES = 256 * 1024
@@ -34,6 +37,26 @@ async def off_loop(size: int, fn: Callable[..., T], *args: Any) -> T:
     if size > INLINE_PARSE_BYTES:
         return await asyncio.to_thread(fn, *args)
     return fn(*args)
+
+
+def media_type(content_type: str | None) -> str:
+    """The bare, lower-case media type of a Content-Type header ("" when there is none)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def check_json_media_type(media: str, *, endpoint: str, alternatives: str = "") -> None:
+    """Refuse a body labelled as something other than JSON (415) before reading it.
+
+    Issue 39: ``:predict`` parsed JSON sent as ``image/png``, so the schema promised less
+    than the server took and a mislabelled body got a misleading answer.
+    """
+    if media in JSON_LABELS or media.endswith("+json"):
+        return
+    also = f", or {alternatives}" if alternatives else ""
+    raise UnsupportedMediaType(
+        f"{endpoint} does not read a {media} body: send JSON (Content-Type: "
+        f"{JSON_MEDIA_TYPE}){also}"
+    )
 
 
 def parse_json(body: bytes) -> Any:

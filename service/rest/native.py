@@ -29,11 +29,13 @@ from service.imagecodec import encode_png
 from service.rest import params
 from service.rest.encoding import (
     JSON_MEDIA_TYPE,
+    check_json_media_type,
     decode_b64,
     dumps,
     expect_object,
     finite_or_none,
     json_type,
+    media_type,
     numeric_array,
     off_loop,
     parse_json,
@@ -59,6 +61,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed request or image (the message says "
                                              "what and where)."},
     404: {"model": ErrorBody, "description": "Unknown model or version."},
+    415: {"model": ErrorBody, "description": "A body in a media type the endpoint does not "
+                                             "read."},
     413: {"model": ErrorBody, "description": "Body, image or image count over the limit."},
     503: {"model": ErrorBody, "description": "Queue full (with Retry-After), model not ready, "
                                              "or server draining."},
@@ -131,7 +135,7 @@ async def read_cluster_request(
     request: Request, settings: Settings
 ) -> tuple[list[ImageInput], ClusterOptions]:
     """The images and options of a ``:cluster`` request, whichever body form it uses."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = media_type(request.headers.get("content-type"))
     fields: dict[str, Any] = dict(request.query_params)
     if content_type == "multipart/form-data":
         images, form_fields = await _read_multipart(request, settings)
@@ -143,6 +147,9 @@ async def read_cluster_request(
                                "body")
         images = [ImageInput(encoded=body)]
     else:
+        check_json_media_type(content_type, endpoint=":cluster",
+                              alternatives="multipart/form-data file uploads, or an image/png "
+                              "or image/jpeg body")
         body = await request.body()
         images, document = await off_loop(len(body), _json_request, body, content_type,
                                           settings)
@@ -161,7 +168,7 @@ def _parse_json(body: bytes, content_type: str) -> Any:
     try:
         return parse_json(body)
     except InvalidInput as exc:
-        if content_type in ("", "application/json") or content_type.endswith("+json"):
+        if content_type in ("", JSON_MEDIA_TYPE) or content_type.endswith("+json"):
             raise
         # curl -d without -H sends a form type: say which bodies are understood.
         raise InvalidInput(

@@ -10,10 +10,12 @@ from fastapi import Path
 from starlette.requests import Request
 
 from service import bundle
-from service.errors import InvalidInput, NotFound
+from service.errors import InvalidInput, MethodNotAllowed, NotFound
 from service.types import ModelRef
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
+# The verbs a model path ends with (``/v1/models/m:cluster``), all served for POST only.
+POST_VERBS = ("cluster", "predict")
 
 # The ``{version}`` path segment, documented as what the server accepts, a positive integer
 # (issue 39: the schema said string). It stays a string to the framework, so that
@@ -31,6 +33,7 @@ def model_name(name: str) -> str:
     arrive here as dots and slashes and fail the bundle's name pattern.
     """
     if ":" in name:
+        _check_post_verb(name)
         verb = name.rpartition(":")[2]
         raise NotFound(
             f"no endpoint {verb!r} for this method: POST :cluster and :predict, GET the model "
@@ -42,10 +45,24 @@ def model_name(name: str) -> str:
         raise NotFound(str(exc)) from exc
 
 
+def _check_post_verb(segment: str) -> None:
+    """Refuse ``m:cluster`` or ``1:predict`` as the last segment of a GET route's path.
+
+    Only GET routes end in {name} or {version}, so such a segment is a GET of a POST
+    endpoint: 405 with Allow, as HTTP says (issue 39: it was 404 or 400, as if the path
+    were not served at all).
+    """
+    head, colon, verb = segment.rpartition(":")
+    if colon and verb in POST_VERBS and ":" not in head:
+        raise MethodNotAllowed(f":{verb} is served for POST only; allowed: POST",
+                               allow=("POST",))
+
+
 def model_version(text: str | None) -> int | None:
     """The version segment of ``/versions/{v}`` as a positive integer (None: absent)."""
     if text is None:
         return None
+    _check_post_verb(text)
     if not text.isascii() or not text.isdigit() or int(text) <= 0 or len(text) > 18:
         raise InvalidInput(f"version must be a positive integer, got {text!r}")
     return int(text)

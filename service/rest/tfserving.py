@@ -17,10 +17,12 @@ from service.errors import InvalidInput, NotFound
 from service.rest import params, tfjson
 from service.rest.encoding import (
     JSON_MEDIA_TYPE,
+    check_json_media_type,
     dumps,
     expect_object,
     json_response,
     json_type,
+    media_type,
     off_loop,
     parse_json,
 )
@@ -49,6 +51,8 @@ def tfserving_router(dataplane: DataPlane) -> APIRouter:
     async def predict(request: Request, name: str, version: str | None) -> Response:
         model = params.model_ref(name, version)
         deadline = params.deadline(request)
+        check_json_media_type(media_type(request.headers.get("content-type")),
+                              endpoint=":predict")
         body = await request.body()
         document = await off_loop(len(body), _json_object, body)
         signature_name, signature = _signature(dataplane, model, document)

@@ -29,6 +29,8 @@ pytestmark = pytest.mark.anyio
 TABLE: dict[type[errors.ServiceError], tuple[int, grpc.StatusCode]] = {
     errors.InvalidInput: (400, grpc.StatusCode.INVALID_ARGUMENT),
     errors.NotFound: (404, grpc.StatusCode.NOT_FOUND),
+    errors.MethodNotAllowed: (405, grpc.StatusCode.UNIMPLEMENTED),
+    errors.UnsupportedMediaType: (415, grpc.StatusCode.INVALID_ARGUMENT),
     errors.PayloadTooLarge: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     errors.QueueFull: (503, grpc.StatusCode.RESOURCE_EXHAUSTED),
     errors.Unavailable: (503, grpc.StatusCode.UNAVAILABLE),

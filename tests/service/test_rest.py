@@ -717,8 +717,34 @@ def test_unknown_endpoints_answer_json(client: httpx.Client) -> None:
     assert put.headers["allow"] == "POST"
     _assert_error(client.delete("/v1/models/digits/versions/1/nothing/here"), 404,
                   "model endpoints")
-    _assert_error(client.get("/v1/models/digits:cluster"), 404, "POST :cluster")
     _assert_error(client.post("/healthz"), 405, "not allowed")
+    # A GET of a POST verb: 405 with Allow (issue 39: it was 404 from the status route,
+    # and 400 "bad version" under /versions/{v}).
+    for path in ("/v1/models/digits:cluster", "/v1/models/digits/versions/1:predict"):
+        got = client.get(path)
+        _assert_error(got, 405, "served for POST only")
+        assert got.headers["allow"] == "POST"
+    _assert_error(client.get("/v1/models/digits:explain"), 404, "POST :cluster")
+
+
+@pytest.mark.parametrize("path", [PREDICT, "/v1/models/digits:cluster"])
+def test_json_endpoints_refuse_other_media_types(client: httpx.Client, digits_u8: np.ndarray,
+                                                  path: str) -> None:
+    """Issue 39: ``:predict`` parsed JSON sent as image/png; now 415 names what it reads."""
+    body = json.dumps({"instances": _unit_images(digits_u8, 1)}).encode()
+    for media in ("text/plain", "application/xml", "application/x-ndjson"):
+        _assert_error(client.post(path, content=body, headers={"content-type": media}), 415,
+                      f"does not read a {media} body", "application/json")
+    if path == PREDICT:
+        _assert_error(client.post(path, content=body, headers={"content-type": "image/png"}),
+                      415, "image/png")
+    # What JSON may be labelled: JSON, nothing, or curl -d's form type (TF Serving's
+    # examples post that way); all answer.
+    for media in ("application/json; charset=utf-8", "application/vnd.api+json",
+                  "application/x-www-form-urlencoded", None):
+        headers = {} if media is None else {"content-type": media}
+        answer = client.post(path, content=body, headers=headers)
+        assert answer.status_code == 200, (media, answer.text)
 
 
 def test_request_metrics_use_api_methods(client: httpx.Client, digits_u8: np.ndarray) -> None:
