@@ -125,6 +125,6 @@ class InternalError(ServiceError):
 
 
 ERROR_CLASSES: tuple[type[ServiceError], ...] = (
-    InvalidInput, NotFound, MethodNotAllowed, UnsupportedMediaType, PayloadTooLarge, QueueFull, Unavailable, DeadlineExceeded,
-    InternalError,
+    InvalidInput, NotFound, MethodNotAllowed, UnsupportedMediaType, PayloadTooLarge,
+    QueueFull, Unavailable, DeadlineExceeded, InternalError,
 )
