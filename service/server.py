@@ -2,9 +2,18 @@
 
 Start-up order: bind gRPC and HTTP first (liveness answers at once, readiness is false),
 then load the repository; readiness turns true once a model is loaded and warmed up.
-On SIGTERM or SIGINT: readiness false at once (HTTP /readyz 503, gRPC health NOT_SERVING),
-new requests get 503 / UNAVAILABLE, queued and in-flight requests finish within
-``drain_seconds``, then both servers stop and the process exits 0.
+On SIGTERM or SIGINT the server drains by itself, without relying on a preStop hook or a
+load balancer (issue 39, item 7):
+
+* readiness is false at once (HTTP /readyz 503, gRPC health NOT_SERVING);
+* both servers keep listening; new work gets 503 / UNAVAILABLE ("retry on another
+  replica"), and every HTTP answer carries ``Connection: close``, so keep-alive callers
+  close their connections themselves after an answer instead of meeting a closed socket
+  mid-request;
+* queued and in-flight requests finish; the servers then linger until their callers have
+  gone (``_linger``), within ``drain_seconds`` in all;
+* gRPC stops with GOAWAY, HTTP closes what idle connections are left, and the process
+  exits 0.
 """
 
 from __future__ import annotations
@@ -25,8 +34,14 @@ from service.repository import ModelRepository
 from service.rest import create_app
 from service.runtime import configure_device, configure_threads, runtime_factory
 from service.settings import Settings
+from service.traffic import Traffic
 
 logger = logging.getLogger(__name__)
+
+# A drain stops the servers once their callers have sent nothing for this long.
+LULL_SECONDS = 1.0
+# How often the drain looks at the callers.
+LINGER_POLL_SECONDS = 0.05
 
 
 class _HttpServer(uvicorn.Server):
@@ -91,18 +106,43 @@ class AppServer:
         await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Drain, then stop both servers."""
-        logger.info("shutting down: draining for up to %.1f s", self.settings.drain_seconds)
-        drain = asyncio.create_task(self.dataplane.drain(self.settings.drain_seconds))
+        """Drain (see the module's docstring), then stop both servers."""
+        window = self.settings.drain_seconds
+        deadline = time.monotonic() + window
+        logger.info("shutting down: draining for up to %.1f s", window)
+        drain = asyncio.create_task(self.dataplane.drain(window))  # readiness false now
         if self._grpc is not None:
             await self._grpc.set_serving(False)
         await drain
+        await self._linger(deadline)
+        stops = []
         if self._grpc is not None:
-            await self._grpc.stop(grace=1.0)
+            stops.append(self._grpc.stop(grace=max(0.0, deadline - time.monotonic())))
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
-            await self._http_task
+            stops.append(self._http_task)
+        await asyncio.gather(*stops)
         logger.info("stopped")
+
+    async def _linger(self, deadline: float) -> None:
+        """Keep both servers listening until their callers have gone, or the window ends.
+
+        Every HTTP answer now says ``Connection: close``, so a busy keep-alive caller closes
+        its connection after its next answer; HTTP's callers are gone when no connection is
+        left open, or none has sent a request for LULL_SECONDS (the rest are idle pools,
+        and closing an idle connection is routine). gRPC's are gone after LULL_SECONDS
+        without a call: its stop sends GOAWAY, but cancels calls already received and not
+        yet started, so it must not come while callers still send.
+        """
+        http_traffic: Traffic = self.app.state.traffic
+        while time.monotonic() < deadline:
+            http_gone = self._http is None or not self._http.server_state.connections \
+                or http_traffic.quiet_for() >= LULL_SECONDS
+            grpc_gone = self._grpc is None or self._grpc.traffic.quiet_for() >= LULL_SECONDS
+            if http_gone and grpc_gone:
+                return
+            await asyncio.sleep(LINGER_POLL_SECONDS)
+        logger.warning("drain window over while callers still send; stopping anyway")
 
 
 async def serve(settings: Settings) -> int:

@@ -29,6 +29,7 @@ from google.protobuf.message import DecodeError
 from service import logs
 from service.errors import InvalidInput, QueueFull, ServiceError
 from service.metrics import Metrics
+from service.traffic import Traffic
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ Handler = Any  # grpc.RpcMethodHandler (untyped in grpcio)
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Errors, request ids and metrics for the methods in ``methods``."""
 
-    def __init__(self, metrics: Metrics, methods: dict[str, str] | None = None) -> None:
+    def __init__(self, metrics: Metrics, methods: dict[str, str] | None = None,
+                 traffic: Traffic | None = None) -> None:
+        self.traffic = traffic if traffic is not None else Traffic()
         self._metrics = _CallMetrics(metrics)
         self._methods = dict(METHODS if methods is None else methods)
         # The wrapped handler of each method, built on its first call: the servicers'
@@ -67,6 +70,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[Any], Awaitable[Handler]],
         handler_call_details: Any,
     ) -> Handler:
+        self.traffic.seen()
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         cached = self._wrapped.get(method)

@@ -24,6 +24,7 @@ from service.grpc.interceptor import ServiceInterceptor
 from service.grpc.servicers import ClusterServicer, ModelServicer, PredictionServicer
 from service.metrics import Metrics
 from service.settings import Settings
+from service.traffic import Traffic
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ class GrpcServer:
     """A started gRPC server; built by :func:`start_grpc_server`."""
 
     def __init__(self, server: grpc.aio.Server, port: int, dataplane: DataPlane,
-                 health: health_aio.HealthServicer) -> None:
+                 health: health_aio.HealthServicer, traffic: Traffic | None = None) -> None:
         self._server = server
+        self.traffic = traffic if traffic is not None else Traffic()
+        """When the last call arrived (every method, health checks included)."""
         self._dataplane = dataplane
         self._health = health
         self._serving = True
@@ -84,7 +87,9 @@ class GrpcServer:
             await asyncio.sleep(HEALTH_POLL_SECONDS)
 
     async def stop(self, grace: float) -> None:
-        """NOT_SERVING for everyone, then stop; calls in flight get ``grace`` seconds."""
+        """NOT_SERVING for everyone, then stop: GOAWAY to every client, and the calls in
+        flight get ``grace`` seconds. Calls the server has received but not yet started
+        are CANCELLED by grpc: stop once callers are quiet (``traffic``), not before."""
         self._health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._health_task
@@ -105,8 +110,9 @@ async def start_grpc_server(dataplane: DataPlane, settings: Settings,
     ``ModelService``, ``grpc.health.v1.Health`` (following readiness) and server reflection.
     """
     limit = settings.grpc_max_message_bytes
+    interceptor = ServiceInterceptor(metrics)
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(metrics)],
+        interceptors=[interceptor],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -134,7 +140,7 @@ async def start_grpc_server(dataplane: DataPlane, settings: Settings,
     if port == 0:  # older grpcio reports a failed bind this way
         raise RuntimeError(f"gRPC server cannot listen on {address}")
     await server.start()
-    grpc_server = GrpcServer(server, port, dataplane, health)
+    grpc_server = GrpcServer(server, port, dataplane, health, interceptor.traffic)
     await grpc_server.refresh_health()
     logger.info("grpc server listening on %s (port %d)", address, port)
     return grpc_server

@@ -36,6 +36,7 @@ from service.rest.page import add_page
 from service.rest.schemas import ClusterRequest, PredictRequest
 from service.rest.tfserving import tfserving_router
 from service.settings import Settings
+from service.traffic import Traffic
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +119,11 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> Fa
     app = ServiceApp(title="aecluster", version=_package_version(), description=DESCRIPTION,
                      docs_url=None, redoc_url=None)
     _add_offline_docs(app)
+    # app.state.traffic: when the last request came, for the server's drain (server.py).
+    app.state.traffic = Traffic()
     app.add_middleware(RequestContextMiddleware, metrics=metrics,
-                       max_body_bytes=settings.max_body_bytes)
+                       max_body_bytes=settings.max_body_bytes,
+                       draining=lambda: dataplane.draining, traffic=app.state.traffic)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,4 +1,5 @@
-"""Per-request plumbing around every route: request id, body limit, metrics, access log.
+"""Per-request plumbing around every route: request id, body limit, metrics, access log,
+and ``Connection: close`` on every answer once the server drains.
 
 A plain ASGI middleware (not Starlette's BaseHTTPMiddleware) so that it can wrap
 ``receive`` - the body limit is enforced while the body streams in - and so that an
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -20,6 +22,7 @@ from service import logs
 from service.errors import PayloadTooLarge
 from service.metrics import Metrics
 from service.rest.encoding import dumps
+from service.traffic import Traffic
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("service.rest.access")
@@ -83,18 +86,29 @@ class BodyLimit:
 
 
 class RequestContextMiddleware:
-    """Request id in/out, body limit, ``aecluster_requests_total`` and latency, access log."""
+    """Request id in/out, body limit, ``aecluster_requests_total`` and latency, access log.
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    While ``draining()`` is true every answer carries ``Connection: close``: a keep-alive
+    caller closes its connection after this answer and opens the next one elsewhere,
+    instead of having the connection closed under a request it is sending (issue 39: with
+    no preStop hook, keep-alive callers got connection resets).
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int,
+                 draining: Callable[[], bool] = lambda: False,
+                 traffic: Traffic | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.draining = draining
+        self.traffic = traffic if traffic is not None else Traffic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        self.traffic.seen()
         headers = Headers(scope=scope)
         rid = incoming_request_id(headers.get(REQUEST_ID_HEADER))
         token = logs.request_id.set(rid)
@@ -105,6 +119,8 @@ class RequestContextMiddleware:
                 state["started"] = True
                 state["status"] = message["status"]
                 raw = [*message.get("headers", []), (b"x-request-id", rid.encode("ascii"))]
+                if self.draining():
+                    raw.append((b"connection", b"close"))
                 message = {**message, "headers": raw}
             await send(message)
 

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
+import json
 import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
+from service._generated.aecluster.v1 import cluster_service_pb2 as pb
+from service._generated.aecluster.v1 import cluster_service_pb2_grpc as pb_grpc
 from tests.integration.server import Server, digit_png, start_server
 from tests.service.bundles import clone_version
 
@@ -149,5 +156,79 @@ def test_sigterm_drains_in_flight_requests(server_factory, model_repo: Path) -> 
     assert [r.status_code for r in responses] == [200] * len(pngs)
     assert ready == 503 and late == 503
     assert server.proc.wait(timeout=60) == 0
+    log = server.log.read_text()
+    assert "draining" in log and "stopped" in log
+
+
+def _keep_alive_caller(port: int, body: bytes, stop_after_close: list[dict[str, object]],
+                       index: int) -> None:
+    """One caller on one persistent connection, sending until an answer says to close."""
+    record: dict[str, object] = {"statuses": [], "error": None, "closed_by": None}
+    stop_after_close[index] = record
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        while True:
+            connection.request("POST", "/v1/models/digits:cluster", body=body,
+                               headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            assert isinstance(record["statuses"], list)
+            record["statuses"].append(response.status)
+            if response.getheader("connection", "").lower() == "close":
+                record["closed_by"] = response.status
+                return
+            time.sleep(0.01)
+    except OSError as exc:  # ConnectionResetError, RemoteDisconnected, BrokenPipe, refused
+        record["error"] = repr(exc)
+    finally:
+        connection.close()
+
+
+def test_sigterm_drains_keep_alive_callers_without_a_prestop_hook(
+        server_factory, model_repo: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 39, item 7: under Docker or Compose (no preStop pause, no endpoint removal),
+    keep-alive callers got connection resets, because the listeners closed 0.2 s after
+    SIGTERM and the 503s did not say `Connection: close`.
+
+    Now every keep-alive caller is told to close by an answer, none sees its connection
+    die under a request, gRPC calls in flight finish, and the process exits 0 well inside
+    the drain window.
+    """
+    # A batch delay keeps requests in flight long enough to be sure they are when the
+    # signal comes.
+    server = server_factory(model_repo, drain_seconds="20", max_batch_delay_ms="300")
+    port = int(server.url.rsplit(":", 1)[1])
+    body = json.dumps({"instances": [{"b64": base64.b64encode(digit_png(0)).decode()}]}).encode()
+    callers = 6
+    records: list[dict[str, object]] = [{} for _ in range(callers)]
+    threads = [threading.Thread(target=_keep_alive_caller, args=(port, body, records, i))
+               for i in range(callers)]
+    for thread in threads:
+        thread.start()
+    channel = grpc.insecure_channel(server.grpc_target)
+    stub = pb_grpc.ClusterServiceStub(channel)
+    request = pb.ClusterRequest(model="digits", images=[pb.Image(encoded=digit_png(1))])
+    assert stub.Cluster(request, timeout=30).predictions[0].cluster_id >= 0
+    time.sleep(1.0)
+    in_flight = [stub.Cluster.future(request, timeout=30) for _ in range(16)]
+    time.sleep(0.1)  # received and queued, well inside the 300 ms batch delay
+    signalled = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=60)
+    grpc_codes = [future.code() for future in in_flight]
+    exit_code = server.proc.wait(timeout=60)
+    took = time.monotonic() - signalled
+    channel.close()
+
+    assert all(record["error"] is None for record in records), records
+    assert all(record["closed_by"] in (200, 503) for record in records), records
+    assert all(isinstance(r["statuses"], list) and r["statuses"].count(200) >= 2
+               for r in records), records
+    # Calls in flight when the signal came are answered, never cut off.
+    assert grpc_codes == [grpc.StatusCode.OK] * len(in_flight), grpc_codes
+    assert exit_code == 0, server.log.read_text()
+    # The callers left after their answers: no waiting out the 20 s window.
+    assert took < 10, took
     log = server.log.read_text()
     assert "draining" in log and "stopped" in log
