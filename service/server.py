@@ -23,7 +23,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Generator
+from collections.abc import Awaitable, Generator
 
 import uvicorn
 
@@ -115,7 +115,7 @@ class AppServer:
             await self._grpc.set_serving(False)
         await drain
         await self._linger(deadline)
-        stops = []
+        stops: list[Awaitable[None]] = []
         if self._grpc is not None:
             stops.append(self._grpc.stop(grace=max(0.0, deadline - time.monotonic())))
         if self._http is not None and self._http_task is not None:
