@@ -137,6 +137,11 @@ async def read_cluster_request(
     """The images and options of a ``:cluster`` request, whichever body form it uses."""
     content_type = media_type(request.headers.get("content-type"))
     fields: dict[str, Any] = dict(request.query_params)
+    if fields:
+        # Checked on their own even when the body sets the same options (the body wins):
+        # a bad query value is the caller's mistake, not something to ignore (issue 39's
+        # fuzzing: top_k=-43438065284616 in the query was answered 200).
+        _options(fields)
     if content_type == "multipart/form-data":
         images, form_fields = await _read_multipart(request, settings)
         fields.update(form_fields)

@@ -455,6 +455,20 @@ def test_cluster_bad_input(client: httpx.Client, digits_u8: np.ndarray,
     _still_serving(client, digits_u8)
 
 
+def test_cluster_query_options_are_checked_even_when_the_body_sets_them(
+        client: httpx.Client, digits_u8: np.ndarray) -> None:
+    """Found by the schema fuzzing (issue 39): a bad query value was ignored when the JSON
+    body set the same option, and the request answered 200."""
+    body = {"instances": _unit_images(digits_u8, 1), "top_k": 3,
+            "return_reconstruction": "none"}
+    _assert_error(client.post(CLUSTER, json=body, params={"top_k": "-4"}), 400, "top_k")
+    _assert_error(client.post(CLUSTER, json=body, params={"return_reconstruction": "gif"}),
+                  400, "return_reconstruction")
+    answer = client.post(CLUSTER, json=body, params={"top_k": "1"})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["predictions"][0]["top_k"]) == 3  # the body's value wins
+
+
 @pytest.mark.parametrize(("path", "status", "fragment"), [
     ("/v1/models/nope:cluster", 404, "'nope' is not served"),
     ("/v1/models/digits/versions/7:cluster", 404, "version 7"),
