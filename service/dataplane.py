@@ -31,8 +31,12 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 OUTPUT_NAMES = ("cluster_id", "distance", "is_outlier", "reconstruction", "embedding")
 PSNR_CAP_DB = 100.0
 # Decoding a few small images inline is cheaper than a thread hop; large payloads are
-# decoded on a worker thread so the event loop keeps serving other callers.
+# decoded on a worker thread so the event loop keeps serving other callers. Both the bytes
+# and the pixels the headers declare must be small: a blank 4000x4000 PNG is 14 KB, and
+# decoding it inline held the event loop for 580 ms (issue 39's lag test). 256 K pixels
+# (512 x 512) decode and resize in a few milliseconds.
 INLINE_DECODE_BYTES = 256 * 1024
+INLINE_DECODE_PIXELS = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,8 @@ class DataPlane:
 
     async def _prepare(self, images: Sequence[ImageInput], spec: bundle.InputSpec) -> np.ndarray:
         size = sum(len(i.encoded) if i.encoded is not None else 0 for i in images)
-        if size <= INLINE_DECODE_BYTES:
+        if size <= INLINE_DECODE_BYTES and \
+                sum(imagecodec.declared_pixels(i) for i in images) <= INLINE_DECODE_PIXELS:
             return imagecodec.prepare_batch(images, spec, max_pixels=self._max_pixels,
                                             max_request_pixels=self._max_request_pixels)
         return await asyncio.to_thread(imagecodec.prepare_batch, images, spec,

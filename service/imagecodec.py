@@ -19,6 +19,7 @@ nothing.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from collections.abc import Sequence
 
@@ -230,16 +231,12 @@ def prepare_batch(
 def _check_request_pixels(images: Sequence[types.ImageInput], budget: int) -> None:
     """PayloadTooLarge when the images' declared pixels add up to more than ``budget``.
 
-    Encoded images are measured from their headers (Pillow reads no pixel data for it);
-    one whose header cannot be read counts nothing here and is refused by its decode.
+    Encoded images are measured from their headers (no pixel data is read for it); one
+    whose header cannot be read counts nothing here and is refused by its decode.
     """
     total = 0
     for index, item in enumerate(images):
-        if item.array is not None:
-            shape = np.shape(item.array)
-            total += int(shape[0]) * int(shape[1]) if len(shape) >= 2 else 0
-        elif item.encoded is not None:
-            total += _declared_pixels(item.encoded)
+        total += declared_pixels(item)
         if total > budget:
             raise errors.PayloadTooLarge(
                 f"the request's images hold more than {budget} pixels together (at least "
@@ -248,13 +245,28 @@ def _check_request_pixels(images: Sequence[types.ImageInput], budget: int) -> No
             )
 
 
-def _declared_pixels(data: bytes) -> int:
+def declared_pixels(item: types.ImageInput) -> int:
+    """Width x height of one image, from an array's shape or an encoded image's header.
+
+    0 when the header cannot be read (the decode then says why). A PNG's size is read from
+    its IHDR chunk in place, which is cheap enough to ask on every request; other formats
+    go through Pillow's header parser, which reads no pixel data.
+    """
+    if item.array is not None:
+        shape = np.shape(item.array)
+        return int(shape[0]) * int(shape[1]) if len(shape) >= 2 else 0
+    data = item.encoded
+    if data is None:
+        return 0
+    if data[:8] == _SIGNATURES["PNG"][0] and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return int(width) * int(height)
     try:
         with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
             width, height = img.size
     except Exception:  # unreadable or over Pillow's own limit: decode_image says why
         return 0
-    return width * height
+    return int(width) * int(height)
 
 
 def _check_array_size(array: np.ndarray | None, max_pixels: int) -> np.ndarray:

@@ -435,3 +435,17 @@ def test_the_request_pixel_budget_is_checked_from_headers_before_decoding() -> N
                                  max_request_pixels=29_999)
     assert imagecodec.prepare_batch(arrays, target, max_pixels=16_000_000,
                                     max_request_pixels=30_000).shape == (3, 8, 8, 1)
+
+
+def test_declared_pixels_reads_headers_only() -> None:
+    """What the data plane asks of every request to choose inline or off-loop decoding."""
+    bomb = raw_png(100_000, 50_000, bit_depth=8, color_type=0, idat=b"not even zlib")
+    assert imagecodec.declared_pixels(ImageInput(encoded=bomb)) == 5_000_000_000
+    for fmt in ("PNG", "JPEG", "BMP"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (300, 200)).save(buffer, format=fmt)
+        assert imagecodec.declared_pixels(ImageInput(encoded=buffer.getvalue())) == 60_000
+    assert imagecodec.declared_pixels(ImageInput(encoded=b"\x89PNG\r\n\x1a\n")) == 0
+    assert imagecodec.declared_pixels(ImageInput(encoded=b"garbage")) == 0
+    assert imagecodec.declared_pixels(ImageInput(array=np.zeros((30, 40, 3)))) == 1200
+    assert imagecodec.declared_pixels(ImageInput(array=np.zeros(5))) == 0
