@@ -7,6 +7,7 @@ grpc or FastAPI; ``grpc.StatusCode[cls.grpc_code]`` turns the name into the enum
 | condition                                              | HTTP | gRPC               |
 |--------------------------------------------------------|------|--------------------|
 | malformed request, bad image, shape, NaN/inf, empty    | 400  | INVALID_ARGUMENT   |
+| missing or unaccepted token (+ WWW-Authenticate)       | 401  | UNAUTHENTICATED    |
 | unknown model, version or signature                    | 404  | NOT_FOUND          |
 | body or image over the configured limit                | 413  | RESOURCE_EXHAUSTED |
 | queue full (backpressure)                              | 503  | RESOURCE_EXHAUSTED |
@@ -50,6 +51,15 @@ class InvalidInput(ServiceError):
 
     http_status = HTTPStatus.BAD_REQUEST
     grpc_code = "INVALID_ARGUMENT"
+
+
+class Unauthenticated(ServiceError):
+    """No token, or one that is not accepted, on a server that requires one. Rendered with
+    ``WWW-Authenticate: Bearer`` over HTTP; the message never repeats the token."""
+
+    http_status = HTTPStatus.UNAUTHORIZED
+    grpc_code = "UNAUTHENTICATED"
+    challenge = 'Bearer realm="aecluster"'
 
 
 class NotFound(ServiceError):
@@ -99,6 +109,6 @@ class InternalError(ServiceError):
 
 
 ERROR_CLASSES: tuple[type[ServiceError], ...] = (
-    InvalidInput, NotFound, PayloadTooLarge, QueueFull, Unavailable, DeadlineExceeded,
-    InternalError,
+    InvalidInput, Unauthenticated, NotFound, PayloadTooLarge, QueueFull, Unavailable,
+    DeadlineExceeded, InternalError,
 )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import math
 from http import HTTPStatus
 from typing import Any
 
@@ -25,10 +24,10 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from service.dataplane import DataPlane
-from service.errors import InternalError, QueueFull, ServiceError
+from service.errors import InternalError, ServiceError
 from service.metrics import Metrics
 from service.rest.clusters import clusters_router
-from service.rest.encoding import error_response
+from service.rest.encoding import error_response, service_error_response
 from service.rest.middleware import RequestContextMiddleware
 from service.rest.native import cluster_router
 from service.rest.operations import operations_router
@@ -51,9 +50,9 @@ reconstruction.
 * **tensorflow-serving**: TensorFlow Serving's REST API (`:predict`, status, metadata);
 * **operations**: `/healthz`, `/readyz`, `/metrics`.
 
-Errors are `{"error": "..."}` with the status of the error table (400 bad input, 404
-unknown model/version/signature, 413 over a limit, 503 queue full (+ Retry-After) or not
-ready, 504 deadline passed).
+Errors are `{"error": "..."}` with the status of the error table (400 bad input, 401
+missing or refused token (+ WWW-Authenticate), 404 unknown model/version/signature, 413 over
+a limit, 503 queue full (+ Retry-After) or not ready, 504 deadline passed).
 """
 UNKNOWN_ROUTE = "unknown"
 MODEL_ENDPOINTS = (
@@ -61,7 +60,6 @@ MODEL_ENDPOINTS = (
     "GET /v1/models/{name}[/versions/{v}] (status), GET .../metadata, GET .../clusters, "
     "GET /v1/models/{name}/versions/{v}/exemplars/{cluster}/{index}.png"
 )
-INTERNAL_MESSAGE = "internal server error; the server log has the details"
 
 
 def _package_version() -> str:
@@ -141,18 +139,12 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> Fa
 async def _service_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, ServiceError):  # pragma: no cover - registered for ServiceError
         raise exc
-    status = int(exc.http_status)
-    message = exc.message
-    headers: dict[str, str] = {}
-    if isinstance(exc, InternalError) or status == HTTPStatus.INTERNAL_SERVER_ERROR:
-        logger.error("internal error: %s", message, exc_info=exc)
-        message = INTERNAL_MESSAGE
+    if isinstance(exc, InternalError) or exc.http_status == HTTPStatus.INTERNAL_SERVER_ERROR:
+        logger.error("internal error: %s", exc.message, exc_info=exc)
     else:
-        logger.info("request refused (%d): %s", status, message,
+        logger.info("request refused (%d): %s", exc.http_status, exc.message,
                     extra={"error_class": type(exc).__name__})
-    if isinstance(exc, QueueFull):
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    return error_response(message, status, headers)
+    return service_error_response(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

@@ -19,8 +19,10 @@ import orjson
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from service.errors import InvalidInput
+from service.errors import InternalError, InvalidInput, QueueFull, ServiceError, Unauthenticated
 
+# What a caller sees of a 500: the details are in the server's log only.
+INTERNAL_MESSAGE = "internal server error; the server log has the details"
 JSON_MEDIA_TYPE = "application/json"
 # Parsing a body and turning nested lists into arrays is CPU work that holds the event
 # loop; past this many bytes it runs on a worker thread so other requests keep flowing.
@@ -179,3 +181,17 @@ def error_response(message: str, status_code: int,
                    headers: Mapping[str, str] | None = None) -> Response:
     """The body every error has: ``{"error": message}``."""
     return json_response({"error": message}, status_code=status_code, headers=headers)
+
+
+def service_error_response(exc: ServiceError) -> Response:
+    """The error table's HTTP rendering of ``exc`` (``service/errors.py``): its class's
+    status and ``{"error": message}``, a generic message for a 500, ``Retry-After`` for a
+    full queue and ``WWW-Authenticate`` for a missing or refused token."""
+    status = int(exc.http_status)
+    internal = isinstance(exc, InternalError) or status == 500
+    headers: dict[str, str] = {}
+    if isinstance(exc, QueueFull):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = exc.challenge
+    return error_response(INTERNAL_MESSAGE if internal else exc.message, status, headers)
