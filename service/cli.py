@@ -81,14 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         # Before TensorFlow is imported: a bad certificate or token file fails at once.
-        Security.from_settings(settings)
+        security = Security.from_settings(settings)
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
     from service.logs import configure_logging
     from service.server import serve
 
     configure_logging(settings.log_level, json_format=settings.log_json)
-    return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, security))
 
 
 if __name__ == "__main__":

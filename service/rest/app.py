@@ -28,12 +28,13 @@ from service.errors import InternalError, ServiceError
 from service.metrics import Metrics
 from service.rest.clusters import clusters_router
 from service.rest.encoding import error_response, service_error_response
-from service.rest.middleware import RequestContextMiddleware
+from service.rest.middleware import AuthMiddleware, RequestContextMiddleware
 from service.rest.native import cluster_router
-from service.rest.operations import operations_router
+from service.rest.operations import health_router, operations_router
 from service.rest.page import add_page
 from service.rest.schemas import ClusterRequest, PredictRequest
 from service.rest.tfserving import tfserving_router
+from service.security import Security
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ reconstruction.
 Errors are `{"error": "..."}` with the status of the error table (400 bad input, 401
 missing or refused token (+ WWW-Authenticate), 404 unknown model/version/signature, 413 over
 a limit, 503 queue full (+ Retry-After) or not ready, 504 deadline passed).
+
+When the server requires tokens, every request but `/healthz`, `/readyz` and `/metrics`
+sends `Authorization: Bearer <token>` or `x-api-key: <token>`.
 """
 UNKNOWN_ROUTE = "unknown"
 MODEL_ENDPOINTS = (
@@ -109,13 +113,21 @@ def _add_offline_docs(app: FastAPI) -> None:
     app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False, name="docs")
 
 
-def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> FastAPI:
-    """A new REST application serving ``dataplane``."""
+def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics,
+               security: Security | None = None) -> FastAPI:
+    """A new REST application serving ``dataplane``; with the token check when ``security``
+    (by default: loaded from the settings) has tokens. TLS is the HTTP server's part."""
+    if security is None:
+        security = Security.from_settings(settings)
     # Swagger UI from the swagger-ui-bundle package instead of FastAPI's default CDN:
     # clusters without internet access still get working /docs.
     app = ServiceApp(title="aecluster", version=_package_version(), description=DESCRIPTION,
                      docs_url=None, redoc_url=None)
     _add_offline_docs(app)
+    # Inside the request context (added last, so outermost): a refusal has a request id, is
+    # counted and logged like any other answer.
+    if security.tokens is not None:
+        app.add_middleware(AuthMiddleware, tokens=security.tokens)
     app.add_middleware(RequestContextMiddleware, metrics=metrics,
                        max_body_bytes=settings.max_body_bytes)
     app.add_exception_handler(ServiceError, _service_error)
@@ -133,6 +145,18 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> Fa
     app.add_api_route("/v1/models/{rest:path}", _unknown_model_endpoint(served),
                       name=UNKNOWN_ROUTE, methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                       include_in_schema=False)
+    return app
+
+
+def create_operations_app(dataplane: DataPlane, metrics: Metrics) -> FastAPI:
+    """The app of ``operations_port``: ``/healthz``, ``/readyz`` and ``/metrics`` only, in
+    plain HTTP and without tokens, for kubelet probes and Prometheus when the main port
+    requires client certificates (they have none to present)."""
+    app = FastAPI(title="aecluster operations", version=_package_version(),
+                  openapi_url=None, docs_url=None, redoc_url=None)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=1024)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.include_router(health_router(dataplane, metrics))
     return app
 
 
