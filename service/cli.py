@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.settings import Settings
+from service.settings import ConfigError, Settings
 
 DESCRIPTION = """\
 Serve aecluster model bundles over HTTP (REST, TensorFlow Serving's REST API, /metrics,
@@ -66,8 +66,10 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
     try:
         return Settings(**vars(args))
     except ValidationError as exc:
+        # A check of several settings together has no field to name (loc is empty).
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            ": ".join(filter(None, (".".join(str(p) for p in err["loc"]), err["msg"])))
+            for err in exc.errors()
         )
         raise SystemExit(f"error: invalid settings: {problems}") from None
 
@@ -75,11 +77,18 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     settings = load_settings(argv)
+    from service.security import Security
+
+    try:
+        # Before TensorFlow is imported: a bad certificate or token file fails at once.
+        security = Security.from_settings(settings)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
     from service.logs import configure_logging
     from service.server import serve
 
     configure_logging(settings.log_level, json_format=settings.log_json)
-    return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, security))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ grpc or FastAPI; ``grpc.StatusCode[cls.grpc_code]`` turns the name into the enum
 | condition                                              | HTTP | gRPC               |
 |--------------------------------------------------------|------|--------------------|
 | malformed request, bad image, shape, NaN/inf, empty    | 400  | INVALID_ARGUMENT   |
+| missing or unaccepted token (+ WWW-Authenticate)       | 401  | UNAUTHENTICATED    |
 | unknown model, version or signature                    | 404  | NOT_FOUND          |
 | method not served on a served path (HTTP, + Allow)     | 405  | UNIMPLEMENTED      |
-| body in a media type the endpoint does not read (HTTP) | 415  | INVALID_ARGUMENT   |
 | body or image over the configured limit                | 413  | RESOURCE_EXHAUSTED |
+| body in a media type the endpoint does not read (HTTP) | 415  | INVALID_ARGUMENT   |
 | queue full (backpressure)                              | 503  | RESOURCE_EXHAUSTED |
 | model not ready / server draining                      | 503  | UNAVAILABLE        |
 | deadline passed while queued                           | 504  | DEADLINE_EXCEEDED  |
@@ -52,6 +53,15 @@ class InvalidInput(ServiceError):
 
     http_status = HTTPStatus.BAD_REQUEST
     grpc_code = "INVALID_ARGUMENT"
+
+
+class Unauthenticated(ServiceError):
+    """No token, or one that is not accepted, on a server that requires one. Rendered with
+    ``WWW-Authenticate: Bearer`` over HTTP; the message never repeats the token."""
+
+    http_status = HTTPStatus.UNAUTHORIZED
+    grpc_code = "UNAUTHENTICATED"
+    challenge = 'Bearer realm="aecluster"'
 
 
 class NotFound(ServiceError):
@@ -125,6 +135,6 @@ class InternalError(ServiceError):
 
 
 ERROR_CLASSES: tuple[type[ServiceError], ...] = (
-    InvalidInput, NotFound, MethodNotAllowed, UnsupportedMediaType, PayloadTooLarge,
-    QueueFull, Unavailable, DeadlineExceeded, InternalError,
+    InvalidInput, Unauthenticated, NotFound, MethodNotAllowed, PayloadTooLarge,
+    UnsupportedMediaType, QueueFull, Unavailable, DeadlineExceeded, InternalError,
 )

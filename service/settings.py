@@ -8,8 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A setting names something that cannot be used (a missing or unreadable file, a key
+    that does not match its certificate). The message names the setting and the file; the
+    CLI prints it and exits, without a traceback."""
 
 
 class Settings(BaseSettings):
@@ -21,7 +27,11 @@ class Settings(BaseSettings):
         default=Path("models"),
         description="Model repository in TensorFlow Serving's layout: DIR/<name>/<version>/.",
     )
-    host: str = Field(default="0.0.0.0", description="Address both servers listen on.")
+    host: str = Field(
+        default="0.0.0.0",
+        description="Address HTTP and gRPC (and operations_port) listen on: 0.0.0.0 every "
+        "IPv4 interface, 127.0.0.1 this machine only, :: every IPv6 one.",
+    )
     http_port: int = Field(default=8501, ge=0, le=65535,
                            description="HTTP port (REST, metrics, health); 0 picks a free one.")
     grpc_port: int = Field(default=8500, ge=0, le=65535,
@@ -88,6 +98,36 @@ class Settings(BaseSettings):
         default=1, ge=0, le=1024,
         description="Ops TensorFlow may run at once (0: TensorFlow's default).",
     )
+    # Transport security (docs/security.md). Everything is off unless a file is named.
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate chain; with tls_key_file, HTTP and gRPC accept TLS only. "
+        "Re-read when it changes (secrets_poll_seconds). Unset: plaintext.",
+    )
+    tls_key_file: Path | None = Field(
+        default=None, description="PEM private key (unencrypted) of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA certificates; set, every HTTP and gRPC client must present a "
+        "certificate one of them signed (mutual TLS). Needs tls_cert_file.",
+    )
+    auth_tokens_file: Path | None = Field(
+        default=None,
+        description="Accepted tokens, one per line (# starts a comment); set, every request "
+        "needs 'Authorization: Bearer <token>' or 'x-api-key: <token>' (HTTP header or gRPC "
+        "metadata), except health checks and /metrics. Re-read when it changes.",
+    )
+    secrets_poll_seconds: float = Field(
+        default=10.0, ge=0.0,
+        description="How often the TLS and token files are checked for changes; a renewed "
+        "certificate or token file is used without a restart. 0 = never.",
+    )
+    operations_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Extra plain-HTTP port that serves only /healthz, /readyz and /metrics, "
+        "for kubelet probes and Prometheus when the main ports need client certificates; "
+        "0 picks a free one. Unset: none.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the JSON logs on stderr."
     )
@@ -100,6 +140,18 @@ class Settings(BaseSettings):
         if text in {"auto", "cpu", "gpu"} or (text.startswith("gpu:") and text[4:].isdigit()):
             return text
         raise ValueError(f"device must be auto, cpu, gpu or gpu:N, got {value!r}")
+
+    @model_validator(mode="after")
+    def _tls_files_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            given, missing = (("tls_cert_file", "tls_key_file") if self.tls_key_file is None
+                              else ("tls_key_file", "tls_cert_file"))
+            raise ValueError(f"{given} is set but {missing} is not: TLS needs both the "
+                             "certificate and its private key")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file is set but tls_cert_file and tls_key_file "
+                             "are not: client certificates are only asked for over TLS")
+        return self
 
     def batch_sizes(self) -> tuple[int, ...]:
         """Padded batch sizes: powers of two up to, and including, ``max_batch_size``.

@@ -1,4 +1,4 @@
-"""The grpc.aio server: servicers, health, reflection, message limits and its lifecycle."""
+"""The grpc.aio server: servicers, health, reflection, message limits, TLS and its lifecycle."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from service.dataplane import DataPlane
 from service.grpc.interceptor import ServiceInterceptor
 from service.grpc.servicers import ClusterServicer, ModelServicer, PredictionServicer
 from service.metrics import Metrics
+from service.security import Security, ServerTls, TlsMaterial
 from service.settings import Settings
 from service.traffic import Traffic
 
@@ -102,15 +103,50 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-async def start_grpc_server(dataplane: DataPlane, settings: Settings,
-                            metrics: Metrics) -> GrpcServer:
+def _certificate_configuration(material: TlsMaterial) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration(
+        [(material.private_key, material.certificate_chain)],
+        root_certificates=material.client_ca)
+
+
+def tls_credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    """Server credentials that follow ``tls.current``: grpc asks the fetcher before every new
+    connection's handshake (on one of its own threads), and it hands over new material only
+    when ``Security.refresh`` has loaded some; connections already open keep theirs."""
+    served = [tls.current]
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        material = tls.current
+        if material is served[0]:
+            return None  # unchanged
+        served[0] = material
+        logger.info("grpc: new connections get the reloaded certificate")
+        return _certificate_configuration(material)
+
+    return grpc.dynamic_ssl_server_credentials(
+        _certificate_configuration(served[0]), fetch,
+        require_client_authentication=tls.requires_client_certificate)
+
+
+def _transport(security: Security) -> str:
+    if security.tls is None:
+        return "plaintext"
+    return "mutual TLS" if security.tls.requires_client_certificate else "TLS"
+
+
+async def start_grpc_server(dataplane: DataPlane, settings: Settings, metrics: Metrics,
+                            security: Security | None = None) -> GrpcServer:
     """Build, bind and start the gRPC server on ``settings.host:settings.grpc_port``.
 
     Serves ``aecluster.v1.ClusterService``, TensorFlow Serving's ``PredictionService`` and
-    ``ModelService``, ``grpc.health.v1.Health`` (following readiness) and server reflection.
+    ``ModelService``, ``grpc.health.v1.Health`` (following readiness) and server reflection;
+    over TLS and with the token check when ``security`` (by default: loaded from the
+    settings) says so.
     """
+    if security is None:
+        security = Security.from_settings(settings)
     limit = settings.grpc_max_message_bytes
-    interceptor = ServiceInterceptor(metrics)
+    interceptor = ServiceInterceptor(metrics, tokens=security.tokens)
     server = grpc.aio.server(
         interceptors=[interceptor],
         options=[
@@ -134,7 +170,10 @@ async def start_grpc_server(dataplane: DataPlane, settings: Settings,
     )
     address = _address(settings.host, settings.grpc_port)
     try:
-        port = server.add_insecure_port(address)
+        if security.tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls_credentials(security.tls))
     except RuntimeError as exc:
         raise RuntimeError(f"gRPC server cannot listen on {address}: {exc}") from exc
     if port == 0:  # older grpcio reports a failed bind this way
@@ -142,5 +181,6 @@ async def start_grpc_server(dataplane: DataPlane, settings: Settings,
     await server.start()
     grpc_server = GrpcServer(server, port, dataplane, health, interceptor.traffic)
     await grpc_server.refresh_health()
-    logger.info("grpc server listening on %s (port %d)", address, port)
+    logger.info("grpc server listening on %s (port %d, %s)", address, port,
+                _transport(security))
     return grpc_server

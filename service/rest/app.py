@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import math
 from http import HTTPStatus
 from typing import Any
 
@@ -25,16 +24,17 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from service.dataplane import DataPlane
-from service.errors import InternalError, MethodNotAllowed, QueueFull, ServiceError
+from service.errors import InternalError, ServiceError
 from service.metrics import Metrics
 from service.rest.clusters import clusters_router
-from service.rest.encoding import error_response
-from service.rest.middleware import RequestContextMiddleware
+from service.rest.encoding import error_response, service_error_response
+from service.rest.middleware import AuthMiddleware, RequestContextMiddleware
 from service.rest.native import cluster_router
-from service.rest.operations import operations_router
+from service.rest.operations import health_router, operations_router
 from service.rest.page import add_page
 from service.rest.schemas import ClusterRequest, PredictRequest
 from service.rest.tfserving import tfserving_router
+from service.security import Security
 from service.settings import Settings
 from service.traffic import Traffic
 
@@ -52,9 +52,12 @@ reconstruction.
 * **tensorflow-serving**: TensorFlow Serving's REST API (`:predict`, status, metadata);
 * **operations**: `/healthz`, `/readyz`, `/metrics`.
 
-Errors are `{"error": "..."}` with the status of the error table (400 bad input, 404
-unknown model/version/signature, 413 over a limit, 503 queue full (+ Retry-After) or not
-ready, 504 deadline passed).
+Errors are `{"error": "..."}` with the status of the error table (400 bad input, 401
+missing or refused token (+ WWW-Authenticate), 404 unknown model/version/signature, 413 over
+a limit, 503 queue full (+ Retry-After) or not ready, 504 deadline passed).
+
+When the server requires tokens, every request but `/healthz`, `/readyz` and `/metrics`
+sends `Authorization: Bearer <token>` or `x-api-key: <token>`.
 """
 UNKNOWN_ROUTE = "unknown"
 MODEL_ENDPOINTS = (
@@ -62,7 +65,6 @@ MODEL_ENDPOINTS = (
     "GET /v1/models/{name}[/versions/{v}] (status), GET .../metadata, GET .../clusters, "
     "GET /v1/models/{name}/versions/{v}/exemplars/{cluster}/{index}.png"
 )
-INTERNAL_MESSAGE = "internal server error; the server log has the details"
 
 
 def _package_version() -> str:
@@ -112,8 +114,12 @@ def _add_offline_docs(app: FastAPI) -> None:
     app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False, name="docs")
 
 
-def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> FastAPI:
-    """A new REST application serving ``dataplane``."""
+def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics,
+               security: Security | None = None) -> FastAPI:
+    """A new REST application serving ``dataplane``; with the token check when ``security``
+    (by default: loaded from the settings) has tokens. TLS is the HTTP server's part."""
+    if security is None:
+        security = Security.from_settings(settings)
     # Swagger UI from the swagger-ui-bundle package instead of FastAPI's default CDN:
     # clusters without internet access still get working /docs.
     app = ServiceApp(title="aecluster", version=_package_version(), description=DESCRIPTION,
@@ -121,6 +127,10 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> Fa
     _add_offline_docs(app)
     # app.state.traffic: when the last request came, for the server's drain (server.py).
     app.state.traffic = Traffic()
+    # Inside the request context (added last, so outermost): a refusal has a request id, is
+    # counted and logged like any other answer.
+    if security.tokens is not None:
+        app.add_middleware(AuthMiddleware, tokens=security.tokens)
     app.add_middleware(RequestContextMiddleware, metrics=metrics,
                        max_body_bytes=settings.max_body_bytes,
                        draining=lambda: dataplane.draining, traffic=app.state.traffic)
@@ -142,23 +152,27 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> Fa
     return app
 
 
+def create_operations_app(dataplane: DataPlane, metrics: Metrics) -> FastAPI:
+    """The app of ``operations_port``: ``/healthz``, ``/readyz`` and ``/metrics`` only, in
+    plain HTTP and without tokens, for kubelet probes and Prometheus when the main port
+    requires client certificates (they have none to present)."""
+    app = FastAPI(title="aecluster operations", version=_package_version(),
+                  openapi_url=None, docs_url=None, redoc_url=None)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=1024)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.include_router(health_router(dataplane, metrics))
+    return app
+
+
 async def _service_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, ServiceError):  # pragma: no cover - registered for ServiceError
         raise exc
-    status = int(exc.http_status)
-    message = exc.message
-    headers: dict[str, str] = {}
-    if isinstance(exc, InternalError) or status == HTTPStatus.INTERNAL_SERVER_ERROR:
-        logger.error("internal error: %s", message, exc_info=exc)
-        message = INTERNAL_MESSAGE
+    if isinstance(exc, InternalError) or exc.http_status == HTTPStatus.INTERNAL_SERVER_ERROR:
+        logger.error("internal error: %s", exc.message, exc_info=exc)
     else:
-        logger.info("request refused (%d): %s", status, message,
+        logger.info("request refused (%d): %s", exc.http_status, exc.message,
                     extra={"error_class": type(exc).__name__})
-    if isinstance(exc, QueueFull):
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    if isinstance(exc, MethodNotAllowed):
-        headers["Allow"] = ", ".join(exc.allow)
-    return error_response(message, status, headers)
+    return service_error_response(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

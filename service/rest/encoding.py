@@ -19,8 +19,18 @@ import orjson
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from service.errors import InvalidInput, UnsupportedMediaType
+from service.errors import (
+    InternalError,
+    InvalidInput,
+    MethodNotAllowed,
+    QueueFull,
+    ServiceError,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
 
+# What a caller sees of a 500: the details are in the server's log only.
+INTERNAL_MESSAGE = "internal server error; the server log has the details"
 JSON_MEDIA_TYPE = "application/json"
 # What a JSON body may be labelled: JSON itself, no label at all, or curl's `-d` default
 # (TF Serving's own REST examples post JSON with `curl -d` and no Content-Type).
@@ -202,3 +212,20 @@ def error_response(message: str, status_code: int,
                    headers: Mapping[str, str] | None = None) -> Response:
     """The body every error has: ``{"error": message}``."""
     return json_response({"error": message}, status_code=status_code, headers=headers)
+
+
+def service_error_response(exc: ServiceError) -> Response:
+    """The error table's HTTP rendering of ``exc`` (``service/errors.py``): its class's
+    status and ``{"error": message}``, a generic message for a 500, ``Retry-After`` for a
+    full queue, ``WWW-Authenticate`` for a missing or refused token and ``Allow`` for a
+    method the path is not served for."""
+    status = int(exc.http_status)
+    internal = isinstance(exc, InternalError) or status == 500
+    headers: dict[str, str] = {}
+    if isinstance(exc, QueueFull):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = exc.challenge
+    if isinstance(exc, MethodNotAllowed):
+        headers["Allow"] = ", ".join(exc.allow)
+    return error_response(INTERNAL_MESSAGE if internal else exc.message, status, headers)

@@ -1,5 +1,6 @@
 """Per-request plumbing around every route: request id, body limit, metrics, access log,
-and ``Connection: close`` on every answer once the server drains.
+and ``Connection: close`` on every answer once the server drains, and the token check
+when the server requires tokens.
 
 A plain ASGI middleware (not Starlette's BaseHTTPMiddleware) so that it can wrap
 ``receive`` - the body limit is enforced while the body streams in - and so that an
@@ -19,9 +20,11 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs
-from service.errors import PayloadTooLarge
+from service.errors import PayloadTooLarge, Unauthenticated
 from service.metrics import Metrics
-from service.rest.encoding import dumps
+from service.rest.encoding import dumps, service_error_response
+from service.rest.operations import OPEN_PATHS
+from service.security import API_KEY, AUTHORIZATION, TokenFile
 from service.traffic import Traffic
 
 logger = logging.getLogger(__name__)
@@ -149,6 +152,29 @@ class RequestContextMiddleware:
                    "status": status, "api_method": method,
                    "duration_ms": round(seconds * 1000.0, 3)},
         )
+
+
+class AuthMiddleware:
+    """Answers 401 (``WWW-Authenticate: Bearer``) to every request outside ``OPEN_PATHS``
+    without an accepted ``Authorization: Bearer`` or ``x-api-key`` token, before any route
+    or body is read. Mounted inside :class:`RequestContextMiddleware`, so refusals carry a
+    request id and are counted. The token is never logged."""
+
+    def __init__(self, app: ASGIApp, *, tokens: TokenFile) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            headers = Headers(scope=scope)
+            try:
+                self.tokens.authenticate(headers.get(AUTHORIZATION), headers.get(API_KEY))
+            except Unauthenticated as exc:
+                logger.info("request refused (401): %s", exc.message,
+                            extra={"error_class": type(exc).__name__})
+                await service_error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _send_internal_error(send: Send, rid: str) -> None:

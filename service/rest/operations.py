@@ -11,9 +11,13 @@ from service.dataplane import DataPlane
 from service.metrics import Metrics
 from service.rest.encoding import json_response
 
+# Answered without a token when the server requires one.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
-def operations_router(dataplane: DataPlane, metrics: Metrics) -> APIRouter:
-    """``/healthz``, ``/readyz``, ``/metrics`` and ``/v1/models``."""
+
+def health_router(dataplane: DataPlane, metrics: Metrics) -> APIRouter:
+    """``/healthz``, ``/readyz`` and ``/metrics``: what probes and Prometheus call, answered
+    without a token (``OPEN_PATHS``) and on ``operations_port`` too."""
     router = APIRouter(tags=["operations"])
 
     @router.get("/healthz", name="healthz", summary="Liveness",
@@ -44,7 +48,16 @@ def operations_router(dataplane: DataPlane, metrics: Metrics) -> APIRouter:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    @router.get("/v1/models", name="list_models", summary="Loaded model versions")
+    return router
+
+
+def operations_router(dataplane: DataPlane, metrics: Metrics) -> APIRouter:
+    """The routes of :func:`health_router` and ``/v1/models``."""
+    router = APIRouter()
+    router.include_router(health_router(dataplane, metrics))
+
+    @router.get("/v1/models", name="list_models", summary="Loaded model versions",
+                tags=["operations"])
     async def list_models() -> Response:
         """Every loaded, available model version with its input and clusters."""
         models: list[dict[str, Any]] = [

@@ -44,6 +44,15 @@ def rendered(kubectl: str) -> dict[str, list[manifests.Obj]]:
 
 
 @pytest.fixture(scope="session")
+def rendered_tls(kubectl: str, tmp_path_factory: pytest.TempPathFactory,
+                 ) -> dict[str, list[manifests.Obj]]:
+    """Every overlay with k8s/components/tls, rendered once per session."""
+    return {name: manifests.kustomize_with_components(
+                kubectl, name, ["tls"], tmp_path_factory.mktemp(f"tls-{name}"))
+            for name in manifests.OVERLAYS}
+
+
+@pytest.fixture(scope="session")
 def monitoring(kubectl: str) -> list[manifests.Obj]:
     """The ServiceMonitor and PrometheusRule of ``k8s/monitoring``."""
     return manifests.kustomize(kubectl, manifests.K8S / "monitoring")

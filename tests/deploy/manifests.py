@@ -46,6 +46,21 @@ def kustomize(kubectl: str, directory: Path) -> list[Obj]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def kustomize_with_components(kubectl: str, overlay: str, components: list[str],
+                              directory: Path) -> list[Obj]:
+    """Render ``k8s/overlays/OVERLAY`` with ``k8s/components/NAME`` for each of
+    ``components``, the way their comments say to add them, from a kustomization written in
+    ``directory``."""
+    # kustomize refuses absolute paths and only follows relative ones.
+    base = os.path.relpath(K8S / "overlays" / overlay, directory)
+    listed = "".join(f"  - {os.path.relpath(K8S / 'components' / c, directory)}\n"
+                     for c in components)
+    (directory / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {base}\ncomponents:\n{listed}", encoding="utf-8")
+    return kustomize(kubectl, directory)
+
+
 def load_yaml(path: Path) -> list[Obj]:
     """The documents of a plain manifest file."""
     return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]

@@ -1,13 +1,12 @@
 """Every kustomization renders with ``kubectl kustomize`` and every object it renders (and
 the training Job) validates against the Kubernetes schemas, offline.
 
-Custom resources (ServiceMonitor, PrometheusRule) have no schema in kubernetes-validate;
-``test_monitoring.py`` checks their required fields instead.
+Custom resources (ServiceMonitor, PrometheusRule, cert-manager's Certificate) have no schema
+in kubernetes-validate; ``test_monitoring.py`` and ``test_tls.py`` check their fields instead.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -90,15 +89,28 @@ def test_grpc_probes_component_renders_and_validates(
 ) -> None:
     """k8s/components/grpc-probes, the alternative the Deployment's comment documents,
     applied to each overlay the way its comment says."""
-    # kustomize refuses absolute paths and only follows relative ones.
-    base = os.path.relpath(manifests.K8S / "overlays" / overlay, tmp_path)
-    component = os.path.relpath(manifests.K8S / "components" / "grpc-probes", tmp_path)
-    (tmp_path / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources:\n  - {base}\ncomponents:\n  - {component}\n", encoding="utf-8")
-    objects = manifests.kustomize(kubectl, tmp_path)
+    objects = manifests.kustomize_with_components(kubectl, overlay, ["grpc-probes"], tmp_path)
     deployment = manifests.one(objects, "Deployment")
     for version in manifests.K8S_VERSIONS:
         _assert_valid(deployment, version, f"overlay {overlay} + grpc-probes")
     probe = manifests.container(deployment)["readinessProbe"]
     assert set(probe) >= {"grpc"} and "httpGet" not in probe
+
+
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
+def test_tls_component_renders_and_validates(
+    rendered_tls: dict[str, list[manifests.Obj]], overlay: str
+) -> None:
+    """k8s/components/tls on each overlay: the same objects plus cert-manager's Certificate,
+    every built-in one valid. The Certificate has no schema here (checked below that it
+    really has none); test_tls.py checks its kind, apiVersion and fields itself."""
+    objects = rendered_tls[overlay]
+    assert sorted(manifests.kinds(objects)) == sorted([*BUILTIN_KINDS, "Certificate"])
+    assert {obj["metadata"].get("namespace") for obj in objects} == {"aecluster"}
+    for obj in objects:
+        if obj["kind"] == "Certificate":
+            with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+                manifests.validate(obj, "latest")
+            continue
+        for version in manifests.K8S_VERSIONS:
+            _assert_valid(obj, version, f"overlay {overlay} + tls")

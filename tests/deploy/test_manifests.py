@@ -299,15 +299,48 @@ def test_no_service_account_token(rendered: Rendered, overlay: str) -> None:
     assert spec["automountServiceAccountToken"] is False
 
 
+CLIENT_LABEL = {"aecluster.io/client": "true"}
+MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
+KUBE_SYSTEM = {"kubernetes.io/metadata.name": "kube-system"}
+
+
+def _rule_ports(rule: manifests.Obj) -> set[tuple[int, str]]:
+    return {(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}
+
+
+def _peers(rule: manifests.Obj, key: str) -> list[dict[str, str]]:
+    """The namespaceSelector labels of each peer of a rule (``from`` or ``to``)."""
+    peers = rule[key]
+    # Only namespace selectors: an ipBlock or a bare podSelector would widen the rule.
+    assert all(set(peer) == {"namespaceSelector"} for peer in peers), peers
+    return [peer["namespaceSelector"]["matchLabels"] for peer in peers]
+
+
 @pytest.mark.parametrize("overlay", manifests.OVERLAYS)
-def test_network_policy_admits_only_the_two_ports(
-    rendered: Rendered, overlay: str, defaults: Settings
+def test_network_policy_admits_only_labelled_namespaces_and_monitoring(
+    rendered: Rendered, overlay: str, defaults: Settings, monitoring: list[manifests.Obj]
 ) -> None:
     policy = manifests.one(rendered[overlay], "NetworkPolicy")["spec"]
     assert policy["podSelector"]["matchLabels"] == SELECTOR
-    assert policy["policyTypes"] == ["Ingress"]
-    ports = [(p["port"], p.get("protocol", "TCP"))
-             for rule in policy["ingress"] for p in rule["ports"]]
-    assert sorted(ports) == sorted([(defaults.http_port, "TCP"), (defaults.grpc_port, "TCP")])
-    # Every rule names its ports: a rule without `ports` would admit all of them.
-    assert all(rule.get("ports") for rule in policy["ingress"])
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    # Every rule names its peers and its ports: a rule without `from` admits every source,
+    # one without `ports` every port.
+    assert all(rule.get("from") and rule.get("ports") for rule in policy["ingress"])
+    by_peer = {tuple(sorted(labels.items())): _rule_ports(rule)
+               for rule in policy["ingress"] for labels in _peers(rule, "from")}
+    http, grpc = (defaults.http_port, "TCP"), (defaults.grpc_port, "TCP")
+    assert by_peer == {tuple(CLIENT_LABEL.items()): {http, grpc},
+                       tuple(MONITORING.items()): {http}}
+    # The port admitted from monitoring is the one the ServiceMonitor scrapes.
+    service = manifests.one(rendered[overlay], "Service")
+    scraped = manifests.one(monitoring, "ServiceMonitor")["spec"]["endpoints"][0]["port"]
+    target = next(p["targetPort"] for p in service["spec"]["ports"] if p["name"] == scraped)
+    container_ports = _ports(manifests.container(_deployment(rendered, overlay)))
+    assert {(container_ports[target], "TCP")} == by_peer[tuple(MONITORING.items())]
+
+
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
+def test_network_policy_lets_out_only_dns(rendered: Rendered, overlay: str) -> None:
+    (rule,) = manifests.one(rendered[overlay], "NetworkPolicy")["spec"]["egress"]
+    assert _peers(rule, "to") == [KUBE_SYSTEM]
+    assert _rule_ports(rule) == {(53, "UDP"), (53, "TCP")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 from http import HTTPStatus
 from pathlib import Path
@@ -24,10 +25,13 @@ from service.settings import Settings
 from service.types import ClusterOptions, ClusterResult, ImageInput, ModelRef
 
 pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parents[2]
 
 # The table of ../shared/ARCHITECTURE.md, written out independently of service/errors.py.
 TABLE: dict[type[errors.ServiceError], tuple[int, grpc.StatusCode]] = {
     errors.InvalidInput: (400, grpc.StatusCode.INVALID_ARGUMENT),
+    # Added with issue 39's authentication (not in ARCHITECTURE.md, which predates it).
+    errors.Unauthenticated: (401, grpc.StatusCode.UNAUTHENTICATED),
     errors.NotFound: (404, grpc.StatusCode.NOT_FOUND),
     errors.MethodNotAllowed: (405, grpc.StatusCode.UNIMPLEMENTED),
     errors.UnsupportedMediaType: (415, grpc.StatusCode.INVALID_ARGUMENT),
@@ -98,6 +102,10 @@ async def test_rest_and_grpc_render_the_same_row(transports, cls) -> None:  # ty
         assert body == {"error": error.message}
     if cls is errors.QueueFull:
         assert response.headers["Retry-After"] == "2"
+    if cls is errors.Unauthenticated:
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    else:
+        assert "WWW-Authenticate" not in response.headers
 
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Cluster(pb.ClusterRequest(model="digits", images=[pb.Image(encoded=b"x")]))
@@ -116,6 +124,24 @@ async def test_unexpected_exceptions_become_500_and_internal(transports) -> None
         await stub.Cluster(pb.ClusterRequest(model="digits", images=[pb.Image(encoded=b"x")]))
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (info.value.details() or "")
+
+
+def _documented_rows(text: str) -> set[tuple[int, str]]:
+    """(HTTP status, gRPC code) of every row of a markdown error table in ``text``."""
+    rows = re.findall(r"^\|[^|\n]+\|\s*(\d{3})\b[^|\n]*\|\s*([A-Z_]+)\s*\|\s*$", text,
+                      flags=re.MULTILINE)
+    return {(int(status), code) for status, code in rows}
+
+
+@pytest.mark.parametrize("where", ["README.md", "service/errors.py"])
+def test_the_documented_tables_list_every_row(where: str) -> None:
+    """README's "Errors follow one table" and the docstring of service/errors.py hold the
+    same rows as the error classes: a new class cannot go undocumented."""
+    text = (ROOT / where).read_text(encoding="utf-8")
+    if where == "README.md":
+        start = text.index("Errors follow one table")
+        text = text[start:text.index("\n\n", text.index("| condition", start))]
+    assert _documented_rows(text) == {(status, code.name) for status, code in TABLE.values()}
 
 
 def test_messages_are_bounded_and_say_so() -> None:
