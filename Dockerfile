@@ -124,7 +124,8 @@ COPY --from=serve-build /opt/venv /opt/venv
 # HTTP (REST, /metrics, /healthz, /readyz) and gRPC: TensorFlow Serving's ports.
 EXPOSE 8501 8500
 # Liveness for Docker and Compose (Kubernetes uses the probes of k8s/base instead). The slim
-# base has no curl; urlopen raises on anything but 2xx, which makes the exit status 1.
+# base has no curl; urlopen raises on anything but 2xx, which makes the exit status 1. The
+# plain-HTTP operations port when there is one: with TLS the HTTP port speaks TLS only.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('AEC_HTTP_PORT', '8501') + '/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + (os.environ.get('AEC_OPERATIONS_PORT') or os.environ.get('AEC_HTTP_PORT', '8501')) + '/healthz', timeout=4)"]
 ENTRYPOINT ["python", "-m", "service"]

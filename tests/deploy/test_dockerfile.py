@@ -619,6 +619,11 @@ def test_healthcheck_probes_healthz_on_the_http_port(
     handler.status = 503
     failing = subprocess.run(command, env=env, capture_output=True, timeout=30, check=False)
     assert failing.returncode != 0
+    # With an operations port (TLS on the HTTP port), that plain-HTTP port is the one asked.
+    handler.status = 200
+    elsewhere = {"AEC_HTTP_PORT": "1", "AEC_OPERATIONS_PORT": str(port), "PATH": "/usr/bin:/bin"}
+    ok = subprocess.run(command, env=elsewhere, capture_output=True, timeout=30, check=False)
+    assert ok.returncode == 0, ok.stderr
 
 
 # ---- build context -----------------------------------------------------------------------
