@@ -2,11 +2,12 @@
 
 Follows TensorFlow Serving's default version policy: for every model directory under the
 repository, the highest *complete* version (manifest present, checksums matching) is
-served. A new version is loaded and warmed up beside the old one, then becomes the
-default in one assignment; requests that already hold the old version finish on it, and
-only then is it stopped and dropped. A version that fails to load is logged, counted in
-``aecluster_model_load_failures_total`` and reported by the status API, while whatever was
-serving keeps serving.
+served. With trusted keys (``AEC_TRUSTED_KEYS``), a version's signature is checked before
+any of its files is read (service/signature.py). A new version is loaded and warmed up
+beside the old one, then becomes the default in one assignment; requests that already hold
+the old version finish on it, and only then is it stopped and dropped. A version that fails
+to load is logged, counted in ``aecluster_model_load_failures_total`` and reported by the
+status API, while whatever was serving keeps serving.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from service import bundle, heap
+from service import bundle, heap, signature
 from service.batcher import Batcher
 from service.errors import NotFound, Unavailable
 from service.metrics import Metrics, VersionMetrics
@@ -107,6 +108,10 @@ class ModelRepository:
         self._poll_task: asyncio.Task[None] | None = None
         self._scan_lock = asyncio.Lock()
         self._stopping = False
+        self._signatures: signature.Verifier | None = None
+        if settings.trusted_keys.strip():
+            self._signatures = signature.Verifier(signature.load_keys(settings.trusted_keys),
+                                                  required=settings.signatures_required)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -114,9 +119,23 @@ class ModelRepository:
         """Load what is in the repository now, then poll it for changes."""
         if not self._root.is_dir():
             logger.warning("model repository %s does not exist (yet); polling it", self._root)
+        self._log_trust()
         await self.poll_once()
         if self._settings.poll_seconds > 0:
             self._poll_task = asyncio.create_task(self._poll_forever(), name="repository-poll")
+
+    def _log_trust(self) -> None:
+        if self._signatures is None:
+            logger.warning("bundles are not signature-checked (AEC_TRUSTED_KEYS is not set): "
+                           "whoever can write %s can run code in this server "
+                           "(docs/security.md)", self._root)
+            return
+        logger.info("bundles must be signed by one of %d trusted keys (%s) before any of "
+                    "their files is read", len(self._signatures.keys),
+                    ", ".join(self._signatures.key_names))
+        if not self._signatures.required:
+            logger.warning("unsigned versions are loaded all the same "
+                           "(AEC_REQUIRE_SIGNATURE=false); signed ones must verify")
 
     async def stop(self, timeout: float) -> None:
         """Stop polling, then let every batcher finish its queue within ``timeout``."""
@@ -237,6 +256,9 @@ class ModelRepository:
                     time.monotonic() - started)
 
     def _load_sync(self, path: Path) -> tuple[bundle.Manifest, Runtime]:
+        if self._signatures is not None:
+            # First: nothing of the version is read (parsed, unpickled, loaded) before it.
+            self._check_signature(self._signatures, path)
         manifest = bundle.read_manifest(path)
         name, version = bundle.parse_version_dir(path)
         if (manifest.name, manifest.version) != (name, version):
@@ -248,6 +270,17 @@ class ModelRepository:
         runtime = self._factory(path, manifest, centroids)
         runtime.warmup()
         return manifest, runtime
+
+    def _check_signature(self, verifier: signature.Verifier, path: Path) -> None:
+        started = time.monotonic()
+        key = verifier.verify(path)
+        where = path.relative_to(self._root).as_posix()
+        if key is None:
+            logger.warning("%s is not signed; loading it because AEC_REQUIRE_SIGNATURE is "
+                           "false", where)
+        else:
+            logger.info("%s: signature verified with trusted key %s in %.2f s", where, key,
+                        time.monotonic() - started)
 
     async def _unload(self, lv: LoadedVersion, *, reason: str) -> None:
         lv.state = "UNLOADING"

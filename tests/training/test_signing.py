@@ -33,9 +33,16 @@ def _verifier(*keys: KeyPair) -> Verifier:
     return Verifier(load_keys(",".join(str(k.public) for k in keys)))
 
 
-def test_train_with_a_signing_key_writes_a_signed_version(
+def test_train_with_a_signing_key_writes_a_signed_version_the_service_loads(
         tmp_path: Path, make_keys: Callable[[str], KeyPair],
         capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    from service.metrics import Metrics
+    from service.repository import ModelRepository
+    from service.runtime import runtime_factory
+    from service.settings import Settings
+
     keys = make_keys("training")
     out = tmp_path / "repo" / "digits" / "1"
     code, stdout, err = _run(["train", "--dataset", "digits", "--model", "dense", "--latent", "4",
@@ -47,6 +54,18 @@ def test_train_with_a_signing_key_writes_a_signed_version(
     assert bundle.SIGNATURE_FILE not in bundle.read_manifest(out).files
     assert [p.name for p in out.parent.iterdir()] == ["1"]  # nothing left beside it
     assert _verifier(keys).verify(out) == "training.pub"
+
+    async def load() -> list[tuple[int, str]]:
+        settings = Settings(model_repo=tmp_path / "repo", poll_seconds=0, max_batch_size=2,
+                            trusted_keys=str(keys.public))
+        repo = ModelRepository(settings, Metrics(), runtime_factory("/CPU:0", (1, 2)))
+        await repo.start()
+        try:
+            return [(s.version, s.state) for s in repo.status("digits")]
+        finally:
+            await repo.stop(1)
+
+    assert asyncio.run(load()) == [(1, "AVAILABLE")]
 
 
 def _encrypted(path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
