@@ -11,18 +11,27 @@ the signature verifies, and a version that fails is refused with the reason.
 Signing and verifying hash the same way (:func:`hashing_config`): SHA-256 of every file in
 the version directory, the signature file alone left out, so a file added, removed or
 changed after signing fails the check. docs/security.md describes the trust model.
+
+Checking files in a folder others can write and then loading them from there leaves a
+window: a file swapped after the check is loaded unchecked. :meth:`Verifier.stage` therefore
+copies what the signature covers into a private folder, comparing every byte copied with the
+signed digests, and the service loads that copy.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import hashlib
 import json
+import os
+import stat
 import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from service.bundle import SIGNATURE_FILE, BundleError, sha256_file
@@ -142,13 +151,30 @@ class Verifier:
 
         Raises :class:`SignatureError` saying why the version is refused.
         """
+        return self._check(version_dir)[0]
+
+    def stage(self, version_dir: Path, target: Path) -> str | None:
+        """Check ``version_dir``, then copy the files its signature covers into ``target``
+        (a new folder, private to this process), every byte compared with the signed digests.
+
+        Returns the key's name, or None for an unsigned version that is accepted (signatures
+        not required): then nothing is copied, and it is loaded from where it is.
+        """
+        sizes = _sizes(version_dir)  # before the check: see _copy_signed
+        key, statement = self._check(version_dir)
+        if key is None or statement is None:
+            return None
+        _copy_signed(version_dir, target, statement, sizes, version_dir.as_posix())
+        return key
+
+    def _check(self, version_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
         where = version_dir.as_posix()
         signature = version_dir / SIGNATURE_FILE
         if not signature.is_file():
             if signature.exists() or signature.is_symlink():
                 raise SignatureError(f"{where} is refused: {SIGNATURE_FILE} is not a file")
             if not self.required:
-                return None
+                return None, None
             raise SignatureError(
                 f"{where} is not signed: {SIGNATURE_FILE} is missing, and this server loads only "
                 "versions signed by a trusted key (AEC_TRUSTED_KEYS; sign with `python -m "
@@ -167,7 +193,7 @@ class Verifier:
             raise SignatureError(
                 f"{where} is refused: its signature (key {key}) leaves {extra[:5]} out of what "
                 f"it covers; a version's signature must cover every file but {SIGNATURE_FILE}")
-        return key
+        return key, statement
 
     def _verify_with_keys(self, version_dir: Path, signature: Path, where: str,
                           statement: dict[str, Any], unsigned: list[str]) -> str:
@@ -265,6 +291,75 @@ def _differences(version_dir: Path, statement: dict[str, Any], unsigned: list[st
     parts = [f"{label} {names[:5]}" for label, names in
              (("added", added), ("removed", removed), ("changed", changed)) if names]
     return "; ".join(parts) or "its files no longer hash as signed"
+
+
+def _signed_files(statement: dict[str, Any], where: str) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file the (verified) statement covers."""
+    signed: dict[str, str] = {}
+    for resource in statement["predicate"].get("resources", []):
+        fields = resource if isinstance(resource, dict) else {}
+        name, digest = fields.get("name"), fields.get("digest")
+        path = PurePosixPath(name) if isinstance(name, str) else PurePosixPath("/")
+        if (path.is_absolute() or ".." in path.parts or not path.parts
+                or not isinstance(digest, str) or fields.get("algorithm") != "sha256"):
+            raise SignatureError(f"{where} is refused: its signature lists {name!r}, not a "
+                                 "SHA-256 of a file inside the version")
+        signed[path.as_posix()] = digest
+    return signed
+
+
+def _sizes(version_dir: Path) -> dict[str, int]:
+    """Relative path -> size of every entry under ``version_dir`` (links not followed)."""
+    sizes = {}
+    for folder, _, names in os.walk(version_dir):
+        for name in names:
+            path = Path(folder, name)
+            with contextlib.suppress(OSError):  # gone meanwhile: the check will say so
+                sizes[path.relative_to(version_dir).as_posix()] = os.lstat(path).st_size
+    return sizes
+
+
+def _copy_signed(version_dir: Path, target: Path, statement: dict[str, Any],
+                 sizes: dict[str, int], where: str) -> None:
+    """Copy every signed file of ``version_dir`` to ``target``, checking it as it is copied.
+
+    A file is read never through a final symbolic link, never from a FIFO or device, and at
+    most to the size it had before the check (``sizes``): one swapped for a larger file
+    after the check cannot fill this server's disk. Any difference from the signed digest
+    refuses the version.
+    """
+    signed = _signed_files(statement, where)
+    target.mkdir(parents=True)
+    for name, digest in sorted(signed.items()):
+        if not (version_dir / name).exists() or name not in sizes:
+            raise SignatureError(f"{where} changed while it was being loaded: {name} is "
+                                 "gone")
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if _copy_file(version_dir / name, destination, sizes[name]) != digest:
+            raise SignatureError(f"{where} changed while it was being loaded: {name} no longer "
+                                 "matches its signature")
+
+
+def _copy_file(source: Path, destination: Path, limit: int) -> str:
+    """Copy at most ``limit`` + 1 bytes of a regular file; return the SHA-256 of what was
+    read (which differs from any digest of a ``limit``-byte file when it grew)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    digest = hashlib.sha256()
+    try:
+        handle = os.open(source, flags)
+    except OSError:
+        return ""  # a link or gone: not what was signed
+    with open(handle, "rb") as reader:
+        if not stat.S_ISREG(os.fstat(reader.fileno()).st_mode):
+            return ""
+        with destination.open("xb") as writer:
+            copied = 0
+            while copied <= limit and (block := reader.read(min(1 << 20, limit + 1 - copied))):
+                copied += len(block)
+                digest.update(block)
+                writer.write(block)
+    return digest.hexdigest()
 
 
 def _classify(exc: Exception) -> str:

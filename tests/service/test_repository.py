@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -258,8 +259,8 @@ async def test_a_signed_version_loads_with_its_key_trusted(
         assert repo.get("digits").version == 1
         assert [(s.version, s.state) for s in repo.status("digits")] == [(1, "AVAILABLE")]
         assert _sample(metrics, "aecluster_model_load_failures_total", model="digits") == 0
-        assert "signature verified with trusted key training.pub" in caplog.text
-        assert "trusted keys (training.pub)" in caplog.text
+        assert "signature verified with trusted key training.pub and copied" in caplog.text
+        assert "signed by a trusted key (training.pub)" in caplog.text
     finally:
         await repo.stop(1)
 
@@ -432,3 +433,51 @@ async def test_require_signature_false_loads_unsigned_but_checks_signed(
         assert "not trusted" in row.error_message  # a signature present must still verify
     finally:
         await repo.stop(1)
+
+
+async def test_a_signed_version_is_loaded_from_its_verified_copy(
+        model_repo: Path, make_keys: Callable[[str], KeyPair], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A writer racing the server swaps in a hostile centroids file right after the signature
+    # verified: the copy the server loads from is checked byte for byte, so the swap is caught
+    # and nothing of it runs. A clean version is served from memory once its copy is removed.
+    from service.signature import Verifier
+
+    keys = make_keys("training")
+    marker = tmp_path / "ran"
+    sign_version(model_repo / "digits" / "1", keys.private)
+    hostile = clone_version(model_repo / "digits" / "1", model_repo.parent / "stash", "digits", 2)
+    sign_version(hostile, keys.private)
+    racing = model_repo / "digits" / "2"
+    shutil.copytree(hostile, racing)
+    check = Verifier._check
+
+    def check_then_swap(self: Verifier, version_dir: Path) -> object:
+        result = check(self, version_dir)
+        if version_dir == racing:
+            _hostile_centroids(version_dir, marker)
+        return result
+
+    monkeypatch.setattr(Verifier, "_check", check_then_swap)
+    private = tmp_path / "private-tmp"  # where this server's temporary files go
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    repo, metrics = _repository(model_repo, trusted_keys=str(keys.public))
+    await repo.start()
+    try:
+        message = _error(repo, 2)
+        assert message.startswith("digits/2 changed while it was being loaded: "
+                                  "centroids.joblib no longer matches its signature"), message
+        assert not marker.exists()
+        assert _sample(metrics, "aecluster_model_load_failures_total", model="digits") == 1
+        await repo.poll_once()  # the next scan falls back to version 1, signed and intact
+        lv = repo.get("digits")
+        assert lv.version == 1 and lv.path == model_repo / "digits" / "1"
+        [staging] = private.glob("aecluster-verified-*")
+        assert not [p for p in staging.rglob("*") if p.is_file()]  # each copy is removed
+        out = await lv.batcher.submit(np.zeros((2, 8, 8, 1), np.float32),
+                                      with_reconstruction=True)
+        assert out.cluster_id.shape == (2,)  # served from memory, its copy gone
+    finally:
+        await repo.stop(1)
+    assert not list(private.glob("aecluster-*"))

@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -194,3 +195,77 @@ def test_unsigned_is_accepted_only_when_signatures_are_not_required(
     (version / bundle.SIGNATURE_FILE).mkdir()
     with pytest.raises(SignatureError, match=r"model\.sig is not a file"):
         lenient.verify(version)
+
+
+# ---- the verified copy: what is loaded is what was checked --------------------------------
+
+
+def _swap(path: Path, data: bytes) -> None:
+    """Replace a file by rename, as someone racing the server would (atomic, new inode)."""
+    tmp = path.with_name(path.name + ".swap")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+@pytest.fixture
+def swap_after_check(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[Path], None]], None]:
+    """Run a change right after the signature check passes and before the copy: the window
+    a writer of the repository would race for."""
+    def arm(change: Callable[[Path], None]) -> None:
+        check = Verifier._check
+
+        def check_then_change(self: Verifier, version_dir: Path) -> Any:
+            result = check(self, version_dir)
+            change(version_dir)
+            return result
+
+        monkeypatch.setattr(Verifier, "_check", check_then_change)
+
+    return arm
+
+
+def test_the_copy_holds_exactly_the_signed_files(
+        signed: tuple[Path, KeyPair], tmp_path: Path) -> None:
+    version, keys = signed
+    staged = tmp_path / "staged"
+    assert _verifier(keys).stage(version, staged) == "training.pub"
+    copied = {p.relative_to(staged).as_posix(): bundle.sha256_file(p)
+              for p in staged.rglob("*") if p.is_file()}
+    on_disk = {p.relative_to(version).as_posix(): bundle.sha256_file(p)
+               for p in version.rglob("*") if p.is_file() and p.name != bundle.SIGNATURE_FILE}
+    assert copied == on_disk and bundle.MANIFEST_FILE in copied
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda v: _swap(v / bundle.CENTROIDS_FILE, b"swapped in after the check"),
+     "centroids.joblib no longer matches its signature"),
+    (lambda v: _swap(v / bundle.MANIFEST_FILE, b"{}"),
+     "manifest.json no longer matches its signature"),
+    (lambda v: (v / bundle.CENTROIDS_FILE).unlink(), "centroids.joblib is gone"),
+    (lambda v: ((v / bundle.CENTROIDS_FILE).unlink(),
+                (v / bundle.CENTROIDS_FILE).symlink_to(v / bundle.MANIFEST_FILE)),
+     "centroids.joblib no longer matches"),
+    (lambda v: ((v / bundle.CENTROIDS_FILE).unlink(), os.mkfifo(v / bundle.CENTROIDS_FILE)),
+     "centroids.joblib no longer matches"),
+])
+@pytest.mark.timeout(60)  # a FIFO opened for reading would block without O_NONBLOCK
+def test_a_file_changed_after_the_check_is_caught_while_copying(
+        signed: tuple[Path, KeyPair], tmp_path: Path,
+        swap_after_check: Callable[[Callable[[Path], None]], None],
+        change: Callable[[Path], None], message: str) -> None:
+    version, keys = signed
+    swap_after_check(change)
+    with pytest.raises(SignatureError, match=f"changed while it was being loaded: {message}"):
+        _verifier(keys).stage(version, tmp_path / "staged")
+
+
+def test_a_file_grown_after_the_check_is_not_copied_past_its_signed_size(
+        signed: tuple[Path, KeyPair], tmp_path: Path,
+        swap_after_check: Callable[[Callable[[Path], None]], None]) -> None:
+    version, keys = signed
+    target = version / bundle.CENTROIDS_FILE
+    size = target.stat().st_size
+    swap_after_check(lambda v: _swap(target, b"\0" * (64 << 20)))  # 64 MB where 600 B were
+    with pytest.raises(SignatureError, match=r"centroids\.joblib no longer matches"):
+        _verifier(keys).stage(version, tmp_path / "staged")
+    assert (tmp_path / "staged" / bundle.CENTROIDS_FILE).stat().st_size == size + 1
