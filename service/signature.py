@@ -102,23 +102,24 @@ def load_key(path: Path) -> TrustedKey:
 
     if path.is_dir():
         raise TrustedKeyError(f"{path} is a directory; give one directory alone, or a "
-                        "comma-separated list of key files")
+                              "comma-separated list of key files")
     try:
         text = path.read_bytes()
     except OSError as exc:
-        raise TrustedKeyError(f"trusted key {path} cannot be read: {exc.strerror or exc}") from None
+        raise TrustedKeyError(f"trusted key {path} cannot be read: "
+                              f"{exc.strerror or exc}") from None
     if b"PRIVATE KEY" in text:
-        raise TrustedKeyError(f"{path} holds a private key: the service needs only the public key "
-                        "(openssl ec -in KEY -pubout), and the private key must stay with "
-                        "training")
+        raise TrustedKeyError(f"{path} holds a private key: the service needs only the public "
+                              "key (openssl ec -in KEY -pubout), and the private key must stay "
+                              "with training")
     try:
         config = verifying.Config().use_elliptic_key_verifier(public_key=path)
     except ValueError as exc:  # not PEM, not a public key, or an unsupported curve
-        raise TrustedKeyError(f"{path} is not an elliptic-curve public key in PEM form ({CURVES}): "
-                        f"{exc}") from None
+        raise TrustedKeyError(f"{path} is not an elliptic-curve public key in PEM form "
+                              f"({CURVES}): {exc}") from None
     except AttributeError:  # an RSA or Ed25519 key: model_signing asks it for its curve
-        raise TrustedKeyError(f"{path} is a public key but not an elliptic-curve one ({CURVES}): "
-                        "model_signing signs with elliptic-curve keys") from None
+        raise TrustedKeyError(f"{path} is a public key but not an elliptic-curve one "
+                              f"({CURVES}): model_signing signs with elliptic-curve keys") from None
     return TrustedKey(path, config)
 
 
@@ -197,7 +198,7 @@ class Verifier:
 
     def _verify_with_keys(self, version_dir: Path, signature: Path, where: str,
                           statement: dict[str, Any], unsigned: list[str]) -> str:
-        untrusted = invalid = 0
+        untrusted = 0
         for key in self.keys:
             config = key.config.set_hashing_config(hashing_config())
             try:
@@ -208,16 +209,16 @@ class Verifier:
                     untrusted += 1
                     continue
                 if outcome == "invalid":  # the key matched, the signature bytes did not
-                    invalid += 1
                     continue
                 if outcome == "changed":  # the signature verified with this key
                     raise SignatureError(
                         f"{where} has changed since it was signed (key {key.name}): "
                         f"{_differences(version_dir, statement, unsigned)}") from None
-                if outcome == "symlink":
+                if outcome == "not-a-file":
                     raise SignatureError(
-                        f"{where} is refused: it holds a symbolic link, which a signed "
-                        "version may not (copy the files in)") from None
+                        f"{where} is refused: it holds a symbolic link or a special file (FIFO, "
+                        "socket, device), which a signed version may not; it holds files and "
+                        "folders only") from None
                 raise SignatureError(
                     f"{where} is refused: {SIGNATURE_FILE} is not a valid signature "
                     f"({type(exc).__name__}: {_short(str(exc))})") from None
@@ -372,8 +373,8 @@ def _classify(exc: Exception) -> str:
             return "untrusted"
         if text.startswith("Signature mismatch"):
             return "changed"
-        if "because it is a symlink" in text:
-            return "symlink"
+        if text.startswith("Cannot use '"):  # a symlink, or not a file or folder
+            return "not-a-file"
     return "malformed"
 
 

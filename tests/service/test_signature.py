@@ -177,10 +177,16 @@ def test_model_signings_own_cli_defaults_are_accepted(
     assert _verifier(keys).verify(version) == "training.pub"
 
 
-def test_a_symbolic_link_in_a_signed_version_is_refused(signed: tuple[Path, KeyPair]) -> None:
+@pytest.mark.parametrize("add", [
+    lambda where: os.symlink("/etc/passwd", where),
+    lambda where: os.mkfifo(where),
+], ids=["symlink", "fifo"])
+@pytest.mark.timeout(60)  # hashing a FIFO would block
+def test_a_link_or_special_file_in_a_signed_version_is_refused(
+        signed: tuple[Path, KeyPair], add: Callable[[Path], None]) -> None:
     version, keys = signed
-    os.symlink("/etc/passwd", version / "report" / "passwd")
-    with pytest.raises(SignatureError, match="holds a symbolic link"):
+    add(version / "report" / "extra")
+    with pytest.raises(SignatureError, match="holds a symbolic link or a special file"):
         _verifier(keys).verify(version)
 
 
