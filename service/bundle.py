@@ -9,6 +9,8 @@ A model repository follows TensorFlow Serving's layout, ``REPO/<name>/<version>/
     exemplars/         optional PNG thumbnails per cluster, exemplars/<cluster>/<i>.png,
                        nearest to the centroid first; listed in the manifest's ``exemplars``
     manifest.json      written last; its presence marks the version complete
+    model.sig          optional: OpenSSF model_signing signature over every other file,
+                       manifest.json included (service/signature.py); not in ``files``
 
 This module never imports TensorFlow: reading and checking a bundle must stay cheap,
 and the service's core decides where TensorFlow runs.
@@ -29,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+# model_signing's conventional name. It signs the manifest, so the manifest cannot list it.
+SIGNATURE_FILE = "model.sig"
 ENCODER_DIR = "encoder"
 DECODER_DIR = "decoder"
 CENTROIDS_FILE = "centroids.joblib"
@@ -231,14 +235,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _bundle_files(version_dir: Path) -> Iterable[Path]:
-    manifest = version_dir / MANIFEST_FILE
+    outside = {version_dir / MANIFEST_FILE, version_dir / SIGNATURE_FILE}
     for path in sorted(version_dir.rglob("*")):
-        if path.is_file() and path != manifest:
+        if path.is_file() and path not in outside:
             yield path
 
 
 def hash_files(version_dir: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``version_dir`` except the top-level manifest."""
+    """SHA-256 of every file under ``version_dir`` except the top-level manifest and
+    signature (which covers the manifest, so is written after it)."""
     return {
         path.relative_to(version_dir).as_posix(): sha256_file(path)
         for path in _bundle_files(version_dir)

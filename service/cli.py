@@ -41,6 +41,15 @@ def _flag_type(annotation: Any) -> Any:
     return str
 
 
+def _is_flag(annotation: Any) -> bool:
+    """bool, or bool | None (None: decided from other settings): --x / --no-x."""
+    if annotation is bool:
+        return True
+    args = set(typing.get_args(annotation))
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and (
+        args == {bool, type(None)})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         env = "AEC_" + name.upper()
         help_text = f"{field.description} [env {env}; default: {field.default}]"
-        if field.annotation is bool:
+        if _is_flag(field.annotation):
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
             continue

@@ -2,11 +2,12 @@
 
 Follows TensorFlow Serving's default version policy: for every model directory under the
 repository, the highest *complete* version (manifest present, checksums matching) is
-served. A new version is loaded and warmed up beside the old one, then becomes the
-default in one assignment; requests that already hold the old version finish on it, and
-only then is it stopped and dropped. A version that fails to load is logged, counted in
-``aecluster_model_load_failures_total`` and reported by the status API, while whatever was
-serving keeps serving.
+served. With trusted keys (``AEC_TRUSTED_KEYS``), a version's signature is checked before
+any of its files is read (service/signature.py). A new version is loaded and warmed up
+beside the old one, then becomes the default in one assignment; requests that already hold
+the old version finish on it, and only then is it stopped and dropped. A version that fails
+to load is logged, counted in ``aecluster_model_load_failures_total`` and reported by the
+status API, while whatever was serving keeps serving.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +25,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from service import bundle, heap
+from service import bundle, heap, signature
 from service.batcher import Batcher
 from service.errors import NotFound, Unavailable
 from service.metrics import Metrics, VersionMetrics
@@ -107,6 +110,13 @@ class ModelRepository:
         self._poll_task: asyncio.Task[None] | None = None
         self._scan_lock = asyncio.Lock()
         self._stopping = False
+        self._signatures: signature.Verifier | None = None
+        if settings.trusted_keys.strip():
+            self._signatures = signature.Verifier(signature.load_keys(settings.trusted_keys),
+                                                  required=settings.signatures_required)
+        # Verified copies of signed versions are loaded from here (private to this process,
+        # made at the first signed load), each removed once its version is in memory.
+        self._staging: Path | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -114,9 +124,22 @@ class ModelRepository:
         """Load what is in the repository now, then poll it for changes."""
         if not self._root.is_dir():
             logger.warning("model repository %s does not exist (yet); polling it", self._root)
+        self._log_trust()
         await self.poll_once()
         if self._settings.poll_seconds > 0:
             self._poll_task = asyncio.create_task(self._poll_forever(), name="repository-poll")
+
+    def _log_trust(self) -> None:
+        if self._signatures is None:
+            logger.warning("bundles are not signature-checked (AEC_TRUSTED_KEYS is not set): "
+                           "whoever can write %s can run code in this server "
+                           "(docs/security.md)", self._root)
+            return
+        logger.info("bundles must be signed by a trusted key (%s) before any of their files "
+                    "is read", ", ".join(self._signatures.key_names))
+        if not self._signatures.required:
+            logger.warning("unsigned versions are loaded all the same "
+                           "(AEC_REQUIRE_SIGNATURE=false); signed ones must verify")
 
     async def stop(self, timeout: float) -> None:
         """Stop polling, then let every batcher finish its queue within ``timeout``."""
@@ -127,6 +150,8 @@ class ModelRepository:
                 await self._poll_task
         versions = [lv for by_version in self._loaded.values() for lv in by_version.values()]
         await asyncio.gather(*(lv.batcher.stop(timeout) for lv in versions))
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
 
     async def _poll_forever(self) -> None:
         while not self._stopping:
@@ -207,6 +232,8 @@ class ModelRepository:
             # server's file system layout (issue 39).
             message = message.replace(f"{self._root.resolve()}/", "").replace(
                 f"{self._root}/", "")
+            if self._staging is not None:  # a verified copy stands for its version
+                message = message.replace(f"{self._staging}/", "")
             attempts = self._failures[key].attempts + 1 if key in self._failures else 1
             backoff = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2 ** (attempts - 1))
             self._failures[key] = _Failure(_fingerprint(path), message, attempts,
@@ -237,17 +264,47 @@ class ModelRepository:
                     time.monotonic() - started)
 
     def _load_sync(self, path: Path) -> tuple[bundle.Manifest, Runtime]:
-        manifest = bundle.read_manifest(path)
+        if self._signatures is None:
+            return self._load_from(path, path)
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix="aecluster-verified-"))
+        staged = self._staging / path.parent.name / path.name
+        shutil.rmtree(staged, ignore_errors=True)
+        try:
+            # First: nothing of the version is read (parsed, unpickled, loaded) before its
+            # signature verifies, and then only the verified copy is.
+            signed = self._stage(self._signatures, path, staged)
+            return self._load_from(staged if signed else path, path)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def _load_from(self, source: Path, path: Path) -> tuple[bundle.Manifest, Runtime]:
+        """Load the version ``path`` from ``source`` (itself, or its verified copy)."""
+        manifest = bundle.read_manifest(source)
         name, version = bundle.parse_version_dir(path)
         if (manifest.name, manifest.version) != (name, version):
             raise bundle.BundleError(
                 f"{path} holds {manifest.name} version {manifest.version} according to its "
                 "manifest; the directory and the manifest must agree"
             )
-        centroids = bundle.load_centroids(path, manifest)  # verifies checksums before unpickling
-        runtime = self._factory(path, manifest, centroids)
+        # Verifies the checksums before unpickling.
+        centroids = bundle.load_centroids(source, manifest)
+        runtime = self._factory(source, manifest, centroids)
         runtime.warmup()
         return manifest, runtime
+
+    def _stage(self, verifier: signature.Verifier, path: Path, staged: Path) -> bool:
+        """Verify ``path`` and copy it to ``staged``; False: unsigned and accepted as is."""
+        started = time.monotonic()
+        key = verifier.stage(path, staged)
+        where = path.relative_to(self._root).as_posix()
+        if key is None:
+            logger.warning("%s is not signed; loading it because AEC_REQUIRE_SIGNATURE is "
+                           "false", where)
+            return False
+        logger.info("%s: signature verified with trusted key %s and copied in %.2f s", where,
+                    key, time.monotonic() - started)
+        return True
 
     async def _unload(self, lv: LoadedVersion, *, reason: str) -> None:
         lv.state = "UNLOADING"

@@ -128,6 +128,19 @@ class Settings(BaseSettings):
         "for kubelet probes and Prometheus when the main ports need client certificates; "
         "0 picks a free one. Unset: none.",
     )
+    trusted_keys: str = Field(
+        default="",
+        description="Public keys (PEM, elliptic curve) whose signature a version must carry "
+        "in model.sig before any of its files is read: a directory (each file in it not "
+        "starting with '.') or a comma-separated list of files; one key verifying is enough. "
+        "Empty: versions are not signature-checked (docs/security.md).",
+    )
+    require_signature: bool | None = Field(
+        default=None,
+        description="Refuse versions without model.sig (default: true when trusted keys are "
+        "set). False with trusted keys: unsigned versions load with a warning, signed ones "
+        "must verify; only for moving a repository over to signing.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the JSON logs on stderr."
     )
@@ -152,6 +165,30 @@ class Settings(BaseSettings):
             raise ValueError("tls_client_ca_file is set but tls_cert_file and tls_key_file "
                              "are not: client certificates are only asked for over TLS")
         return self
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys_usable(cls, value: str) -> str:
+        # At start-up, naming the file: not at the first version's load.
+        if value.strip():
+            from service.signature import load_keys  # local: model_signing is slow to import
+
+            load_keys(value)
+        return value
+
+    @model_validator(mode="after")
+    def _signatures_checkable(self) -> Settings:
+        if self.require_signature and not self.trusted_keys.strip():
+            raise ValueError("require_signature is true but no trusted_keys are set: "
+                             "nothing could verify a signature")
+        return self
+
+    @property
+    def signatures_required(self) -> bool:
+        """Whether a version without a signature is refused."""
+        if self.require_signature is not None:
+            return self.require_signature
+        return bool(self.trusted_keys.strip())
 
     def batch_sizes(self) -> tuple[int, ...]:
         """Padded batch sizes: powers of two up to, and including, ``max_batch_size``.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.keys import KeyPair, make_key_pair
 from tests.service.bundles import clone_version
 
 # Keep TensorFlow's C++ logging quiet and deterministic before anything imports it.
@@ -43,3 +45,10 @@ def model_repo(tmp_path: Path, digits_bundle: Path) -> Path:
 def anyio_backend() -> str:
     """Async tests (marked ``anyio``) run on asyncio, the loop the service runs on."""
     return "asyncio"
+
+
+
+@pytest.fixture
+def make_keys(tmp_path: Path) -> Callable[[str], KeyPair]:
+    """Make a new elliptic-curve key pair ``name`` (``.pem`` and ``.pub``) in ``tmp_path/keys``."""
+    return lambda name: make_key_pair(tmp_path / "keys", name)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m training {train,evaluate,to-tfrecord,report}`` (also
+"""Command line: ``python -m training {train,evaluate,to-tfrecord,report,sign}`` (also
 ``aecluster-train``)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +25,7 @@ service serves. Example:
   python -m training train --dataset fashion-mnist --model conv --latent 10 \\
       --clusters 20 --epochs 10 --out models/fashion/1
   python -m training evaluate --bundle models/fashion/1 --dataset fashion-mnist
+  python -m training sign --bundle models/fashion/1 --signing-key signing-key.pem
 """
 
 
@@ -310,6 +312,20 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     out.add_argument("--exemplars", type=_count, default=8, metavar="N",
                      help="store the N training images nearest to each centroid in the bundle "
                           "as PNG thumbnails (the service shows them); 0: none")
+    out.add_argument("--signing-key", type=Path, default=None, metavar="PEM",
+                     help="sign the version with this elliptic-curve private key (OpenSSF "
+                          "model_signing, written to model.sig inside the atomic export); "
+                          "services with AEC_TRUSTED_KEYS load only signed versions. The key "
+                          "is checked before training starts (docs/security.md)")
+
+    sig = sub.add_parser("sign",
+                         help="sign an existing bundle version (model.sig), e.g. one trained "
+                              "before signing or to re-sign with a new key",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sig.add_argument("--bundle", type=Path, required=True, metavar="REPO/NAME/VERSION",
+                     help="bundle version directory; its files must match its manifest")
+    sig.add_argument("--signing-key", type=Path, required=True, metavar="PEM",
+                     help="elliptic-curve private key (P-256, P-384 or P-521) in PEM form")
 
     ev = sub.add_parser("evaluate", help="score a bundle on a labelled split; prints JSON",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -412,6 +428,7 @@ def _train(args: argparse.Namespace) -> int:
         memory_growth=not args.no_memory_growth,
         deterministic=args.deterministic,
         seed=args.seed,
+        signing_key=args.signing_key,
     )
     result = run_training(job)
     manifest = result.manifest
@@ -423,8 +440,21 @@ def _train(args: argparse.Namespace) -> int:
         "seconds": manifest.training.seconds,
         "final_losses": manifest.training.final_losses,
         "evaluation": manifest.evaluation,
+        "signed": args.signing_key is not None,
     }
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from training.signing import Signer, sign_existing
+
+    started = time.monotonic()
+    signer = Signer(args.signing_key)
+    signature = sign_existing(args.bundle, signer)
+    print(json.dumps({"bundle": str(args.bundle), "signature": str(signature),
+                      "key": str(args.signing_key),
+                      "seconds": round(time.monotonic() - started, 3)}, indent=2))
     return 0
 
 
@@ -524,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     interrupt.install()  # Ctrl-C during a fit stops after the current step
     handlers = {"train": _train, "evaluate": _evaluate, "to-tfrecord": _to_tfrecord,
-                "report": _report}
+                "report": _report, "sign": _sign}
     try:
         return handlers[args.command](args)
     except (TrainingError, BundleError) as exc:

@@ -4,7 +4,8 @@ Everything goes into a hidden temporary directory beside the target; the manifes
 written last inside it, and one ``rename`` makes the version appear. A reader polling the
 repository (the service's hot reload) therefore never sees half a version, and an
 interrupted export (Ctrl-C, crash, full disk) leaves only a temporary directory that is
-removed on the way out.
+removed on the way out. With a signing key the signature (``model.sig``) is written after
+the manifest, still inside the temporary directory: a signed version appears signed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import tensorflow as tf
 from service import bundle
 from training import exemplars as exemplar_files
 from training.errors import ExportError
+from training.signing import Signer
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +119,10 @@ def export_bundle(
     decoder: keras.Model,
     contents: BundleContents,
     overwrite: bool = False,
+    signer: Signer | None = None,
 ) -> bundle.Manifest:
-    """Export encoder, decoder, centroids, report files, exemplars and manifest to ``out_dir``."""
+    """Export encoder, decoder, centroids, report files, exemplars and manifest to ``out_dir``,
+    and the signature over all of them when a ``signer`` is given."""
     name, version = check_target(out_dir, overwrite=overwrite)
     spec = contents.input
     centroids = np.asarray(contents.centroids, dtype=np.float32)
@@ -166,13 +170,16 @@ def export_bundle(
             files=bundle.hash_files(tmp),
             exemplars=exemplars,
         )
-        bundle.write_manifest(tmp, manifest)  # last: its presence marks the version complete
+        bundle.write_manifest(tmp, manifest)  # its presence marks the version complete
+        if signer is not None:
+            signer.sign(tmp)  # over every file, the manifest included: so after it
         _swap_into_place(tmp, out_dir)
     except BaseException:
         # KeyboardInterrupt included: nothing half-written may stay behind.
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("export: %s complete (%d files)", out_dir, len(manifest.files) + 1)
+    logger.info("export: %s complete (%d files%s)", out_dir, len(manifest.files) + 1,
+                ", signed" if signer is not None else "")
     return manifest
 
 

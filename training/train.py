@@ -27,6 +27,7 @@ from training.fit import fit_autoencoder
 from training.models import ModelConfig, build_autoencoder, train_feature_classifier
 from training.plots import plot_history
 from training.recipe_contrastive import fit_contrastive
+from training.signing import Signer
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class TrainJob:
     memory_growth: bool = True
     deterministic: bool = False  # deterministic TensorFlow kernels (process-wide; slower)
     seed: int = 0
+    signing_key: Path | None = None  # EC private key (PEM): the version is signed (model.sig)
 
     @property
     def fit_epochs(self) -> int:
@@ -141,8 +143,11 @@ def run_training(job: TrainJob) -> TrainResult:
     """Train, cluster, evaluate and export; returns the written manifest."""
     started = time.monotonic()
     chief = is_chief()
+    signer = None
     if chief:
         export.check_target(job.out, overwrite=job.overwrite)  # fail before hours of training
+        if job.signing_key is not None:
+            signer = Signer(job.signing_key)  # a bad key fails here too, not after fitting
     devices = configure_devices(job.device, memory_growth=job.memory_growth)
     if job.deterministic:
         configure_determinism(job.seed)
@@ -267,7 +272,8 @@ def run_training(job: TrainJob) -> TrainResult:
     )
     if chief:
         manifest = export.export_bundle(job.out, encoder=model.encoder, decoder=model.decoder,
-                                        contents=contents, overwrite=job.overwrite)
+                                        contents=contents, overwrite=job.overwrite,
+                                        signer=signer)
     else:
         # Multi-worker runs: every worker saves (variables may be read collectively), but
         # only the chief's copy lands in the repository; the others write to scratch.

@@ -7,6 +7,7 @@ in kubernetes-validate; ``test_monitoring.py`` and ``test_tls.py`` check their f
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,44 @@ def test_tls_component_renders_and_validates(
             continue
         for version in manifests.K8S_VERSIONS:
             _assert_valid(obj, version, f"overlay {overlay} + tls")
+
+
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
+def test_signed_bundles_component_renders_and_validates(
+    kubectl: str, tmp_path: Path, overlay: str
+) -> None:
+    """k8s/components/signed-bundles: the trusted public keys from a ConfigMap, mounted
+    read-only where AEC_TRUSTED_KEYS points, signatures required; applied to each overlay as
+    its comment says."""
+    from service.settings import Settings
+    from tests.keys import make_key_pair
+
+    base = os.path.relpath(manifests.K8S / "overlays" / overlay, tmp_path)
+    component = os.path.relpath(manifests.K8S / "components" / "signed-bundles", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {base}\ncomponents:\n  - {component}\n", encoding="utf-8")
+    objects = manifests.kustomize(kubectl, tmp_path)
+    assert sorted(manifests.kinds(objects)) == sorted(BUILTIN_KINDS)
+    for obj in objects:
+        for version in manifests.K8S_VERSIONS:
+            _assert_valid(obj, version, f"overlay {overlay} + signed-bundles")
+
+    settings = manifests.one(objects, "ConfigMap")["data"]
+    assert settings["AEC_REQUIRE_SIGNATURE"] == "true"
+    assert settings["AEC_DEVICE"] == ("gpu" if overlay == "gpu" else "cpu")  # merged, not lost
+    deployment = manifests.one(objects, "Deployment")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    [mount] = [m for m in manifests.container(deployment)["volumeMounts"]
+               if m["mountPath"] == settings["AEC_TRUSTED_KEYS"]]
+    assert mount["readOnly"] is True
+    source = volumes[mount["name"]]["configMap"]
+    assert source["name"] == "aecluster-trusted-keys" and not source.get("optional", False)
+    assert source["defaultMode"] & 0o222 == 0  # nobody writes the keys
+
+    # What the pod then runs with: the ConfigMap's settings, a key where the volume mounts it.
+    mounted = tmp_path / "mounted-keys"
+    make_key_pair(mounted, "training-2026").private.unlink()  # the pod holds public keys only
+    parsed = Settings.model_validate({**{k[4:].lower(): v for k, v in settings.items()},
+                                      "trusted_keys": str(mounted)})
+    assert parsed.signatures_required

@@ -27,9 +27,11 @@ def _env(job: manifests.Obj) -> dict[str, str]:
             if "value" in e}
 
 
-def _run_script(job: manifests.Obj, repo: Path, tmp_path: Path) -> list[str]:
+def _run_script(job: manifests.Obj, repo: Path, tmp_path: Path,
+                stderr: list[str] | None = None, **env_overrides: str) -> list[str]:
     """Run the Job's shell script as the container would, with a stand-in ``python`` that
-    prints the arguments it was given instead of training."""
+    prints the arguments it was given instead of training (its stderr lines are appended to
+    ``stderr`` when given)."""
     container = manifests.container(job)
     assert container["command"] == ["/bin/sh", "-c"]
     script = container["args"][0]
@@ -39,10 +41,12 @@ def _run_script(job: manifests.Obj, repo: Path, tmp_path: Path) -> list[str]:
     fake.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n', encoding="utf-8")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     env = {**_env(job), "AEC_MODEL_REPO": str(repo),
-           "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin"}
+           "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin", **env_overrides}
     result = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True,
                             text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stderr
+    if stderr is not None:
+        stderr.extend(result.stderr.splitlines())
     lines = result.stdout.splitlines()
     assert lines[0].startswith("training "), lines  # the script's own progress line
     return lines[1:]
@@ -150,3 +154,48 @@ def test_job_arguments_are_accepted_by_the_training_cli(
                                   "TF_CONFIG", "JOB_COMPLETION_INDEX", "completionMode: Indexed"])
 def test_multi_gpu_and_multi_worker_options_are_documented(word: str) -> None:
     assert word in manifests.TRAINING_JOB.read_text(encoding="utf-8")
+
+
+# ---- signing (docs/security.md): the private key in a Secret, mounted in the Job only -----
+
+
+def _secret_mount(job: manifests.Obj) -> tuple[manifests.Obj, manifests.Obj]:
+    """The Job's Secret volume and its mount."""
+    [volume] = [v for v in _pod_spec(job)["volumes"] if "secret" in v]
+    [mount] = [m for m in manifests.container(job)["volumeMounts"]
+               if m["name"] == volume["name"]]
+    return volume, mount
+
+
+def test_job_signs_with_the_key_from_its_secret(
+    training_job: manifests.Obj, tmp_path: Path
+) -> None:
+    from training import cli
+
+    volume, mount = _secret_mount(training_job)
+    key = _env(training_job)["SIGNING_KEY"]
+    assert volume["secret"]["secretName"] == "aecluster-signing-key"
+    assert mount["readOnly"] is True and Path(key).parent == Path(mount["mountPath"])
+    # The mounted key stands in at a temporary path: the script passes it on, before --out.
+    stand_in = tmp_path / "signing-key.pem"
+    stand_in.write_text("-----BEGIN PRIVATE KEY-----\n")
+    args = _run_script(training_job, tmp_path / "models", tmp_path, SIGNING_KEY=str(stand_in))
+    assert args[-4:] == ["--signing-key", str(stand_in), "--out", f"{tmp_path}/models/digits/1"]
+    assert cli.build_parser().parse_args(args[2:]).signing_key == stand_in
+
+
+def test_job_without_the_secret_trains_unsigned_and_says_so(
+    training_job: manifests.Obj, tmp_path: Path
+) -> None:
+    volume, _ = _secret_mount(training_job)
+    assert volume["secret"]["optional"] is True
+    stderr: list[str] = []
+    args = _run_script(training_job, tmp_path / "models", tmp_path, stderr)
+    assert "--signing-key" not in args
+    assert any("the version will not be signed" in line for line in stderr), stderr
+
+
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
+def test_the_private_key_never_reaches_a_serving_pod(rendered: Rendered, overlay: str) -> None:
+    spec = manifests.one(rendered[overlay], "Deployment")["spec"]["template"]["spec"]
+    assert not [v for v in spec["volumes"] if "secret" in v]

@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -23,6 +23,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.integration.server import Server, digit_png, start_server
+from tests.keys import KeyPair
+from tests.service.bundles import clone_version, sign_version
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVE_LOCK = REPO_ROOT / "requirements" / "serve-cpu.txt"
@@ -109,3 +111,28 @@ def test_python_m_service_starts_and_answers(serve_only_server: Server) -> None:
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
                                                            timeout=30)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_serving_image_checks_signatures(
+        serve_python: Path, model_repo: Path, digits_bundle: Path, tmp_path: Path,
+        make_keys: Callable[[str], KeyPair]) -> None:
+    """model_signing and what it imports (pyOpenSSL, undeclared by it) are in the serving
+    lock: a signed version loads, an unsigned one beside it is refused and reported."""
+    keys = make_keys("training")
+    sign_version(model_repo / "digits" / "1", keys.private)
+    clone_version(digits_bundle, model_repo, "digits", 2)  # unsigned, and the highest
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    server = start_server(str(serve_python), model_repo, tmp_path, cwd,
+                          trusted_keys=str(keys.public))
+    try:
+        status = httpx.get(f"{server.url}/v1/models/digits", timeout=10).json()
+        rows = {row["version"]: row for row in status["model_version_status"]}
+        assert rows["1"]["state"] == "AVAILABLE", rows
+        assert rows["2"]["state"] == "END"
+        assert rows["2"]["status"]["error_message"].startswith("digits/2 is not signed")
+        assert server.metric("aecluster_model_load_failures_total", model="digits") == 1
+        assert "signature verified with trusted key training.pub" in server.log.read_text()
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=30)

@@ -22,3 +22,10 @@ def clone_version(source: Path, repo: Path, name: str, version: int) -> Path:
     (tmp / bundle.MANIFEST_FILE).write_text(json.dumps(raw))
     tmp.rename(target)
     return target
+
+
+def sign_version(version_dir: Path, private_key: Path) -> Path:
+    """Sign a version the way an operator does (``python -m training sign``)."""
+    from training.signing import Signer, sign_existing
+
+    return sign_existing(version_dir, Signer(private_key))

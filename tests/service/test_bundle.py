@@ -117,6 +117,19 @@ def test_added_and_missing_files_are_reported(version_dir: Path) -> None:
     assert "missing ['decoder/variables/variables.index']" in text
 
 
+def test_the_signature_file_is_outside_the_checksums_and_only_at_the_top(
+        version_dir: Path) -> None:
+    # model.sig signs the manifest, so the manifest cannot list it: one at the top of the
+    # version is not an unlisted file. Anywhere else it is just another file.
+    manifest = bundle.read_manifest(version_dir)
+    (version_dir / bundle.SIGNATURE_FILE).write_text("{}")
+    assert bundle.SIGNATURE_FILE not in bundle.hash_files(version_dir)
+    bundle.verify_checksums(version_dir, manifest)
+    (version_dir / "encoder" / bundle.SIGNATURE_FILE).write_text("{}")
+    with pytest.raises(bundle.BundleError, match=r"not listed in the manifest \['encoder/model"):
+        bundle.verify_checksums(version_dir, manifest)
+
+
 def test_centroid_shape_must_match_manifest(version_dir: Path) -> None:
     joblib.dump(bundle.centroid_payload(np.zeros((2, 4), np.float32)),
                 version_dir / bundle.CENTROIDS_FILE)
