@@ -11,15 +11,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.server import Server, start_server
+from tests.integration.server import Server
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("fuzz.toml")
 SEED = 1
 # About 1,300 requests in 15 s on the 2-core machine; `make test-slow` runs more.
@@ -27,13 +25,6 @@ MAX_EXAMPLES = 50
 # Each run must really test: a broken schema URL or filter would "pass" with nothing done.
 MIN_CASES = 1000
 
-
-@pytest.fixture
-def server(tmp_path: Path, model_repo: Path) -> Iterator[Server]:
-    started = start_server(sys.executable, model_repo, tmp_path, REPO_ROOT)
-    yield started
-    started.proc.terminate()
-    started.proc.wait(timeout=60)
 
 
 def _fuzz(server: Server, tmp_path: Path, max_examples: int, seed: int) -> str:
@@ -57,10 +48,10 @@ def _fuzz(server: Server, tmp_path: Path, max_examples: int, seed: int) -> str:
     return output
 
 
-def test_schema_fuzzing_finds_no_server_error(server: Server, tmp_path: Path) -> None:
-    _fuzz(server, tmp_path, MAX_EXAMPLES, SEED)
+def test_schema_fuzzing_finds_no_server_error(digits_server: Server, tmp_path: Path) -> None:
+    _fuzz(digits_server, tmp_path, MAX_EXAMPLES, SEED)
 
 
 @pytest.mark.slow
-def test_schema_fuzzing_with_a_larger_budget(server: Server, tmp_path: Path) -> None:
-    _fuzz(server, tmp_path, 300, 7)
+def test_schema_fuzzing_with_a_larger_budget(digits_server: Server, tmp_path: Path) -> None:
+    _fuzz(digits_server, tmp_path, 300, 7)
