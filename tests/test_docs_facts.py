@@ -1,7 +1,7 @@
 """What docs/ states that the code also states, checked against the code: the settings table
-(service/settings.py), the metric names (service/metrics.py) and the manifest's fields
-(service/bundle.py). A setting, metric or field cannot be added, renamed or dropped without
-its page following."""
+(service/settings.py), the metric names (service/metrics.py), the manifest's fields
+(service/bundle.py) and the training presets (training/cli.py). A setting, metric, field or
+preset cannot be added, renamed or dropped without its page following."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from pydantic import BaseModel
 from service.bundle import ClusterStats, InputSpec, Manifest, TrainingInfo
 from service.metrics import Metrics
 from service.settings import Settings
+from training.cli import PRESETS, preset_options
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVING = (ROOT / "docs" / "serving.md").read_text(encoding="utf-8")
 BUNDLE = (ROOT / "docs" / "bundle.md").read_text(encoding="utf-8")
+TRAINING = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+QUALITY = (ROOT / "docs" / "quality.md").read_text(encoding="utf-8")
 
 
 def _section(text: str, heading: str) -> str:
@@ -98,3 +101,28 @@ def test_the_manifest_table_names_every_nested_field(field: str, model: type[Bas
 
 def test_the_cluster_stats_row_names_every_statistic() -> None:
     assert set(ClusterStats.model_fields) <= _fields_in(_manifest_table()["cluster_stats"])
+
+
+def _documented_presets() -> dict[str, str]:
+    """Preset name -> the options docs/training.md's presets table says it stands for."""
+    return dict(re.findall(r"^\| `([\w-]+)` \| `([^`]+)` \|", _section(TRAINING, "## Presets"),
+                           flags=re.MULTILINE))
+
+
+def _retired_presets() -> set[str]:
+    retired = _section(QUALITY, "## Retired: measured, then removed")
+    return set(re.findall(r"`--preset ([\w-]+)`", retired))
+
+
+def test_each_documented_preset_stands_for_what_the_cli_sets() -> None:
+    documented = _documented_presets()
+    assert documented
+    for name, options in documented.items():
+        assert name in PRESETS, name
+        assert options == preset_options(name), name
+
+
+def test_every_preset_is_documented_or_recorded_as_retired() -> None:
+    documented, retired = set(_documented_presets()), _retired_presets()
+    assert not documented & retired
+    assert set(PRESETS) <= documented | retired
