@@ -712,8 +712,8 @@ def test_everything_the_dockerfile_copies_is_in_the_context(variant: str) -> Non
                 _in_context(f.relative_to(manifests.ROOT).as_posix()) for f in files), source
 
 
-def test_readme_builds_the_images_the_overlays_deploy() -> None:
-    readme = (manifests.ROOT / "README.md").read_text(encoding="utf-8")
+def test_deploy_doc_builds_the_images_the_overlays_deploy() -> None:
+    page = (manifests.ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
     header = DOCKERFILE.read_text(encoding="utf-8")
     for overlay in manifests.OVERLAYS:
         kustomization = manifests.load_yaml(
@@ -722,11 +722,11 @@ def test_readme_builds_the_images_the_overlays_deploy() -> None:
         assert image["newTag"] == f"{PROJECT['version']}-{overlay}"
         line = (f"docker build --build-arg VARIANT={overlay} "
                 f"-t {image['newName']}:{image['newTag']} .")
-        assert line in readme, line
+        assert line in page, line
         assert line in header, line
         # The training image of the same variant: the `train` target, named after it.
         train = (f"docker build --build-arg VARIANT={overlay} --target train "
                  f"-t {image['newName']}-train:{image['newTag']} .")
-        assert train in readme, train
+        assert train in page, train
         assert train in header, train
     assert "train" in _stages()

@@ -133,12 +133,12 @@ def _documented_rows(text: str) -> set[tuple[int, str]]:
     return {(int(status), code) for status, code in rows}
 
 
-@pytest.mark.parametrize("where", ["README.md", "service/errors.py"])
+@pytest.mark.parametrize("where", ["docs/serving.md", "service/errors.py"])
 def test_the_documented_tables_list_every_row(where: str) -> None:
-    """README's "Errors follow one table" and the docstring of service/errors.py hold the
-    same rows as the error classes: a new class cannot go undocumented."""
+    """docs/serving.md's "Errors follow one table" and the docstring of service/errors.py hold
+    the same rows as the error classes: a new class cannot go undocumented."""
     text = (ROOT / where).read_text(encoding="utf-8")
-    if where == "README.md":
+    if where == "docs/serving.md":
         start = text.index("Errors follow one table")
         text = text[start:text.index("\n\n", text.index("| condition", start))]
     assert _documented_rows(text) == {(status, code.name) for status, code in TABLE.values()}
