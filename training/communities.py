@@ -328,36 +328,25 @@ CONSENSUS_FLOOR = 0.01
 CONSENSUS_POWER = 2.0
 
 
-def _edge_agreement(adjacency: sp.csr_matrix, partitions: list[np.ndarray]
-                    ) -> tuple[sp.coo_matrix, np.ndarray]:
-    """``adjacency``'s edges and, per edge, the share of ``partitions`` keeping it inside."""
+def consensus_graph(adjacency: sp.csr_matrix, partitions: list[np.ndarray]
+                    ) -> tuple[sp.csr_matrix, float]:
+    """``adjacency``'s edges reweighted by how often the ``partitions`` keep them inside.
+
+    An edge whose two images share a community in a share ``a`` of the partitions weighs
+    ``CONSENSUS_FLOOR + (1 - CONSENSUS_FLOOR) * a ** CONSENSUS_POWER``. Returns the graph
+    and the mean of ``a`` over the edges.
+    """
     if not partitions:
         raise ConfigError("a consensus graph needs at least one partition")
     stacked = np.stack([np.asarray(p) for p in partitions])
     if stacked.ndim != 2 or stacked.shape[1] != adjacency.shape[0]:
         raise ConfigError(f"partitions {stacked.shape} must each label the graph's "
                           f"{adjacency.shape[0]} nodes")
-    coo = adjacency.tocoo()
-    return coo, (stacked[:, coo.row] == stacked[:, coo.col]).mean(axis=0)
-
-
-def consensus_graph(adjacency: sp.csr_matrix, partitions: list[np.ndarray], *,
-                    floor: float = CONSENSUS_FLOOR, power: float = CONSENSUS_POWER
-                    ) -> sp.csr_matrix:
-    """``adjacency``'s edges reweighted by how often the ``partitions`` keep them inside.
-
-    An edge whose two images share a community in a share ``a`` of the partitions weighs
-    ``floor + (1 - floor) * a ** power`` (the recipe's: ``CONSENSUS_FLOOR``,
-    ``CONSENSUS_POWER``; other values are for probes).
-    """
-    return _reweighted(*_edge_agreement(adjacency, partitions), floor=floor, power=power)
-
-
-def _reweighted(edges: sp.coo_matrix, shares: np.ndarray, *, floor: float, power: float
-                ) -> sp.csr_matrix:
-    """The graph of ``edges`` weighted ``floor + (1 - floor) * shares ** power``."""
-    return sp.csr_matrix((floor + (1.0 - floor) * shares ** power, (edges.row, edges.col)),
-                         shape=edges.shape)
+    edges = adjacency.tocoo()
+    shares = (stacked[:, edges.row] == stacked[:, edges.col]).mean(axis=0)
+    weights = CONSENSUS_FLOOR + (1.0 - CONSENSUS_FLOOR) * shares ** CONSENSUS_POWER
+    graph = sp.csr_matrix((weights, (edges.row, edges.col)), shape=edges.shape)
+    return graph, float(shares.mean())
 
 
 def consensus_partition(search: Callable[[sp.csr_matrix, int], Partition],
@@ -380,9 +369,7 @@ def consensus_partition(search: Callable[[sp.csr_matrix, int], Partition],
     started = time.perf_counter()
     partitions = [search(adjacency, seed + _SEARCH_SEED_STRIDE * i).labels
                   for i in range(int(searches))]
-    edges, shares = _edge_agreement(adjacency, partitions)
-    graph = _reweighted(edges, shares, floor=CONSENSUS_FLOOR, power=CONSENSUS_POWER)
-    agreement = float(shares.mean())
+    graph, agreement = consensus_graph(adjacency, partitions)
     partition = search(graph, seed)
     logger.info("communities: the partition step rerun on the consensus of %d searches "
                 "(their edges kept inside a community: %.3f on average) in %.1f s",

@@ -314,14 +314,15 @@ def test_a_stable_choice_needs_two_searches(searches: object) -> None:
 def test_the_consensus_graph_weighs_each_edge_by_how_often_it_stays_inside() -> None:
     # A path 0-1-2-3: edge 0-1 inside in both partitions, 1-2 in one, 2-3 in neither.
     adjacency = communities.knn_adjacency(np.array([[1], [2], [3], [2]]))
-    graph = communities.consensus_graph(adjacency, [np.array([0, 0, 0, 1]),
-                                                    np.array([0, 0, 1, 2])])
+    graph, agreement = communities.consensus_graph(adjacency, [np.array([0, 0, 0, 1]),
+                                                               np.array([0, 0, 1, 2])])
     floor, power = communities.CONSENSUS_FLOOR, communities.CONSENSUS_POWER
     weight = {1.0: 1.0, 0.5: floor + (1 - floor) * 0.5 ** power, 0.0: floor}
     for (i, j), share in {(0, 1): 1.0, (1, 2): 0.5, (2, 3): 0.0}.items():
         assert graph[i, j] == graph[j, i] == pytest.approx(weight[share])
     assert graph.nnz == adjacency.nnz  # no edge added, none lost
     assert (graph != graph.T).nnz == 0
+    assert agreement == pytest.approx(0.5)  # the mean of 1, 0.5 and 0 over the edges
 
 
 @pytest.mark.parametrize("partitions, message", [
