@@ -87,9 +87,6 @@ EVEN8 = {"community_searches": 8}
 # pure groups (three for trousers) while mixed ones stayed whole; on saved features the
 # split partitions held more majority labels (+0.006 over 12 runs).
 SPLIT10 = {"coarse_communities": 10}
-# The backbone trained with VICReg instead of NT-Xent (`--backbone-loss vicreg`): purer
-# neighbourhoods on saved features (purity@15 +0.005 at 15 epochs); do they carry through?
-VICREG = {"backbone_loss": "vicreg"}
 # The backbone's learning rate decayed to 0 along a cosine over its epochs
 # (`--backbone-schedule cosine`) instead of held at 1e-3: the schedule SimCLR trains with.
 COSINE = {"backbone_schedule": "cosine"}
@@ -120,10 +117,6 @@ def recipes(quick: bool) -> list[Recipe]:
         main[1],
         # The default without mirrored views: does the K=10 default gain from them?
         Recipe("contrastive-noflip-latent10", latent=10, extra=NO_FLIP,
-               **CONTRASTIVE),  # type: ignore[arg-type]
-        # The K=10 default with a VICReg backbone: its joint embedding carries VICReg's
-        # 512-number projector output instead of NT-Xent's 128.
-        Recipe("contrastive-vicreg-latent10", latent=10, extra=VICREG,
                **CONTRASTIVE),  # type: ignore[arg-type]
         Recipe("contrastive-headonly-latent10", latent=10, extra=HEAD_ONLY,
                **CONTRASTIVE),  # type: ignore[arg-type]
@@ -164,25 +157,11 @@ def recipes(quick: bool) -> list[Recipe]:
         Recipe("contrastive-crop1-relight-hog-graph20-e30-split10", latent=10,
                extra={**GRAPH20, **HOG, **SPLIT10},
                **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The preset's recipe with a VICReg backbone: the same epochs, views and graph.
-        Recipe("contrastive-vicreg-crop1-relight-hog-graph20-e30", latent=10,
-               extra={**GRAPH20, **HOG, **VICREG},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The VICReg backbone keeping the most even of 8 Louvain searches: its single
-        # searches gave the least even partitions measured (smallest communities 159-539).
-        Recipe("contrastive-vicreg-crop1-relight-hog-graph20-e30-even8", latent=10,
-               extra={**GRAPH20, **HOG, **VICREG, **EVEN8},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
         # The preset's recipe with the backbone trained 45 epochs: do the histograms' graph
         # communities gain from still better features?
         Recipe("contrastive-crop1-relight-hog-graph20-e45", latent=10,
                extra={**GRAPH20, **HOG},
                **CONTRASTIVE_E45),  # type: ignore[arg-type]
-        # The VICReg backbone with the 20 communities split from 10 by spread: on saved
-        # features the split gained most there (+0.01 to +0.04 over four runs).
-        Recipe("contrastive-vicreg-crop1-relight-hog-graph20-e30-split10", latent=10,
-               extra={**GRAPH20, **HOG, **VICREG, **SPLIT10},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
         # The split from 10, its coarse partition the most even of 8 Louvain searches (the
         # hope: an even 10 gives no class two communities, leaving the split the other 10).
         # Measured: below the split alone; the 8 searches barely differ in evenness at 10.

@@ -222,11 +222,6 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                      help="deterministic TensorFlow kernels: the same seed, data and hardware "
                           "give the same bundle bit for bit (slower, most on GPUs)")
     rec = train.add_argument_group("contrastive recipe (--model contrastive)")
-    rec.add_argument("--backbone-loss", choices=("nt-xent", "vicreg"), default="nt-xent",
-                     help="the backbone's self-supervised loss: SimCLR's NT-Xent (default) or "
-                          "VICReg (no negatives; a 512-512 projector; about the same time per "
-                          "epoch; with the K=10 joint embedding it measured worse, so pair it "
-                          "with --no-joint-embedding or --graph-communities)")
     rec.add_argument("--backbone-schedule", choices=("constant", "cosine"), default="constant",
                      help="the backbone's learning rate: held at --learning-rate (default), or "
                           "decayed to 0 along a half cosine over its epochs (measured worse on "
@@ -243,7 +238,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                           "light invariance)")
     rec.add_argument("--joint-embedding", action=argparse.BooleanOptionalAction, default=True,
                      help="embed as the head's output joined with the unit-length "
-                          "projector output (latent + 128 numbers, + 512 with VICReg); "
+                          "projector output (latent + 128 numbers); "
                           "--no-joint-embedding: the head's latent numbers alone")
     rec.add_argument("--graph-communities", type=_graph_communities, default=0, metavar="N",
                      help="embed as the probabilities of N Louvain communities of the features' "
@@ -398,7 +393,6 @@ def _train(args: argparse.Namespace) -> int:
         model=ModelConfig(kind=args.model, latent_dim=args.latent, loss=args.loss,
                           kl_weight=args.kl_weight, denoise_sigma=args.denoise,
                           learning_rate=args.learning_rate,
-                          backbone_loss=args.backbone_loss,
                           backbone_schedule=args.backbone_schedule,
                           temperature=args.temperature,
                           min_crop=args.min_crop, view_flip=args.view_flip,

@@ -2,8 +2,7 @@
 
 Three stages, each logged with its progress:
 
-1. a conv backbone learns augmentation-invariant features (SimCLR's NT-Xent loss, or
-   VICReg's);
+1. a conv backbone learns augmentation-invariant features (SimCLR's NT-Xent loss);
 2. the fuzzy k-nearest-neighbour graph of those features (cosine) trains a small MLP
    head to a ``latent_dim`` embedding in which neighbours stay close (parametric UMAP) or,
    with ``graph_communities``, a softmax head learns the graph's Louvain communities
@@ -37,7 +36,6 @@ from training.errors import ConfigError
 from training.fit import EpochLogger, fit_model
 from training.interrupt import StopOnInterrupt
 from training.models import ModelConfig, build_networks
-from training.models.config import BackboneLoss
 from training.models.contrastive import build_contrastive
 from training.models.gradients import OrientationHistograms
 from training.models.neighborhood import build_head, fit_head
@@ -87,9 +85,8 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
         contrastive = build_contrastive(
             shape, filters=config.backbone_filters, feature_dim=config.feature_dim,
             temperature=config.temperature, min_crop=config.min_crop, flip=config.view_flip,
-            relight=config.view_relight, loss=config.backbone_loss,
-            learning_rate=config.learning_rate, schedule=config.backbone_schedule,
-            total_steps=epochs * n_batches, seed=config.seed)
+            relight=config.view_relight, learning_rate=config.learning_rate,
+            schedule=config.backbone_schedule, total_steps=epochs * n_batches, seed=config.seed)
     train = (batches(data.train, batch_size, shuffle=True, seed=seed, augment_flip=augment_flip)
              .filter(lambda x, y: tf.shape(x)[0] >= 2)
              .apply(tf.data.experimental.assert_cardinality(n_batches)))
@@ -162,8 +159,7 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
     embedding = head(graph_features(inputs, backbone_out))
     if config.joint_embedding and not config.graph_communities:
         embedding = _joint(backbone_out, embedding, contrastive.projector,
-                           head.predict(features[sample], batch_size=4096, verbose=0),
-                           backbone_loss=config.backbone_loss)
+                           head.predict(features[sample], batch_size=4096, verbose=0))
     encoder = keras.Model(inputs, keras.layers.Identity(name="embedding")(embedding),
                           name="encoder")
 
@@ -263,22 +259,15 @@ def _self_label(backbone: keras.Model, head: keras.Model,
 
 
 def _joint(backbone_out: tf.Tensor, head_output: tf.Tensor, projector: keras.Model,
-           head_train: np.ndarray, *, backbone_loss: BackboneLoss = "nt-xent") -> tf.Tensor:
+           head_train: np.ndarray) -> tf.Tensor:
     """The head's output joined with the unit-length projector output.
 
     The head's neighbourhoods keep fine structure; NT-Xent's projector, trained only to tell
     images apart up to augmentation, groups more coarsely, and k-means on the two joined
-    finds groups closer to the classes than on either alone. VICReg's projector does not:
-    its loss spreads and decorrelates the outputs, and on Fashion-MNIST k-means on them
-    alone found ACC 0.47, so joining them lowered the head's 0.67 to 0.63 (README,
-    "Clustering quality"); hence the warning. The head's output is divided
+    finds groups closer to the classes than on either alone. The head's output is divided
     by its total spread on the training images (the root of its summed variances), so that
     it weighs in k-means' distances about as much as the unit-length projector output.
     """
-    if backbone_loss == "vicreg":
-        logger.warning("joint embedding with a VICReg backbone: its projector output grouped "
-                       "poorly on Fashion-MNIST (ACC K=10 0.63 joined against 0.67 for the "
-                       "head alone); consider --no-joint-embedding")
     spread = float(np.sqrt(np.sum(np.var(head_train, axis=0))))
     if not math.isfinite(spread) or spread <= 0:
         raise ConfigError(f"the head's embedding has no spread ({spread}); it cannot be "

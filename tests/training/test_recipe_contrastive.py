@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 from typing import Any, get_args
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -21,10 +20,9 @@ from training.data import DataOptions, to_numpy
 from training.errors import ConfigError
 from training.evaluate import load_bundle
 from training.models import ModelConfig, build_autoencoder, build_networks
-from training.models.config import BackboneLoss, BackboneSchedule, CommunityChoice
-from training.models.contrastive import build_contrastive
+from training.models.config import BackboneSchedule, CommunityChoice
 from training.models.gradients import OrientationHistograms
-from training.recipe_contrastive import FittedNetworks, _joint
+from training.recipe_contrastive import FittedNetworks
 from training.train import TrainJob, TrainResult, run_training
 
 # Small enough for 2 cores: the stages' own minimum step counts set most of the run time.
@@ -112,7 +110,6 @@ def test_contrastive_config_defaults_and_head_config() -> None:
         ({"graph_whitening": 0.6}, "graph_whitening must be a number in [0, 0.5]"),
         ({"graph_whitening": float("nan")}, "graph_whitening must be a number in [0, 0.5]"),
         ({"graph_whitening": "0.25"}, "graph_whitening must be a number in [0, 0.5]"),
-        ({"backbone_loss": "byol"}, "unknown backbone_loss 'byol': choose 'nt-xent' or 'vicreg'"),
         ({"community_choice": "best"}, "unknown community_choice 'best': choose 'even', "
                                        "'stable' or 'consensus'"),
         ({"community_choice": "consensus"}, "community_choice 'consensus' reruns the partition "
@@ -121,7 +118,6 @@ def test_contrastive_config_defaults_and_head_config() -> None:
         ({"community_choice": "stable"}, "community_choice 'stable' keeps the partition most "
                                          "like the others: it needs community_searches >= 2, "
                                          "got 1"),
-        ({"backbone_loss": "NT-Xent"}, "unknown backbone_loss 'NT-Xent'"),
         ({"backbone_schedule": "step"}, "unknown backbone_schedule 'step': choose 'constant' "
                                         "or 'cosine'"),
     ],
@@ -500,7 +496,6 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
         (["--community-searches", "2.5"], "--community-searches"),
         (["--coarse-communities", "1"], "expected 0 (off) or an integer >= 2, got 1"),
         (["--coarse-communities", "x"], "--coarse-communities"),
-        (["--backbone-loss", "byol"], "invalid choice: 'byol' (choose from"),
         (["--community-choice", "best"], "invalid choice: 'best' (choose from"),
         (["--self-label-epochs", "-1"], "expected an integer >= 0, got -1"),
         (["--self-label-epochs", "x"], "--self-label-epochs"),
@@ -552,16 +547,8 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     assert args.graph_communities == 0 and args.hog_weight == 0.0
     assert args.community_searches == ModelConfig().community_searches == 1
     assert args.coarse_communities == ModelConfig().coarse_communities == 0
-    assert args.backbone_loss == ModelConfig().backbone_loss == "nt-xent"
-    # The CLI lists the losses itself (it must not import Keras to parse); every loss the
-    # model knows must be offered, and nothing else.
-    for loss in get_args(BackboneLoss):
-        assert parser.parse_args(["train", "--model", "contrastive", "--backbone-loss", loss,
-                                  "--out", "x/m/1"]).backbone_loss == loss
     train = next(action for action in parser._subparsers._group_actions  # type: ignore[union-attr]
                  if isinstance(action, argparse._SubParsersAction)).choices["train"]
-    offered = next(a.choices for a in train._actions if a.dest == "backbone_loss")
-    assert sorted(offered) == sorted(get_args(BackboneLoss))
     assert args.backbone_schedule == ModelConfig().backbone_schedule == "constant"
     schedules = next(a.choices for a in train._actions if a.dest == "backbone_schedule")
     assert sorted(schedules) == sorted(get_args(BackboneSchedule))
@@ -597,7 +584,7 @@ def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[
     assert "contrastive: 256" in text
     for option in ("--temperature", "--min-crop", "--no-view-flip", "--neighbors",
                    "--head-epochs", "--decoder-epochs", "--joint-embedding, --no-joint-embedding",
-                   "--hog-weight", "--backbone-filters", "--backbone-loss"):
+                   "--hog-weight", "--backbone-filters"):
         assert option in text
 
 
@@ -772,14 +759,13 @@ def test_backbone_and_community_options_reach_the_recipe_and_the_manifest(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "m" / "1"
-    _train_digits_logged(["--backbone-filters", "8,12,16", "--backbone-loss", "vicreg",
-                          "--backbone-schedule", "cosine",
+    _train_digits_logged(["--backbone-filters", "8,12,16", "--backbone-schedule", "cosine",
                           # The community head: the cheapest head to train.
                           "--graph-communities", "12", "--community-searches", "3",
                           "--coarse-communities", "6", "--self-label-epochs", "2"],
                          out, capsys, caplog)
     assert ("built contrastive backbone for 8x8x1 images: conv 8-12-16, 256 features, "
-            "vicreg loss, cosine-decayed learning rate 0.001") in caplog.text
+            "nt-xent loss, cosine-decayed learning rate 0.001") in caplog.text
     # The searches pick the coarse partition; six splits then make the twelve.
     assert "kept the most even of 3 searches (effective counts " in caplog.text
     assert caplog.text.count("communities: split community ") == 6
@@ -787,7 +773,7 @@ def test_backbone_and_community_options_reach_the_recipe_and_the_manifest(
     hp = bundle.read_manifest(out).training.hyperparameters
     assert hp["backbone_filters"] == [8, 12, 16]
     assert (hp["community_searches"], hp["coarse_communities"]) == (3, 6)
-    assert hp["backbone_loss"] == "vicreg" and hp["backbone_schedule"] == "cosine"
+    assert hp["backbone_schedule"] == "cosine"
     report = json.loads((out / "report" / "communities.json").read_text())
     assert (report["searches"], report["coarse_count"], report["count"]) == (3, 6, 12)
     # Self-labelling ran after the head: its two epochs are logged, and the report gives how
@@ -824,24 +810,19 @@ def test_several_whole_partition_searches_are_combined_by_the_choice(
     assert bundle.read_manifest(out).training.hyperparameters["community_choice"] == choice
 
 
-def test_joint_embedding_takes_the_vicreg_projectors_512_numbers(
-        caplog: pytest.LogCaptureFixture) -> None:
-    model = build_contrastive((8, 8, 1), filters=(8,), feature_dim=16, loss="vicreg", seed=0)
-    images = keras.Input((8, 8, 1))
-    head_train = np.random.default_rng(0).normal(size=(50, 4))
-    with caplog.at_level(logging.WARNING):
-        joint = keras.Model(images, _joint(model.backbone(images),
-                                           keras.layers.Dense(4)(model.backbone(images)),
-                                           model.projector, head_train, backbone_loss="vicreg"))
-    # Measured worse than the head alone at K = 10: the user is told, not silently served it.
-    assert "joint embedding with a VICReg backbone" in caplog.text
-    assert "--no-joint-embedding" in caplog.text
-    z = joint.predict(np.random.default_rng(1).uniform(size=(3, 8, 8, 1)), verbose=0)
-    assert z.shape == (3, 4 + 512)
-    np.testing.assert_allclose(np.linalg.norm(z[:, 4:], axis=1), 1.0, atol=1e-5)
-    caplog.clear()
-    nt_xent = build_contrastive((8, 8, 1), filters=(8,), feature_dim=16, seed=0)
-    with caplog.at_level(logging.WARNING):
-        _joint(nt_xent.backbone(images), keras.layers.Dense(4)(nt_xent.backbone(images)),
-               nt_xent.projector, head_train)
-    assert "VICReg" not in caplog.text
+# --- retired options (issue 40) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    # NT-Xent alone: VICReg measured ACC 0.629 against 0.740 at K = 10.
+    ["--backbone-loss", "vicreg"],
+    ["--backbone-loss", "nt-xent"],
+])
+def test_retired_options_are_refused(args: list[str], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--model", "contrastive", *args, "--out", str(tmp_path / "m" / "1")])
+    assert info.value.code == 2
+    assert f"unrecognized arguments: {' '.join(args)}" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        ModelConfig(kind="contrastive", **{args[0].removeprefix("--").replace("-", "_"): args[1]})

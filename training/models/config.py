@@ -12,8 +12,6 @@ from training.losses import LossKind
 from training.models.neighborhood import HeadConfig
 
 ModelKind = Literal["dense", "conv", "vae", "contrastive"]
-# The contrastive backbone's self-supervised loss (training.models.contrastive).
-BackboneLoss = Literal["nt-xent", "vicreg"]
 # How the backbone's learning rate moves over its epochs: held, or cosine-decayed to 0.
 BackboneSchedule = Literal["constant", "cosine"]
 # How the contrastive recipe chooses among several community searches.
@@ -34,8 +32,8 @@ class ModelConfig:
     keep the KL term from collapsing the embedding).
 
     ``contrastive`` is a different recipe (:mod:`training.recipe_contrastive`): a conv backbone
-    of ``backbone_filters`` trained for augmentation invariance (``backbone_loss`` NT-Xent at
-    ``temperature`` or VICReg; ``backbone_schedule`` holds the learning rate or decays it to 0
+    of ``backbone_filters`` trained for augmentation invariance (NT-Xent at ``temperature``;
+    ``backbone_schedule`` holds the learning rate or decays it to 0
     along a cosine over the backbone's steps; crops of at least ``min_crop`` of the area,
     horizontal flips unless ``view_flip`` is false, a second light change if ``view_relight``)
     to ``feature_dim`` features, a neighbourhood head (``head_*``; see
@@ -43,7 +41,7 @@ class ModelConfig:
     trained for ``decoder_epochs`` on the frozen embedding (loss ``mse`` only). With
     ``joint_embedding`` (the default; the best recipe measured on Fashion-MNIST) the embedding
     is the head's output (rescaled to unit total spread) joined with the unit-length output of
-    the projector: ``latent_dim`` + 128 numbers (512 with VICReg); without it, the head's
+    the projector: ``latent_dim`` + 128 numbers; without it, the head's
     ``latent_dim`` numbers alone. With ``graph_communities`` N >= 2 the head and the joint
     embedding give way to a community head: the Louvain communities of the features' neighbour
     graph, N of them, are learnt by a softmax head whose N probabilities are the embedding
@@ -76,7 +74,6 @@ class ModelConfig:
     conv_filters: tuple[int, ...] = (32, 32, 32)
     backbone_filters: tuple[int, ...] = (32, 64, 128)
     feature_dim: int = 256
-    backbone_loss: BackboneLoss = "nt-xent"
     backbone_schedule: BackboneSchedule = "constant"
     temperature: float = 0.5
     min_crop: float = 0.4
@@ -170,9 +167,6 @@ class ModelConfig:
             raise ConfigError(f"community_choice {self.community_choice!r} "
                               f"{several[self.community_choice]}: it needs community_searches "
                               f">= 2, got {self.community_searches}")
-        if self.backbone_loss not in get_args(BackboneLoss):
-            raise ConfigError(f"unknown backbone_loss {self.backbone_loss!r}: choose 'nt-xent' "
-                              "or 'vicreg'")
         if self.backbone_schedule not in get_args(BackboneSchedule):
             raise ConfigError(f"unknown backbone_schedule {self.backbone_schedule!r}: choose "
                               "'constant' or 'cosine'")
