@@ -87,9 +87,6 @@ EVEN8 = {"community_searches": 8}
 # pure groups (three for trousers) while mixed ones stayed whole; on saved features the
 # split partitions held more majority labels (+0.006 over 12 runs).
 SPLIT10 = {"coarse_communities": 10}
-# The backbone's learning rate decayed to 0 along a cosine over its epochs
-# (`--backbone-schedule cosine`) instead of held at 1e-3: the schedule SimCLR trains with.
-COSINE = {"backbone_schedule": "cosine"}
 # The contrastive recipe with its backbone trained twice as long (`--epochs 30`).
 CONTRASTIVE_E30 = {**CONTRASTIVE, "epochs": 30}
 # Three times as long (`--epochs 45`): near the 20-minute budget on this machine.
@@ -167,12 +164,6 @@ def recipes(quick: bool) -> list[Recipe]:
         # Measured: below the split alone; the 8 searches barely differ in evenness at 10.
         Recipe("contrastive-crop1-relight-hog-graph20-e30-even8-split10", latent=10,
                extra={**GRAPH20, **HOG, **EVEN8, **SPLIT10},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The recommended K = 20 preset (split from 10) with the backbone's learning rate
-        # cosine-decayed: a constant 1e-3 leaves the last epochs' weights noisy. Measured:
-        # lower on every seed (-0.015 to -0.018).
-        Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-cosine", latent=10,
-               extra={**GRAPH20, **HOG, **SPLIT10, **COSINE},
                **CONTRASTIVE_E30),  # type: ignore[arg-type]
         # The recommended K = 20 preset with twice the learning rate (`--learning-rate 2e-3`,
         # which the head and decoder use too): the cosine decay's loss suggested that the

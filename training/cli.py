@@ -222,10 +222,6 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                      help="deterministic TensorFlow kernels: the same seed, data and hardware "
                           "give the same bundle bit for bit (slower, most on GPUs)")
     rec = train.add_argument_group("contrastive recipe (--model contrastive)")
-    rec.add_argument("--backbone-schedule", choices=("constant", "cosine"), default="constant",
-                     help="the backbone's learning rate: held at --learning-rate (default), or "
-                          "decayed to 0 along a half cosine over its epochs (measured worse on "
-                          "Fashion-MNIST's K=20 preset: README)")
     rec.add_argument("--temperature", type=_number(float, lambda v: v > 0, "expected > 0"),
                      default=0.5, help="NT-Xent temperature")
     rec.add_argument("--min-crop", type=_number(float, lambda v: 0 < v <= 1, "expected in (0, 1]"),
@@ -393,7 +389,6 @@ def _train(args: argparse.Namespace) -> int:
         model=ModelConfig(kind=args.model, latent_dim=args.latent, loss=args.loss,
                           kl_weight=args.kl_weight, denoise_sigma=args.denoise,
                           learning_rate=args.learning_rate,
-                          backbone_schedule=args.backbone_schedule,
                           temperature=args.temperature,
                           min_crop=args.min_crop, view_flip=args.view_flip,
                           view_relight=args.view_relight,

@@ -85,8 +85,7 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
         contrastive = build_contrastive(
             shape, filters=config.backbone_filters, feature_dim=config.feature_dim,
             temperature=config.temperature, min_crop=config.min_crop, flip=config.view_flip,
-            relight=config.view_relight, learning_rate=config.learning_rate,
-            schedule=config.backbone_schedule, total_steps=epochs * n_batches, seed=config.seed)
+            relight=config.view_relight, learning_rate=config.learning_rate, seed=config.seed)
     train = (batches(data.train, batch_size, shuffle=True, seed=seed, augment_flip=augment_flip)
              .filter(lambda x, y: tf.shape(x)[0] >= 2)
              .apply(tf.data.experimental.assert_cardinality(n_batches)))

@@ -12,8 +12,6 @@ from training.losses import LossKind
 from training.models.neighborhood import HeadConfig
 
 ModelKind = Literal["dense", "conv", "vae", "contrastive"]
-# How the backbone's learning rate moves over its epochs: held, or cosine-decayed to 0.
-BackboneSchedule = Literal["constant", "cosine"]
 # How the contrastive recipe chooses among several community searches.
 CommunityChoice = Literal["even", "stable", "consensus"]
 
@@ -32,9 +30,8 @@ class ModelConfig:
     keep the KL term from collapsing the embedding).
 
     ``contrastive`` is a different recipe (:mod:`training.recipe_contrastive`): a conv backbone
-    of ``backbone_filters`` trained for augmentation invariance (NT-Xent at ``temperature``;
-    ``backbone_schedule`` holds the learning rate or decays it to 0
-    along a cosine over the backbone's steps; crops of at least ``min_crop`` of the area,
+    of ``backbone_filters`` trained for augmentation invariance (NT-Xent at ``temperature``
+    and a constant ``learning_rate``; crops of at least ``min_crop`` of the area,
     horizontal flips unless ``view_flip`` is false, a second light change if ``view_relight``)
     to ``feature_dim`` features, a neighbourhood head (``head_*``; see
     :class:`~training.models.neighborhood.HeadConfig`) to ``latent_dim``, and a conv decoder
@@ -74,7 +71,6 @@ class ModelConfig:
     conv_filters: tuple[int, ...] = (32, 32, 32)
     backbone_filters: tuple[int, ...] = (32, 64, 128)
     feature_dim: int = 256
-    backbone_schedule: BackboneSchedule = "constant"
     temperature: float = 0.5
     min_crop: float = 0.4
     view_flip: bool = True
@@ -167,9 +163,6 @@ class ModelConfig:
             raise ConfigError(f"community_choice {self.community_choice!r} "
                               f"{several[self.community_choice]}: it needs community_searches "
                               f">= 2, got {self.community_searches}")
-        if self.backbone_schedule not in get_args(BackboneSchedule):
-            raise ConfigError(f"unknown backbone_schedule {self.backbone_schedule!r}: choose "
-                              "'constant' or 'cosine'")
         if not _is_real(self.temperature) or not 0 < self.temperature < float("inf"):
             raise ConfigError(f"temperature must be a number > 0, got {self.temperature!r}")
         if not _is_real(self.min_crop) or not 0 < self.min_crop <= 1:

@@ -19,7 +19,6 @@ import tensorflow as tf
 
 from training.errors import ConfigError
 from training.models.base import StepModel
-from training.models.config import BackboneSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -158,37 +157,24 @@ def build_contrastive(input_shape: tuple[int, int, int], *, filters: tuple[int, 
                       feature_dim: int = 256, projection_dim: int = 128,
                       temperature: float = 0.5, min_crop: float = 0.4, flip: bool = True,
                       relight: bool = False, learning_rate: float = 1e-3,
-                      schedule: BackboneSchedule = "constant",
-                      total_steps: int = 0, seed: int = 0) -> ContrastiveModel:
+                      seed: int = 0) -> ContrastiveModel:
     """Build and compile the contrastive model (call inside ``strategy.scope()``).
 
-    ``projection_dim`` and ``temperature`` are NT-Xent's. ``schedule="cosine"`` decays
-    Adam's ``learning_rate`` to 0 along a half cosine over ``total_steps`` optimizer steps
-    (the whole fit).
+    ``projection_dim`` and ``temperature`` are NT-Xent's; Adam holds ``learning_rate``
+    over the whole fit.
     """
     if not 0 < temperature < math.inf:
         raise ConfigError(f"temperature must be > 0, got {temperature!r}")
     if not 0 < min_crop <= 1:
         raise ConfigError(f"min_crop must be in (0, 1], got {min_crop!r}")
-    rate: float | keras.optimizers.schedules.LearningRateSchedule = learning_rate
-    if schedule == "cosine":
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise ConfigError("a cosine learning-rate schedule needs the fit's total number of "
-                              f"steps (>= 1), got {total_steps!r}")
-        rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps,
-                                                      alpha=0.0)
-    elif schedule != "constant":
-        raise ConfigError(f"unknown learning-rate schedule {schedule!r}: choose 'constant' or "
-                          "'cosine'")
     keras.utils.set_random_seed(seed)
     model = ContrastiveModel(build_backbone(input_shape, filters, feature_dim),
                              projection_dim=projection_dim, temperature=temperature,
                              min_crop=min_crop, flip=flip, relight=relight, seed=seed)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=rate))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate))
     model.build_optimizer()
     logger.info("built contrastive backbone for %dx%dx%d images: conv %s, %d features, "
-                "nt-xent loss, %s learning rate %g, %d trainable weights", *input_shape,
-                "-".join(map(str, filters)), feature_dim,
-                "cosine-decayed" if schedule == "cosine" else "constant", learning_rate,
+                "nt-xent loss, learning rate %g, %d trainable weights", *input_shape,
+                "-".join(map(str, filters)), feature_dim, learning_rate,
                 sum(math.prod(w.shape) for w in model.trainable_weights))
     return model
