@@ -177,14 +177,6 @@ def recipes(quick: bool) -> list[Recipe]:
         Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-lr4e-3", latent=10,
                extra={**GRAPH20, **HOG, **SPLIT10, "learning_rate": 4e-3},
                **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # SCAN's self-labelling after the recommended preset's community head
-        # (`--self-label-epochs 5`): backbone, histograms and head trained 5 epochs more to
-        # give each image's community from its views. On saved 15-epoch features it raised
-        # held-out majority by 0.002-0.004; through the bundle 0.7957 ± 0.0060 against the
-        # preset's 0.7955 ± 0.0071: no gain (README).
-        Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-selflabel5", latent=10,
-               extra={**GRAPH20, **HOG, **SPLIT10, "self_label_epochs": 5},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
         # The recommended preset with both parts of the graph features partially whitened
         # (`--graph-whitening 0.25`): on saved features of seeds 0-2, purity@15 +0.007 on every
         # seed and Louvain majority on the training images +0.004 over 18 runs; through the

@@ -259,10 +259,6 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                           "(largest within-community sum of squared distances) in two until "
                           "there are --graph-communities (0: off, the default; README, "
                           "Clustering quality)")
-    rec.add_argument("--self-label-epochs", type=_count, default=0, metavar="E",
-                     help="after the --graph-communities head, train the whole encoder E "
-                          "epochs more to give each image's community from random views "
-                          "(SCAN's self-labelling; 0: off, the default; README)")
     rec.add_argument("--hog-weight", type=_number(float, lambda v: 0 <= v < float("inf"),
                                                   "expected a number >= 0"),
                      default=0.0, metavar="W",
@@ -397,7 +393,6 @@ def _train(args: argparse.Namespace) -> int:
                           community_searches=args.community_searches,
                           community_choice=args.community_choice,
                           coarse_communities=args.coarse_communities,
-                          self_label_epochs=args.self_label_epochs,
                           hog_weight=args.hog_weight,
                           graph_whitening=args.graph_whitening,
                           backbone_filters=args.backbone_filters,

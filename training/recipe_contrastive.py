@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,6 @@ from training.models import ModelConfig, build_networks
 from training.models.contrastive import build_contrastive
 from training.models.gradients import OrientationHistograms
 from training.models.neighborhood import build_head, fit_head
-from training.models.self_label import fit_self_labels
 from training.models.whitening import PartialWhitening
 
 logger = logging.getLogger(__name__)
@@ -140,11 +138,8 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
     distances, indices = neighbors.nearest_neighbors(features[sample], config.head_neighbors)
     partition: dict[str, Any] | None = None
     if config.graph_communities:
-        head, history["community_loss"], partition, labels = _fit_community_head(
+        head, history["community_loss"], partition = _fit_community_head(
             features[sample], indices, config, seed=seed)
-        if config.self_label_epochs:
-            history["self_label_loss"], partition["self_label_agreement"] = _self_label(
-                backbone, head, graph_features, images[sample], labels, config, seed=seed)
     else:
         graph = neighbors.fuzzy_graph(distances, indices)
         logger.info("neighbour graph: %d points, %d edges", graph.n, graph.n_edges)
@@ -173,12 +168,10 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
 
 
 def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: ModelConfig,
-                        *, seed: int
-                        ) -> tuple[keras.Model, list[float], dict[str, Any], np.ndarray]:
+                        *, seed: int) -> tuple[keras.Model, list[float], dict[str, Any]]:
     """A softmax head that predicts each image's Louvain community from its features.
 
-    Returns the head, its losses, the partition's summary (the bundle's report) and the
-    community of each image.
+    Returns the head, its losses and the partition's summary (the bundle's report).
 
     The communities follow the neighbour graph where k-means' straight boundaries would
     cut across it; the head carries them to new images, and its probabilities are the
@@ -232,29 +225,7 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
                "consensus_agreement": None if consensus is None else round(consensus, 6),
                "graph_points": len(features), "neighbors": int(indices.shape[1]),
                "head_agreement": round(agreement, 6)}
-    return head, losses, summary, partition.labels
-
-
-def _self_label(backbone: keras.Model, head: keras.Model,
-                graph_features: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
-                images: np.ndarray, labels: np.ndarray, config: ModelConfig,
-                *, seed: int) -> tuple[list[float], float]:
-    """Fine-tune backbone and head together to give each image's community from its views.
-
-    The layers are the encoder's own, so the exported encoder carries the tuned weights.
-    Returns the losses and the share of the images the tuned network puts in their community.
-    """
-    inputs = keras.Input(images.shape[1:])
-    network = keras.Model(inputs, head(graph_features(inputs, backbone(inputs))),
-                          name="self_label_network")
-    losses = fit_self_labels(network, images, labels, epochs=config.self_label_epochs,
-                             min_crop=config.min_crop, flip=config.view_flip,
-                             relight=config.view_relight, seed=seed)
-    agreement = float(np.mean(network.predict(images, batch_size=1024, verbose=0).argmax(axis=1)
-                              == labels))
-    logger.info("self-labelling: the tuned encoder gives the community of %.1f %% of the "
-                "training images", 100 * agreement)
-    return losses, round(agreement, 6)
+    return head, losses, summary
 
 
 def _joint(backbone_out: tf.Tensor, head_output: tf.Tensor, projector: keras.Model,

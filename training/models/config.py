@@ -49,15 +49,13 @@ class ModelConfig:
     its splits included), or with "consensus" none: the step runs once more on the graph's
     edges reweighted by how often the searches keep them inside a community. With
     ``coarse_communities`` C (2 <= C < N) Louvain finds C communities and the most spread of
-    them are split in two until there are N
-    (:func:`training.communities.split_communities`). With ``self_label_epochs`` E > 0 the whole
-    network from images to community probabilities is then trained E epochs more to give each
-    image's community from random views (:mod:`training.models.self_label`). With ``hog_weight``
-    w > 0 the graph and the head see the unit backbone features joined with w times the pixels'
-    unit-length orientation histograms (:mod:`training.models.gradients`), computed inside the
-    encoder. With ``graph_whitening`` p > 0 each of those two parts is partially whitened before
-    it is joined (:mod:`training.models.whitening`: principal axes scaled by eigenvalue ** -p,
-    fitted on the training images, a fixed layer of the encoder; 0.5 is full whitening).
+    them are split in two until there are N (:func:`training.communities.split_communities`).
+    With ``hog_weight`` w > 0 the graph and the head see the unit backbone features joined
+    with w times the pixels' unit-length orientation histograms
+    (:mod:`training.models.gradients`), computed inside the encoder. With ``graph_whitening``
+    p > 0 each of those two parts is partially whitened before it is joined
+    (:mod:`training.models.whitening`: principal axes scaled by eigenvalue ** -p, fitted on
+    the training images, a fixed layer of the encoder; 0.5 is full whitening).
     Other kinds ignore these fields.
     """
 
@@ -80,7 +78,6 @@ class ModelConfig:
     community_searches: int = 1
     community_choice: CommunityChoice = "even"
     coarse_communities: int = 0
-    self_label_epochs: int = 0
     hog_weight: float = 0.0
     graph_whitening: float = 0.0
     head_neighbors: int = 15
@@ -147,13 +144,6 @@ class ModelConfig:
             raise ConfigError(f"coarse_communities ({self.coarse_communities}) must be fewer "
                               f"than graph_communities ({self.graph_communities}), which "
                               "they are split into")
-        if not _is_int(self.self_label_epochs) or self.self_label_epochs < 0:
-            raise ConfigError("self_label_epochs must be 0 (off) or a positive integer, got "
-                              f"{self.self_label_epochs!r}")
-        object.__setattr__(self, "self_label_epochs", int(self.self_label_epochs))
-        if self.self_label_epochs and not self.graph_communities:
-            raise ConfigError("self_label_epochs needs graph_communities: self-labelling "
-                              "trains the encoder to predict its communities")
         if self.community_choice not in get_args(CommunityChoice):
             raise ConfigError(f"unknown community_choice {self.community_choice!r}: choose "
                               "'even', 'stable' or 'consensus'")
