@@ -78,10 +78,6 @@ NO_FLIP = {"view_flip": False}
 # The graph and head also see the pixels' edge-direction histograms at half weight
 # (`--hog-weight 0.5`): the outline detail the backbone's views wash out.
 HOG = {"hog_weight": 0.5}
-# Of 8 independent Louvain searches, the one with the most even community sizes
-# (`--community-searches 8`): on saved features more even partitions held more majority
-# labels; these rows measure whether that survives the bundle.
-EVEN8 = {"community_searches": 8}
 # Louvain at 10 communities, then the most spread split in two until 20
 # (`--coarse-communities 10`): one resolution for the whole graph spent communities on big,
 # pure groups (three for trousers) while mixed ones stayed whole; on saved features the
@@ -100,7 +96,7 @@ def recipes(quick: bool) -> list[Recipe]:
             Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-whiten25-consensus8",
                    latent=10,
                    extra={**GRAPH20, **HOG, **SPLIT10, "graph_whitening": 0.25,
-                          "community_searches": 8, "community_choice": "consensus"},
+                          "community_searches": 8},
                    **CONTRASTIVE_E30)]  # type: ignore[arg-type]
     if quick:
         return main
@@ -145,11 +141,6 @@ def recipes(quick: bool) -> list[Recipe]:
         Recipe("contrastive-crop1-relight-hog-graph20-e30", latent=10,
                extra={**GRAPH20, **HOG},
                **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The preset's recipe keeping the most even of 8 Louvain searches: does picking
-        # among partitions by their sizes (no label) move the K = 20 figure?
-        Recipe("contrastive-crop1-relight-hog-graph20-e30-even8", latent=10,
-               extra={**GRAPH20, **HOG, **EVEN8},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
         # The preset's recipe with the 20 communities split from 10 by spread.
         Recipe("contrastive-crop1-relight-hog-graph20-e30-split10", latent=10,
                extra={**GRAPH20, **HOG, **SPLIT10},
@@ -159,12 +150,6 @@ def recipes(quick: bool) -> list[Recipe]:
         Recipe("contrastive-crop1-relight-hog-graph20-e45", latent=10,
                extra={**GRAPH20, **HOG},
                **CONTRASTIVE_E45),  # type: ignore[arg-type]
-        # The split from 10, its coarse partition the most even of 8 Louvain searches (the
-        # hope: an even 10 gives no class two communities, leaving the split the other 10).
-        # Measured: below the split alone; the 8 searches barely differ in evenness at 10.
-        Recipe("contrastive-crop1-relight-hog-graph20-e30-even8-split10", latent=10,
-               extra={**GRAPH20, **HOG, **EVEN8, **SPLIT10},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
         # The recommended K = 20 preset with twice the learning rate (`--learning-rate 2e-3`,
         # which the head and decoder use too): the cosine decay's loss suggested that the
         # backbone's features group better the less its weights settle. Measured: 0.7997 ±
@@ -184,26 +169,13 @@ def recipes(quick: bool) -> list[Recipe]:
         Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-whiten25", latent=10,
                extra={**GRAPH20, **HOG, **SPLIT10, "graph_whitening": 0.25},
                **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The whitened row keeping the most stable of 8 whole partition searches
-        # (`--community-searches 8 --community-choice stable`): on saved features of seeds 0-2
-        # the most stable of 8 of 16 runs averaged +0.0016 (whitened) and +0.0031 (shipped)
-        # over one run, on the training images (README). Through the bundle 0.7913 ± 0.0117
-        # against 0.7981 ± 0.0096 with one search (seed 1 -0.024): no gain.
-        Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-whiten25-stable8", latent=10,
-               extra={**GRAPH20, **HOG, **SPLIT10, "graph_whitening": 0.25,
-                      "community_searches": 8, "community_choice": "stable"},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
         # The whitened row with the partition step rerun on the consensus of 8 whole searches
-        # (`--community-searches 8 --community-choice consensus`): each edge of the graph
+        # (`--community-searches 8`): each edge of the graph
         # reweighted by the share of the searches that keep it inside a community. On saved
         # features of seeds 0-2 (training images) +0.006 over the whitened searches' mean,
         # +0.0005 on the shipped graph (README).
         # `--preset contrastive-graph20-consensus`, the recommended K = 20 recipe.
         main[2],
-        # The 45-epoch row keeping the most even of 8 Louvain searches.
-        Recipe("contrastive-crop1-relight-hog-graph20-e45-even8", latent=10,
-               extra={**GRAPH20, **HOG, **EVEN8},
-               **CONTRASTIVE_E45),  # type: ignore[arg-type]
         # The same recipes, unchanged, on digits (the `make run` data).
         Recipe("digits-conv-mse-latent10", dataset="digits", latent=10),
         Recipe("digits-contrastive-latent10", dataset="digits", latent=10,

@@ -147,8 +147,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                       "view_relight": True, "graph_communities": 20,
                                       "coarse_communities": 10, "hog_weight": 0.5,
                                       "graph_whitening": 0.25, "community_searches": 8,
-                                      "community_choice": "consensus", "epochs": 30,
-                                      "clusters": 20},
+                                      "epochs": 30, "clusters": 20},
 }
 
 
@@ -240,20 +239,13 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                      help="embed as the probabilities of N Louvain communities of the features' "
                           "neighbour graph, learnt by a softmax head (0: off, the default); "
                           "better groups at --clusters near N (README, Clustering quality)")
-    rec.add_argument("--community-searches", type=_positive_int, default=1, metavar="N",
-                     help="independent Louvain searches for the --graph-communities partition; "
-                          "the one with the most even community sizes is kept (default 1; "
-                          "about 10 s per search on 60,000 images; no reliable gain measured, "
-                          "README)")
-    rec.add_argument("--community-choice", choices=("even", "stable", "consensus"),
-                     default="even",
-                     help="how to choose among the --community-searches: even keeps the most "
-                          "even community sizes (of the coarse search with "
-                          "--coarse-communities); stable reruns the whole partition step, "
-                          "splits included, per search and keeps the partition most like the "
-                          "others (mean adjusted Rand index); consensus reweights the graph's "
-                          "edges by how often those searches keep them inside a community and "
-                          "runs the step once more on it (README, Clustering quality)")
+    rec.add_argument("--community-searches", type=_positive_int, default=1, metavar="S",
+                     help="run the --graph-communities partition step (with "
+                          "--coarse-communities, the coarse search and all its splits) S times "
+                          "from different seeds, reweight the neighbour graph's edges by how "
+                          "often those searches keep them inside a community, and run the step "
+                          "once more on that graph (1: one search, no consensus; a search "
+                          "takes about 10 s on 60,000 images; README, Clustering quality)")
     rec.add_argument("--coarse-communities", type=_graph_communities, default=0, metavar="C",
                      help="find C Louvain communities first, then split the most spread "
                           "(largest within-community sum of squared distances) in two until "
@@ -391,7 +383,6 @@ def _train(args: argparse.Namespace) -> int:
                           joint_embedding=args.joint_embedding,
                           graph_communities=args.graph_communities,
                           community_searches=args.community_searches,
-                          community_choice=args.community_choice,
                           coarse_communities=args.coarse_communities,
                           hog_weight=args.hog_weight,
                           graph_whitening=args.graph_whitening,

@@ -180,7 +180,6 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
     """
     count = config.graph_communities
     adjacency = communities.knn_adjacency(indices)
-    stabilities: list[float] | None = None
     consensus: float | None = None
 
     def search(graph: communities.sp.csr_matrix, search_seed: int) -> communities.Partition:
@@ -191,20 +190,11 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
                                                  seed=search_seed)
         return communities.split_communities(graph, features, coarse, count, seed=search_seed)
 
-    if config.community_choice == "stable":
-        partition, stabilities = communities.most_stable_partition(
-            lambda search_seed: search(adjacency, search_seed), config.community_searches,
-            seed=seed)
-    elif config.community_choice == "consensus":
+    if config.community_searches > 1:
         partition, consensus = communities.consensus_partition(
             search, adjacency, config.community_searches, seed=seed)
-    elif config.coarse_communities:
-        coarse = communities.most_even_communities(adjacency, config.coarse_communities,
-                                                   seed=seed, searches=config.community_searches)
-        partition = communities.split_communities(adjacency, features, coarse, count, seed=seed)
     else:
-        partition = communities.most_even_communities(adjacency, count, seed=seed,
-                                                      searches=config.community_searches)
+        partition = search(adjacency, seed)
     keras.utils.set_random_seed(config.seed)
     head = keras.Sequential(
         [keras.Input((features.shape[1],)),
@@ -219,9 +209,6 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
     logger.info("community head: predicts the community of %.1f %% of the training images",
                 100 * agreement)
     summary = {**partition.summary(), "searches": config.community_searches,
-               "choice": config.community_choice,
-               "stabilities": (None if stabilities is None
-                               else [round(v, 6) for v in stabilities]),
                "consensus_agreement": None if consensus is None else round(consensus, 6),
                "graph_points": len(features), "neighbors": int(indices.shape[1]),
                "head_agreement": round(agreement, 6)}

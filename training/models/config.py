@@ -12,8 +12,6 @@ from training.losses import LossKind
 from training.models.neighborhood import HeadConfig
 
 ModelKind = Literal["dense", "conv", "vae", "contrastive"]
-# How the contrastive recipe chooses among several community searches.
-CommunityChoice = Literal["even", "stable", "consensus"]
 
 
 @dataclass(frozen=True)
@@ -42,12 +40,11 @@ class ModelConfig:
     ``latent_dim`` numbers alone. With ``graph_communities`` N >= 2 the head and the joint
     embedding give way to a community head: the Louvain communities of the features' neighbour
     graph, N of them, are learnt by a softmax head whose N probabilities are the embedding
-    (:mod:`training.communities`; better groups at K around N, see README); of
-    ``community_searches`` independent Louvain searches the one with the most even community
-    sizes is kept, or with ``community_choice`` "stable" the one most like the others (mean
-    adjusted Rand index; each search then runs the whole partition step, the coarse search and
-    its splits included), or with "consensus" none: the step runs once more on the graph's
-    edges reweighted by how often the searches keep them inside a community. With
+    (:mod:`training.communities`; better groups at K around N, see README). With
+    ``community_searches`` S >= 2 the partition step (Louvain at N, or the coarse search and
+    its splits) runs S times from different seeds, and once more on the graph's edges
+    reweighted by how often those searches keep them inside a community
+    (:func:`training.communities.consensus_partition`); with 1, the default, it runs once. With
     ``coarse_communities`` C (2 <= C < N) Louvain finds C communities and the most spread of
     them are split in two until there are N (:func:`training.communities.split_communities`).
     With ``hog_weight`` w > 0 the graph and the head see the unit backbone features joined
@@ -76,7 +73,6 @@ class ModelConfig:
     joint_embedding: bool = True
     graph_communities: int = 0
     community_searches: int = 1
-    community_choice: CommunityChoice = "even"
     coarse_communities: int = 0
     hog_weight: float = 0.0
     graph_whitening: float = 0.0
@@ -144,15 +140,6 @@ class ModelConfig:
             raise ConfigError(f"coarse_communities ({self.coarse_communities}) must be fewer "
                               f"than graph_communities ({self.graph_communities}), which "
                               "they are split into")
-        if self.community_choice not in get_args(CommunityChoice):
-            raise ConfigError(f"unknown community_choice {self.community_choice!r}: choose "
-                              "'even', 'stable' or 'consensus'")
-        several = {"stable": "keeps the partition most like the others",
-                   "consensus": "reruns the partition step on what several searches agree on"}
-        if self.community_choice in several and self.community_searches < 2:
-            raise ConfigError(f"community_choice {self.community_choice!r} "
-                              f"{several[self.community_choice]}: it needs community_searches "
-                              f">= 2, got {self.community_searches}")
         if not _is_real(self.temperature) or not 0 < self.temperature < float("inf"):
             raise ConfigError(f"temperature must be a number > 0, got {self.temperature!r}")
         if not _is_real(self.min_crop) or not 0 < self.min_crop <= 1:
