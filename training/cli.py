@@ -128,21 +128,13 @@ def _add_data_options(parser: argparse.ArgumentParser, *, for_training: bool) ->
 # Named recipes for `train --preset NAME`: each sets these options' defaults, so any option
 # given on the command line still wins. Keys are the argparse destinations.
 PRESETS: dict[str, dict[str, Any]] = {
-    # The best recipe measured for about 20 groups on Fashion-MNIST (README, "Clustering
-    # quality": the contrastive-crop1-relight-hog-graph20-e30 row).
-    "contrastive-graph20": {"model": "contrastive", "min_crop": 1.0, "view_relight": True,
-                            "graph_communities": 20, "hog_weight": 0.5, "epochs": 30,
-                            "clusters": 20},
-    # The same with Louvain at 10 communities, the most spread split in two until 20 (the
-    # ...-split10 row): +0.007 on the mean of the protocol's three seeds and +0.011 over six
-    # seeds, up on every one of the six (README, "A second preset").
-    "contrastive-graph20-split": {"model": "contrastive", "min_crop": 1.0, "view_relight": True,
-                                  "graph_communities": 20, "coarse_communities": 10,
-                                  "hog_weight": 0.5, "epochs": 30, "clusters": 20},
-    # The split preset with both parts of the graph features partially whitened and the
-    # partition step rerun on the consensus of 8 whole searches (the ...-whiten25-consensus8
-    # row): the first recipe at majority >= 0.80 on each of the protocol's three seeds
-    # (README, "A consensus of 8 searches"); chosen on training-image probes before that run.
+    # The recommended recipe for about 20 groups on Fashion-MNIST (README, "Clustering
+    # quality": the contrastive-crop1-relight-hog-graph20-e30-split10-whiten25-consensus8
+    # row): whole-image views with a second light change, 30 backbone epochs, the pixels'
+    # edge-direction histograms beside the features, both parts partially whitened, Louvain
+    # at 10 communities with the most spread split in two until 20, and that partition step
+    # rerun on the consensus of 8 whole searches. The first recipe at majority >= 0.80 on
+    # each of the protocol's three seeds (README, "A consensus of 8 searches").
     "contrastive-graph20-consensus": {"model": "contrastive", "min_crop": 1.0,
                                       "view_relight": True, "graph_communities": 20,
                                       "coarse_communities": 10, "hog_weight": 0.5,

@@ -612,21 +612,24 @@ def _preset(name: str, *options: str) -> argparse.Namespace:
 
 def test_preset_sets_defaults_and_explicit_options_win(
         capsys: pytest.CaptureFixture[str]) -> None:
-    args = _preset("contrastive-graph20")
+    args = _preset("contrastive-graph20-consensus")
     assert (args.model, args.min_crop, args.view_relight, args.view_flip) == (
         "contrastive", 1.0, True, True)
-    assert (args.graph_communities, args.hog_weight, args.epochs, args.clusters) == (
-        20, 0.5, 30, 20)
-    mine = _preset("contrastive-graph20", "--epochs", "5", "--clusters", "25")
+    assert (args.graph_communities, args.coarse_communities, args.hog_weight) == (20, 10, 0.5)
+    assert (args.graph_whitening, args.community_searches) == (0.25, 8)
+    assert (args.epochs, args.clusters) == (30, 20)
+    mine = _preset("contrastive-graph20-consensus", "--epochs", "5", "--clusters", "25",
+                   "--coarse-communities", "0", "--community-searches", "1")
     assert (mine.epochs, mine.clusters, mine.graph_communities) == (5, 25, 20)
-    # The help names the options the preset stands for, and each is a real option.
-    words = preset_options("contrastive-graph20")
+    assert (mine.coarse_communities, mine.community_searches) == (0, 1)  # 0 turns the split off
+    # The help names the options the preset stands for, and each is a real option that
+    # parses to the same settings.
+    words = preset_options("contrastive-graph20-consensus")
     assert words == ("--model contrastive --min-crop 1.0 --view-relight --graph-communities 20 "
-                     "--hog-weight 0.5 --epochs 30 --clusters 20")
+                     "--coarse-communities 10 --hog-weight 0.5 --graph-whitening 0.25 "
+                     "--community-searches 8 --epochs 30 --clusters 20")
     spelled = build_parser().parse_args(["train", *words.split(), "--out", "x/m/1"])
-    assert all(getattr(spelled, key) == getattr(args, key)
-               for key in ("model", "min_crop", "view_relight", "graph_communities", "hog_weight",
-                           "epochs", "clusters"))
+    assert all(getattr(spelled, key) == getattr(args, key) for key in vars(args) if key != "preset")
     # Without a preset nothing changes.
     plain = build_parser().parse_args(["train", "--out", "x/m/1"])
     assert (plain.preset, plain.model, plain.hog_weight, plain.clusters) == (None, "conv", 0.0, 10)
@@ -636,44 +639,9 @@ def test_preset_sets_defaults_and_explicit_options_win(
     assert "invalid choice: 'best'" in capsys.readouterr().err
 
 
-def test_split_preset_is_the_graph20_preset_split_from_10() -> None:
-    assert preset_options("contrastive-graph20-split") == (
-        "--model contrastive --min-crop 1.0 --view-relight --graph-communities 20 "
-        "--coarse-communities 10 --hog-weight 0.5 --epochs 30 --clusters 20")
-    split = _preset("contrastive-graph20-split")
-    one = _preset("contrastive-graph20")
-    differ = {key for key in vars(split) if getattr(split, key) != getattr(one, key)}
-    assert differ == {"preset", "coarse_communities"}
-    assert (split.coarse_communities, one.coarse_communities) == (10, 0)
-    # An explicit option still wins: 0 turns the split off.
-    off = _preset("contrastive-graph20-split", "--coarse-communities", "0")
-    assert off.coarse_communities == 0
-
-
-def test_consensus_preset_is_the_split_preset_whitened_on_a_consensus_of_8() -> None:
-    assert preset_options("contrastive-graph20-consensus") == (
-        "--model contrastive --min-crop 1.0 --view-relight --graph-communities 20 "
-        "--coarse-communities 10 --hog-weight 0.5 --graph-whitening 0.25 "
-        "--community-searches 8 --epochs 30 --clusters 20")
-    consensus = _preset("contrastive-graph20-consensus")
-    split = _preset("contrastive-graph20-split")
-    differ = {key for key in vars(consensus)
-              if getattr(consensus, key) != getattr(split, key)}
-    assert differ == {"preset", "graph_whitening", "community_searches"}
-    assert (consensus.graph_whitening, consensus.community_searches) == (0.25, 8)
-    # Every word of the preset is a real option that parses to the same settings.
-    spelled = build_parser().parse_args(
-        ["train", *preset_options("contrastive-graph20-consensus").split(), "--out", "x/m/1"])
-    assert all(getattr(spelled, key) == getattr(consensus, key)
-               for key in vars(consensus) if key != "preset")
-
-
-@pytest.mark.parametrize(("preset", "coarse"), [("contrastive-graph20", None),
-                                                ("contrastive-graph20-split", 10),
-                                                ("contrastive-graph20-consensus", 10)])
-def test_preset_trains_its_recipe_end_to_end(preset: str, coarse: int | None, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str],
+def test_preset_trains_its_recipe_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                              caplog: pytest.LogCaptureFixture) -> None:
+    preset = "contrastive-graph20-consensus"
     out = tmp_path / "m" / "1"
     with caplog.at_level(logging.INFO):
         code, _, err = _run(["train", "--dataset", "digits", "--preset", preset,
@@ -686,17 +654,14 @@ def test_preset_trains_its_recipe_end_to_end(preset: str, coarse: int | None, tm
     assert manifest.training.model_kind == "contrastive" and manifest.n_clusters == 20
     assert (hp["graph_communities"], hp["hog_weight"], hp["min_crop"], hp["view_relight"]) == (
         20, 0.5, 1.0, True)
-    assert hp["coarse_communities"] == (coarse or 0)
+    assert (hp["coarse_communities"], hp["graph_whitening"], hp["community_searches"]) == (
+        10, 0.25, 8)
     assert manifest.latent_dim == 20 and manifest.training.epochs == 1
     report = json.loads((out / "report" / "communities.json").read_text())
-    assert (report["coarse_count"], report["count"]) == (coarse, 20)
-    consensus = preset == "contrastive-graph20-consensus"
-    # The consensus preset runs the whole step 8 times, then once more on the consensus.
-    assert caplog.text.count("communities: split community ") == (
-        (20 - coarse) * (9 if consensus else 1) if coarse else 0)
-    assert report["searches"] == (8 if consensus else 1)
-    assert (report["consensus_agreement"] is not None) == consensus
-    assert hp["graph_whitening"] == (0.25 if consensus else 0.0)
+    assert (report["coarse_count"], report["count"], report["searches"]) == (10, 20, 8)
+    assert report["consensus_agreement"] is not None
+    # The whole step runs 8 times, then once more on the consensus: 10 splits each time.
+    assert caplog.text.count("communities: split community ") == 10 * 9
 
 
 def test_coarse_communities_as_many_as_the_graph_exits_2(
@@ -790,3 +755,14 @@ def test_retired_options_are_refused(args: list[str], tmp_path: Path,
     assert f"unrecognized arguments: {' '.join(args)}" in capsys.readouterr().err
     with pytest.raises(TypeError, match="unexpected keyword argument"):
         ModelConfig(kind="contrastive", **{args[0].removeprefix("--").replace("-", "_"): args[1]})
+
+
+@pytest.mark.parametrize("preset", ["contrastive-graph20", "contrastive-graph20-split"])
+def test_retired_presets_are_refused(preset: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # Both superseded by contrastive-graph20-consensus, which the error names.
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--preset", preset, "--out", str(tmp_path / "m" / "1")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"invalid choice: '{preset}'" in err and "contrastive-graph20-consensus" in err
