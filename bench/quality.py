@@ -78,36 +78,36 @@ NO_FLIP = {"view_flip": False}
 # The graph and head also see the pixels' edge-direction histograms at half weight
 # (`--hog-weight 0.5`): the outline detail the backbone's views wash out.
 HOG = {"hog_weight": 0.5}
-# Of 8 independent Louvain searches, the one with the most even community sizes
-# (`--community-searches 8`): on saved features more even partitions held more majority
-# labels; these rows measure whether that survives the bundle.
-EVEN8 = {"community_searches": 8}
 # Louvain at 10 communities, then the most spread split in two until 20
 # (`--coarse-communities 10`): one resolution for the whole graph spent communities on big,
 # pure groups (three for trousers) while mixed ones stayed whole; on saved features the
 # split partitions held more majority labels (+0.006 over 12 runs).
 SPLIT10 = {"coarse_communities": 10}
-# The backbone trained with VICReg instead of NT-Xent (`--backbone-loss vicreg`): purer
-# neighbourhoods on saved features (purity@15 +0.005 at 15 epochs); do they carry through?
-VICREG = {"backbone_loss": "vicreg"}
-# The backbone's learning rate decayed to 0 along a cosine over its epochs
-# (`--backbone-schedule cosine`) instead of held at 1e-3: the schedule SimCLR trains with.
-COSINE = {"backbone_schedule": "cosine"}
 # The contrastive recipe with its backbone trained twice as long (`--epochs 30`).
 CONTRASTIVE_E30 = {**CONTRASTIVE, "epochs": 30}
 # Three times as long (`--epochs 45`): near the 20-minute budget on this machine.
 CONTRASTIVE_E45 = {**CONTRASTIVE, "epochs": 45}
 
 
+def preset_recipe(name: str, preset: str) -> Recipe:
+    """The row of `train --preset PRESET`, with the settings training/cli.py declares for it.
+
+    The preset's ``clusters`` is left out: the protocol fits K = 10 and K = 20 itself.
+    """
+    from training.cli import PRESETS
+
+    settings = dict(PRESETS[preset])
+    del settings["clusters"]
+    return Recipe(name, model=settings.pop("model"), epochs=settings.pop("epochs"),
+                  batch_size=CONTRASTIVE["batch_size"], extra=settings)  # type: ignore[arg-type]
+
+
 def recipes(quick: bool) -> list[Recipe]:
     main = [Recipe("conv-mse-latent10", latent=10),
             Recipe("contrastive-latent10", latent=10, **CONTRASTIVE),  # type: ignore[arg-type]
-            # The K = 20 recipe (`--preset contrastive-graph20-consensus`).
-            Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-whiten25-consensus8",
-                   latent=10,
-                   extra={**GRAPH20, **HOG, **SPLIT10, "graph_whitening": 0.25,
-                          "community_searches": 8, "community_choice": "consensus"},
-                   **CONTRASTIVE_E30)]  # type: ignore[arg-type]
+            # The K = 20 recipe: the split10-whiten25 row below on the consensus of 8 searches.
+            preset_recipe("contrastive-crop1-relight-hog-graph20-e30-split10-whiten25-consensus8",
+                          "contrastive-graph20-consensus")]
     if quick:
         return main
     return [
@@ -121,13 +121,9 @@ def recipes(quick: bool) -> list[Recipe]:
         # The default without mirrored views: does the K=10 default gain from them?
         Recipe("contrastive-noflip-latent10", latent=10, extra=NO_FLIP,
                **CONTRASTIVE),  # type: ignore[arg-type]
-        # The K=10 default with a VICReg backbone: its joint embedding carries VICReg's
-        # 512-number projector output instead of NT-Xent's 128.
-        Recipe("contrastive-vicreg-latent10", latent=10, extra=VICREG,
-               **CONTRASTIVE),  # type: ignore[arg-type]
         Recipe("contrastive-headonly-latent10", latent=10, extra=HEAD_ONLY,
                **CONTRASTIVE),  # type: ignore[arg-type]
-        # Better neighbourhoods, worse K=10 groups (README, "What was tried"): kept as a row
+        # Better neighbourhoods, worse K=10 groups (docs/quality.md): kept as a row
         # so the trade stays measured through the exported bundle.
         Recipe("contrastive-headonly-crop1-relight-latent10", latent=10,
                extra={**HEAD_ONLY, **CROP1_RELIGHT},
@@ -151,97 +147,47 @@ def recipes(quick: bool) -> list[Recipe]:
         Recipe("contrastive-crop1-relight-noflip-graph20-e30", latent=10,
                extra={**GRAPH20, **NO_FLIP},
                **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The same with the pixels' edge-direction histograms in the graph and the head.
+        # The same with the pixels' edge-direction histograms in the graph and the head (the
+        # contrastive-graph20 preset until issue 40).
         Recipe("contrastive-crop1-relight-hog-graph20-e30", latent=10,
                extra={**GRAPH20, **HOG},
                **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The preset's recipe keeping the most even of 8 Louvain searches: does picking
-        # among partitions by their sizes (no label) move the K = 20 figure?
-        Recipe("contrastive-crop1-relight-hog-graph20-e30-even8", latent=10,
-               extra={**GRAPH20, **HOG, **EVEN8},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The preset's recipe with the 20 communities split from 10 by spread.
+        # The same with the 20 communities split from 10 by spread (the
+        # contrastive-graph20-split preset until issue 40).
         Recipe("contrastive-crop1-relight-hog-graph20-e30-split10", latent=10,
                extra={**GRAPH20, **HOG, **SPLIT10},
                **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The preset's recipe with a VICReg backbone: the same epochs, views and graph.
-        Recipe("contrastive-vicreg-crop1-relight-hog-graph20-e30", latent=10,
-               extra={**GRAPH20, **HOG, **VICREG},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The VICReg backbone keeping the most even of 8 Louvain searches: its single
-        # searches gave the least even partitions measured (smallest communities 159-539).
-        Recipe("contrastive-vicreg-crop1-relight-hog-graph20-e30-even8", latent=10,
-               extra={**GRAPH20, **HOG, **VICREG, **EVEN8},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The preset's recipe with the backbone trained 45 epochs: do the histograms' graph
-        # communities gain from still better features?
+        # The hog-graph20-e30 row with the backbone trained 45 epochs: do the histograms'
+        # graph communities gain from still better features?
         Recipe("contrastive-crop1-relight-hog-graph20-e45", latent=10,
                extra={**GRAPH20, **HOG},
                **CONTRASTIVE_E45),  # type: ignore[arg-type]
-        # The VICReg backbone with the 20 communities split from 10 by spread: on saved
-        # features the split gained most there (+0.01 to +0.04 over four runs).
-        Recipe("contrastive-vicreg-crop1-relight-hog-graph20-e30-split10", latent=10,
-               extra={**GRAPH20, **HOG, **VICREG, **SPLIT10},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The split from 10, its coarse partition the most even of 8 Louvain searches (the
-        # hope: an even 10 gives no class two communities, leaving the split the other 10).
-        # Measured: below the split alone; the 8 searches barely differ in evenness at 10.
-        Recipe("contrastive-crop1-relight-hog-graph20-e30-even8-split10", latent=10,
-               extra={**GRAPH20, **HOG, **EVEN8, **SPLIT10},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The recommended K = 20 preset (split from 10) with the backbone's learning rate
-        # cosine-decayed: a constant 1e-3 leaves the last epochs' weights noisy. Measured:
-        # lower on every seed (-0.015 to -0.018).
-        Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-cosine", latent=10,
-               extra={**GRAPH20, **HOG, **SPLIT10, **COSINE},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The recommended K = 20 preset with twice the learning rate (`--learning-rate 2e-3`,
+        # The split10 row with twice the learning rate (`--learning-rate 2e-3`,
         # which the head and decoder use too): the cosine decay's loss suggested that the
         # backbone's features group better the less its weights settle. Measured: 0.7997 ±
-        # 0.0136 on seeds 0-2, six seeds three up and three down against 1e-3 (README).
+        # 0.0136 on seeds 0-2, six seeds three up and three down against 1e-3 (docs/quality.md).
         Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-lr2e-3", latent=10,
                extra={**GRAPH20, **HOG, **SPLIT10, "learning_rate": 2e-3},
                **CONTRASTIVE_E30),  # type: ignore[arg-type]
         # The rate doubled once more (`--learning-rate 4e-3`): does the trend go on? Measured:
-        # 0.7864 ± 0.0042, below 2e-3 on every seed; no trend (README).
+        # 0.7864 ± 0.0042, below 2e-3 on every seed; no trend (docs/quality.md).
         Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-lr4e-3", latent=10,
                extra={**GRAPH20, **HOG, **SPLIT10, "learning_rate": 4e-3},
                **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # SCAN's self-labelling after the recommended preset's community head
-        # (`--self-label-epochs 5`): backbone, histograms and head trained 5 epochs more to
-        # give each image's community from its views. On saved 15-epoch features it raised
-        # held-out majority by 0.002-0.004; through the bundle 0.7957 ± 0.0060 against the
-        # preset's 0.7955 ± 0.0071: no gain (README).
-        Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-selflabel5", latent=10,
-               extra={**GRAPH20, **HOG, **SPLIT10, "self_label_epochs": 5},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The recommended preset with both parts of the graph features partially whitened
+        # The split10 row with both parts of the graph features partially whitened
         # (`--graph-whitening 0.25`): on saved features of seeds 0-2, purity@15 +0.007 on every
         # seed and Louvain majority on the training images +0.004 over 18 runs; through the
-        # bundle 0.7981 ± 0.0096 against 0.7955 ± 0.0071, inside the spread (README).
+        # bundle 0.7981 ± 0.0096 against 0.7955 ± 0.0071, inside the spread (docs/quality.md).
         Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-whiten25", latent=10,
                extra={**GRAPH20, **HOG, **SPLIT10, "graph_whitening": 0.25},
                **CONTRASTIVE_E30),  # type: ignore[arg-type]
-        # The whitened row keeping the most stable of 8 whole partition searches
-        # (`--community-searches 8 --community-choice stable`): on saved features of seeds 0-2
-        # the most stable of 8 of 16 runs averaged +0.0016 (whitened) and +0.0031 (shipped)
-        # over one run, on the training images (README). Through the bundle 0.7913 ± 0.0117
-        # against 0.7981 ± 0.0096 with one search (seed 1 -0.024): no gain.
-        Recipe("contrastive-crop1-relight-hog-graph20-e30-split10-whiten25-stable8", latent=10,
-               extra={**GRAPH20, **HOG, **SPLIT10, "graph_whitening": 0.25,
-                      "community_searches": 8, "community_choice": "stable"},
-               **CONTRASTIVE_E30),  # type: ignore[arg-type]
         # The whitened row with the partition step rerun on the consensus of 8 whole searches
-        # (`--community-searches 8 --community-choice consensus`): each edge of the graph
-        # reweighted by the share of the searches that keep it inside a community. On saved
-        # features of seeds 0-2 (training images) +0.006 over the whitened searches' mean,
-        # +0.0005 on the shipped graph (README).
-        # `--preset contrastive-graph20-consensus`, the recommended K = 20 recipe.
+        # (`--community-searches 8`): each edge of the graph reweighted by the share of the
+        # searches that keep it inside a community. On saved features of seeds 0-2 (training
+        # images) +0.006 over the whitened searches' mean, +0.0005 on the shipped graph
+        # (docs/quality.md). `--preset contrastive-graph20-consensus`, the recommended K = 20
+        # recipe.
         main[2],
-        # The 45-epoch row keeping the most even of 8 Louvain searches.
-        Recipe("contrastive-crop1-relight-hog-graph20-e45-even8", latent=10,
-               extra={**GRAPH20, **HOG, **EVEN8},
-               **CONTRASTIVE_E45),  # type: ignore[arg-type]
         # The same recipes, unchanged, on digits (the `make run` data).
         Recipe("digits-conv-mse-latent10", dataset="digits", latent=10),
         Recipe("digits-contrastive-latent10", dataset="digits", latent=10,
@@ -343,6 +289,28 @@ def markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# Rows measured with options since retired (CHANGELOG, "Removed (issue 40)"): they cannot
+# be run again, but their saved runs stay in the full table (after the live rows).
+RETIRED_ROWS = (
+    "contrastive-vicreg-latent10",
+    "contrastive-vicreg-crop1-relight-hog-graph20-e30",
+    "contrastive-vicreg-crop1-relight-hog-graph20-e30-even8",
+    "contrastive-vicreg-crop1-relight-hog-graph20-e30-split10",
+    "contrastive-crop1-relight-hog-graph20-e30-even8",
+    "contrastive-crop1-relight-hog-graph20-e45-even8",
+    "contrastive-crop1-relight-hog-graph20-e30-even8-split10",
+    "contrastive-crop1-relight-hog-graph20-e30-split10-cosine",
+    "contrastive-crop1-relight-hog-graph20-e30-split10-selflabel5",
+    "contrastive-crop1-relight-hog-graph20-e30-split10-whiten25-stable8",
+)
+
+
+def retired_runs(runs: Path, seeds: list[int]) -> list[dict[str, Any]]:
+    """The saved runs of RETIRED_ROWS for ``seeds`` (whichever of them were saved)."""
+    return [json.loads(path.read_text()) for name in RETIRED_ROWS for seed in seeds
+            if (path := runs / f"{name}-s{seed}.json").exists()]
+
+
 def run_file(runs: Path, recipe: Recipe, seed: int) -> Path:
     return runs / f"{recipe.name}-s{seed}.json"
 
@@ -385,10 +353,12 @@ def main() -> int:
             rows.append(run_one(recipe, seed, args.work))
             write_text_atomic(saved, json.dumps(rows[-1], indent=2) + "\n")
             logger.info("%s", json.dumps(rows[-1]))
-    table = summarise(rows)
     # Only the whole benchmark writes quality.*; a subset of rows or seeds must not
     # overwrite the full table.
     partial = args.recipes is not None or sorted(seeds) != parser.get_default("seeds")
+    if not args.quick and not partial:
+        rows += retired_runs(runs, seeds)
+    table = summarise(rows)
     suffix = "-quick" if args.quick else ("-partial" if partial else "")
     write_text_atomic(args.out / f"quality{suffix}.json",
            json.dumps({"rows": rows, "summary": table}, indent=2) + "\n")

@@ -128,27 +128,18 @@ def _add_data_options(parser: argparse.ArgumentParser, *, for_training: bool) ->
 # Named recipes for `train --preset NAME`: each sets these options' defaults, so any option
 # given on the command line still wins. Keys are the argparse destinations.
 PRESETS: dict[str, dict[str, Any]] = {
-    # The best recipe measured for about 20 groups on Fashion-MNIST (README, "Clustering
-    # quality": the contrastive-crop1-relight-hog-graph20-e30 row).
-    "contrastive-graph20": {"model": "contrastive", "min_crop": 1.0, "view_relight": True,
-                            "graph_communities": 20, "hog_weight": 0.5, "epochs": 30,
-                            "clusters": 20},
-    # The same with Louvain at 10 communities, the most spread split in two until 20 (the
-    # ...-split10 row): +0.007 on the mean of the protocol's three seeds and +0.011 over six
-    # seeds, up on every one of the six (README, "A second preset").
-    "contrastive-graph20-split": {"model": "contrastive", "min_crop": 1.0, "view_relight": True,
-                                  "graph_communities": 20, "coarse_communities": 10,
-                                  "hog_weight": 0.5, "epochs": 30, "clusters": 20},
-    # The split preset with both parts of the graph features partially whitened and the
-    # partition step rerun on the consensus of 8 whole searches (the ...-whiten25-consensus8
-    # row): the first recipe at majority >= 0.80 on each of the protocol's three seeds
-    # (README, "A consensus of 8 searches"); chosen on training-image probes before that run.
+    # The recommended recipe for about 20 groups on Fashion-MNIST (docs/quality.md: the
+    # contrastive-crop1-relight-hog-graph20-e30-split10-whiten25-consensus8
+    # row): whole-image views with a second light change, 30 backbone epochs, the pixels'
+    # edge-direction histograms beside the features, both parts partially whitened, Louvain
+    # at 10 communities with the most spread split in two until 20, and that partition step
+    # rerun on the consensus of 8 whole searches. The first recipe at majority >= 0.80 on
+    # each of the protocol's three seeds (docs/quality.md).
     "contrastive-graph20-consensus": {"model": "contrastive", "min_crop": 1.0,
                                       "view_relight": True, "graph_communities": 20,
                                       "coarse_communities": 10, "hog_weight": 0.5,
                                       "graph_whitening": 0.25, "community_searches": 8,
-                                      "community_choice": "consensus", "epochs": 30,
-                                      "clusters": 20},
+                                      "epochs": 30, "clusters": 20},
 }
 
 
@@ -222,15 +213,6 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                      help="deterministic TensorFlow kernels: the same seed, data and hardware "
                           "give the same bundle bit for bit (slower, most on GPUs)")
     rec = train.add_argument_group("contrastive recipe (--model contrastive)")
-    rec.add_argument("--backbone-loss", choices=("nt-xent", "vicreg"), default="nt-xent",
-                     help="the backbone's self-supervised loss: SimCLR's NT-Xent (default) or "
-                          "VICReg (no negatives; a 512-512 projector; about the same time per "
-                          "epoch; with the K=10 joint embedding it measured worse, so pair it "
-                          "with --no-joint-embedding or --graph-communities)")
-    rec.add_argument("--backbone-schedule", choices=("constant", "cosine"), default="constant",
-                     help="the backbone's learning rate: held at --learning-rate (default), or "
-                          "decayed to 0 along a half cosine over its epochs (measured worse on "
-                          "Fashion-MNIST's K=20 preset: README)")
     rec.add_argument("--temperature", type=_number(float, lambda v: v > 0, "expected > 0"),
                      default=0.5, help="NT-Xent temperature")
     rec.add_argument("--min-crop", type=_number(float, lambda v: 0 < v <= 1, "expected in (0, 1]"),
@@ -243,35 +225,23 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                           "light invariance)")
     rec.add_argument("--joint-embedding", action=argparse.BooleanOptionalAction, default=True,
                      help="embed as the head's output joined with the unit-length "
-                          "projector output (latent + 128 numbers, + 512 with VICReg); "
+                          "projector output (latent + 128 numbers); "
                           "--no-joint-embedding: the head's latent numbers alone")
     rec.add_argument("--graph-communities", type=_graph_communities, default=0, metavar="N",
                      help="embed as the probabilities of N Louvain communities of the features' "
                           "neighbour graph, learnt by a softmax head (0: off, the default); "
-                          "better groups at --clusters near N (README, Clustering quality)")
-    rec.add_argument("--community-searches", type=_positive_int, default=1, metavar="N",
-                     help="independent Louvain searches for the --graph-communities partition; "
-                          "the one with the most even community sizes is kept (default 1; "
-                          "about 10 s per search on 60,000 images; no reliable gain measured, "
-                          "README)")
-    rec.add_argument("--community-choice", choices=("even", "stable", "consensus"),
-                     default="even",
-                     help="how to choose among the --community-searches: even keeps the most "
-                          "even community sizes (of the coarse search with "
-                          "--coarse-communities); stable reruns the whole partition step, "
-                          "splits included, per search and keeps the partition most like the "
-                          "others (mean adjusted Rand index); consensus reweights the graph's "
-                          "edges by how often those searches keep them inside a community and "
-                          "runs the step once more on it (README, Clustering quality)")
+                          "better groups at --clusters near N (docs/quality.md)")
+    rec.add_argument("--community-searches", type=_positive_int, default=1, metavar="S",
+                     help="run the --graph-communities partition step (with "
+                          "--coarse-communities, the coarse search and all its splits) S times "
+                          "from different seeds, reweight the neighbour graph's edges by how "
+                          "often those searches keep them inside a community, and run the step "
+                          "once more on that graph (1: one search, no consensus; a search "
+                          "takes about 10 s on 60,000 images; docs/quality.md)")
     rec.add_argument("--coarse-communities", type=_graph_communities, default=0, metavar="C",
                      help="find C Louvain communities first, then split the most spread "
                           "(largest within-community sum of squared distances) in two until "
-                          "there are --graph-communities (0: off, the default; README, "
-                          "Clustering quality)")
-    rec.add_argument("--self-label-epochs", type=_count, default=0, metavar="E",
-                     help="after the --graph-communities head, train the whole encoder E "
-                          "epochs more to give each image's community from random views "
-                          "(SCAN's self-labelling; 0: off, the default; README)")
+                          "there are --graph-communities (0: off, the default; docs/quality.md)")
     rec.add_argument("--hog-weight", type=_number(float, lambda v: 0 <= v < float("inf"),
                                                   "expected a number >= 0"),
                      default=0.0, metavar="W",
@@ -284,7 +254,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                      help="partially whiten the backbone features and the histograms the "
                           "neighbour graph and head see: principal axes scaled by "
                           "eigenvalue**-P, fitted on the training images, a fixed layer of "
-                          "the encoder (0: off, the default; 0.5: full whitening; README)")
+                          "the encoder (0: off, the default; 0.5: full whitening; docs/quality.md)")
     rec.add_argument("--backbone-filters", type=_filters, default=(32, 64, 128),
                      metavar="F1,F2,...",
                      help="filters of the backbone's 3x3 stride-2 convolutions, one level each "
@@ -398,17 +368,13 @@ def _train(args: argparse.Namespace) -> int:
         model=ModelConfig(kind=args.model, latent_dim=args.latent, loss=args.loss,
                           kl_weight=args.kl_weight, denoise_sigma=args.denoise,
                           learning_rate=args.learning_rate,
-                          backbone_loss=args.backbone_loss,
-                          backbone_schedule=args.backbone_schedule,
                           temperature=args.temperature,
                           min_crop=args.min_crop, view_flip=args.view_flip,
                           view_relight=args.view_relight,
                           joint_embedding=args.joint_embedding,
                           graph_communities=args.graph_communities,
                           community_searches=args.community_searches,
-                          community_choice=args.community_choice,
                           coarse_communities=args.coarse_communities,
-                          self_label_epochs=args.self_label_epochs,
                           hog_weight=args.hog_weight,
                           graph_whitening=args.graph_whitening,
                           backbone_filters=args.backbone_filters,

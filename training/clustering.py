@@ -1,8 +1,7 @@
 """k-means on bottleneck embeddings, choice of K, and per-cluster statistics (numpy only).
 
 Small and medium embedding sets use scikit-learn's ``KMeans``; above a size threshold
-``MiniBatchKMeans`` takes over so millions of embeddings fit in minutes, and
-:func:`fit_kmeans_stream` clusters embeddings that never sit in memory at once.
+``MiniBatchKMeans`` takes over so millions of embeddings fit in minutes.
 Invalid options or embeddings raise :class:`~training.errors.ConfigError`.
 """
 
@@ -13,7 +12,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -158,145 +157,6 @@ def fit_kmeans(
         algorithm, seconds, result.n_iter, result.inertia,
     )
     return result
-
-
-def _rows(batches: Iterable[np.ndarray], dim: list[int]) -> Iterator[np.ndarray]:
-    """Validated float32 batches; ``dim`` holds the embedding dimension once known."""
-    for i, batch in enumerate(batches):
-        arr = _as_embeddings(np.asarray(batch), what=f"embedding batch {i}")
-        if dim and arr.shape[1] != dim[0]:
-            raise ConfigError(
-                f"embedding batch {i} has dimension {arr.shape[1]}, earlier batches {dim[0]}"
-            )
-        dim[:] = [arr.shape[1]]
-        if arr.shape[0]:
-            yield arr
-
-
-def fit_kmeans_stream(
-    batches: Iterable[np.ndarray],
-    n_clusters: int,
-    *,
-    seed: int,
-    n_init: int = 3,
-    n_epochs: int = 1,
-    batch_size: int = 4096,
-    init_size: int | None = None,
-) -> KMeansResult:
-    """k-means over embeddings that arrive in batches and never sit in memory together.
-
-    The first ``init_size`` rows (default ``3 * batch_size``, at least ``n_clusters``) are
-    buffered and clustered with ``KMeans`` (``n_init`` restarts) to initialise the
-    centroids; then every batch, the buffer included, updates them with
-    ``MiniBatchKMeans.partial_fit``, for ``n_epochs`` passes. Batches may have any number
-    of rows; ``batch_size`` only sets the default buffer.
-
-    ``batches`` should be re-iterable (a list, a ``tf.data.Dataset``, an object whose
-    ``__iter__`` starts over): then a last pass assigns every embedding with the final
-    centroids, so ``labels`` equals ``estimator.predict`` batch by batch and ``inertia`` is
-    exact; every pass must yield the same rows in the same order (do not reshuffle). A
-    one-shot iterator (a generator) allows one epoch only, and its ``labels`` and
-    ``inertia`` are taken right after each batch's update, i.e. an online approximation.
-    Raises :class:`ConfigError` for fewer rows than clusters, mismatched dimensions,
-    non-finite values, or ``n_epochs > 1`` with a one-shot iterator.
-    """
-    k = _check_count(n_clusters, "n_clusters", 1)
-    n_init = _check_count(n_init, "n_init", 1)
-    n_epochs = _check_count(n_epochs, "n_epochs", 1)
-    batch_size = _check_count(batch_size, "batch_size", 1)
-    init_rows = 3 * batch_size if init_size is None else _check_count(init_size, "init_size", 1)
-    wanted = max(k, init_rows)
-    one_shot = iter(batches) is batches
-    if one_shot and n_epochs > 1:
-        raise ConfigError(
-            f"n_epochs={n_epochs} needs batches that can be iterated again (a list, a "
-            "tf.data.Dataset, ...); a generator can be read once: use n_epochs=1"
-        )
-    logger.info(
-        "streaming k-means: K=%d, %d epoch(s), initialised on the first %d rows, seed=%d",
-        k, n_epochs, wanted, seed,
-    )
-    start = time.perf_counter()
-    dim: list[int] = []
-    stream = _rows(batches, dim)
-    buffered: list[np.ndarray] = []
-    n_buffered = 0
-    for arr in stream:
-        buffered.append(arr)
-        n_buffered += arr.shape[0]
-        if n_buffered >= wanted:
-            break
-    if n_buffered < k:
-        raise ConfigError(
-            f"n_clusters={k} is more than the {n_buffered} embeddings in the stream: "
-            "ask for fewer clusters or use more images"
-        )
-    head = np.concatenate(buffered)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        init = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(head).cluster_centers_
-    estimator = MiniBatchKMeans(
-        n_clusters=k, init=init, n_init=1, batch_size=batch_size, random_state=seed,
-        compute_labels=False,
-    )
-    online_labels: list[np.ndarray] = []
-    online_inertia = 0.0
-    n_rows = 0
-
-    def update(arr: np.ndarray) -> None:
-        nonlocal online_inertia
-        estimator.partial_fit(arr)
-        if one_shot:
-            ids = estimator.predict(arr).astype(np.int64)
-            online_labels.append(ids)
-            online_inertia += float(np.sum(_distances(arr, estimator.cluster_centers_, ids) ** 2))
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for epoch in range(n_epochs):
-            # Epoch 0 resumes the stream after the buffer; later epochs start over.
-            source: Iterable[np.ndarray] = (
-                _chain(head, stream) if epoch == 0 else _rows(batches, dim)
-            )
-            for arr in source:
-                update(arr)
-                if epoch == 0:
-                    n_rows += arr.shape[0]
-            logger.info("streaming k-means: epoch %d/%d done, %d rows", epoch + 1, n_epochs,
-                        n_rows)
-    centroids = np.ascontiguousarray(estimator.cluster_centers_, dtype=np.float32)
-    if one_shot:
-        labels = np.concatenate(online_labels)
-        inertia = online_inertia
-    else:
-        parts = []
-        inertia = 0.0
-        for arr in _rows(batches, dim):
-            ids = estimator.predict(arr).astype(np.int64)
-            parts.append(ids)
-            inertia += float(np.sum(_distances(arr, centroids, ids).astype(np.float64) ** 2))
-        labels = np.concatenate(parts)
-        if labels.size != n_rows:
-            raise ConfigError(
-                f"the batches gave {n_rows} rows the first time and {labels.size} the last: "
-                "a re-iterable stream must yield the same rows each time"
-            )
-    _log_distinct(labels, k)
-    result = KMeansResult(
-        centroids=centroids, labels=labels, inertia=inertia,
-        n_iter=int(estimator.n_steps_), algorithm="minibatch", estimator=estimator,
-    )
-    logger.info(
-        "streaming k-means: done in %.2f s, %d rows, %d steps, inertia %.6g%s",
-        time.perf_counter() - start, n_rows, result.n_iter, inertia,
-        " (online estimate)" if one_shot else "",
-    )
-    return result
-
-
-def _chain(head: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    yield head
-    yield from rest
 
 
 def _distances(embeddings: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> np.ndarray:

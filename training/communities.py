@@ -4,8 +4,8 @@ k-means cuts a feature space with straight boundaries between centroids; groups 
 that curve through the space, or differ in spread, are cut badly. A community detection on
 the neighbour graph follows the neighbourhoods instead: on Fashion-MNIST's contrastive
 features, graph communities at about 20 groups hold majority labels on 0.75-0.80 of the
-images, where k-means at K = 20 on the same features holds 0.72-0.75 (README, "Clustering
-quality"). The service still assigns by nearest centroid, so the contrastive recipe teaches
+images, where k-means at K = 20 on the same features holds 0.72-0.75 (docs/quality.md).
+The service still assigns by nearest centroid, so the contrastive recipe teaches
 a small head to predict these communities (:mod:`training.recipe_contrastive`).
 
 Louvain (Blondel et al., 2008; scikit-network's implementation) maximises modularity at a
@@ -17,19 +17,12 @@ no label) is kept. Louvain rather than Leiden: scikit-network's Leiden gave diff
 partitions for the same seed, and a bundle must be repeatable from its seed.
 
 The partition still depends on the seed: on Fashion-MNIST's features, 12 seeds gave
-partitions whose majority labels ranged over 0.77-0.81 of the images. Across such
-searches the most even community sizes went with the better partitions (Spearman +0.4 to
-+0.65 on four sets of 12; README, "What was tried"), so :func:`most_even_communities`
-runs several independent searches and keeps the one whose sizes have the highest entropy
-(again no label). Through the exported bundle that gained +0.002 on average over six runs
-(+0.010 on the K = 20 preset's three seeds, -0.005 on a 45-epoch backbone's), so the
-recipe runs one search unless asked for more (``--community-searches``).
-:func:`most_stable_partition` chooses among the searches another way: it keeps the
-partition that agrees best (adjusted Rand index) with the others, the one the graph gives
-again and again rather than one a run happened on (``--community-choice stable``).
+partitions whose majority labels ranged over 0.77-0.81 of the images. Choosing one of
+several searches by a label-free score (the most even sizes, or the partition most like
+the others) gained nothing through the bundle (docs/quality.md).
 :func:`consensus_partition` does not choose: it reweights the graph's edges by how often
-the searches keep them inside a community and runs the step once more on that graph
-(``--community-choice consensus``).
+several searches keep them inside a community and runs the step once more on that graph
+(``--community-searches``).
 """
 
 from __future__ import annotations
@@ -44,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.metrics import adjusted_rand_score
 from sknetwork.clustering import Louvain, get_modularity
 
 from training.errors import ConfigError
@@ -193,36 +185,6 @@ def louvain_communities(adjacency: sp.csr_matrix, count: int, *, seed: int = 0,
     return Partition(labels=best, resolution=resolution, modularity=best_q, starts_tried=tried)
 
 
-# Seeds of successive searches are this far apart, beyond the node orders one search uses
-# (its seed plus up to _ORDERS_TO_SEARCH + starts, 13 with the default starts), so no two
-# searches share a node order.
-_SEARCH_SEED_STRIDE = 100
-
-
-def most_even_communities(adjacency: sp.csr_matrix, count: int, *, seed: int = 0,
-                          searches: int = 1, starts: int = 5) -> Partition:
-    """The most even of ``searches`` Louvain partitions into exactly ``count`` communities.
-
-    Search ``i`` is :func:`louvain_communities` with seed ``seed + 100 i``, so search 0 is
-    the partition a single search gives, and ``searches=1`` changes nothing. The partition
-    kept has the highest entropy of community sizes; ties keep the earlier search.
-    """
-    if isinstance(searches, bool) or not isinstance(searches, int | np.integer) or searches < 1:
-        raise ConfigError(f"searches must be an integer >= 1, got {searches!r}")
-    started = time.perf_counter()
-    partitions = [louvain_communities(adjacency, count, seed=seed + _SEARCH_SEED_STRIDE * search,
-                                      starts=starts) for search in range(int(searches))]
-    entropies = [partition.size_entropy for partition in partitions]
-    best = partitions[int(np.argmax(entropies))]  # argmax keeps the earliest of equals
-    if searches > 1:
-        # exp(entropy) reads as an "effective number" of equal communities.
-        logger.info("communities: kept the most even of %d searches (effective counts %s of "
-                    "%d) in %.1f s", searches,
-                    " ".join(f"{math.exp(h):.1f}" for h in entropies), count,
-                    time.perf_counter() - started)
-    return best
-
-
 def split_communities(adjacency: sp.csr_matrix, features: np.ndarray, coarse: Partition,
                       count: int, *, seed: int = 0, starts: int = 5) -> Partition:
     """``coarse`` split, one community at a time, until it has ``count`` communities.
@@ -234,9 +196,9 @@ def split_communities(adjacency: sp.csr_matrix, features: np.ndarray, coarse: Pa
     communities gave trousers and sandals three each, all pure, while T-shirts and shirts
     shared one. The spread finds the mixed groups instead. A community whose subgraph has
     no two-way split (pieces it cannot join) is passed over for the next most spread.
-    Through the bundle, 10 split to 20 gained +0.007 on the K = 20 preset's three seeds and
-    -0.002 with a VICReg backbone (README), so the recipe does not split unless asked
-    (``--coarse-communities``).
+    Through the bundle, 10 split to 20 gained +0.011 on average over six seeds of the K = 20
+    recipe, up on every one (docs/quality.md); the recipe splits only when asked
+    (``--coarse-communities``), as the K = 20 preset does.
     """
     if isinstance(count, bool) or not isinstance(count, int | np.integer):
         raise ConfigError(f"the community count must be an integer, got {count!r}")
@@ -288,76 +250,38 @@ def split_communities(adjacency: sp.csr_matrix, features: np.ndarray, coarse: Pa
     return dataclasses.replace(coarse, labels=labels, coarse_count=coarse.count)
 
 
-def most_stable_partition(search: Callable[[int], Partition], searches: int, *,
-                          seed: int = 0) -> tuple[Partition, list[float]]:
-    """Of ``searches`` runs of ``search(seed + 100 i)``, the one most like the others.
-
-    ``search`` is the whole partition step for one seed (Louvain at the count, or the
-    coarse search and its splits). Each partition's stability is its mean adjusted Rand
-    index with the other partitions; the highest is kept (ties keep the earlier search).
-    A partition that many independent runs come close to is more likely the graph's own
-    structure than one a node order happened on: over 12 runs on each of six Fashion-MNIST
-    feature sets, stability went with the majority-label accuracy on all six (Spearman
-    +0.30 to +0.62; README, "Clustering quality"). Returns the partition kept and every
-    search's stability, in search order. No label is read.
-    """
-    if isinstance(searches, bool) or not isinstance(searches, int | np.integer) or searches < 2:
-        raise ConfigError(f"choosing the most stable partition needs at least 2 searches, "
-                          f"got {searches!r}")
-    started = time.perf_counter()
-    partitions = [search(seed + _SEARCH_SEED_STRIDE * i) for i in range(int(searches))]
-    agreement = np.eye(len(partitions))
-    for i in range(len(partitions)):
-        for j in range(i + 1, len(partitions)):
-            agreement[i, j] = agreement[j, i] = adjusted_rand_score(partitions[i].labels,
-                                                                    partitions[j].labels)
-    stabilities = [float(v) for v in (agreement.sum(axis=1) - 1) / (len(partitions) - 1)]
-    kept = int(np.argmax(stabilities))  # argmax keeps the earliest of equals
-    logger.info("communities: kept search %d of %d, the most stable (mean adjusted Rand "
-                "index with the others %s) in %.1f s", kept + 1, len(partitions),
-                " ".join(f"{v:.3f}" for v in stabilities), time.perf_counter() - started)
-    return partitions[kept], stabilities
-
-
 # Edge weights of the consensus graph: floor + (1 - floor) * agreement ** power. The floor
 # keeps an edge every search cut in the graph (at a hundredth of its weight), so the graph
 # does not fall into more pieces than the communities asked for; the square makes edges the
 # searches disagree on weigh less still (on saved Fashion-MNIST features, power 2 gained on
-# 4 of 6 groups of 8 searches, power 1 on 3 of 6; README, "What was tried").
+# 4 of 6 groups of 8 searches, power 1 on 3 of 6; docs/quality.md).
 CONSENSUS_FLOOR = 0.01
 CONSENSUS_POWER = 2.0
+# Seeds of a consensus's searches are this far apart, beyond the node orders one search
+# uses (its seed plus up to _ORDERS_TO_SEARCH + starts, 13 with the default starts), so no
+# two searches share a node order.
+_SEARCH_SEED_STRIDE = 100
 
 
-def _edge_agreement(adjacency: sp.csr_matrix, partitions: list[np.ndarray]
-                    ) -> tuple[sp.coo_matrix, np.ndarray]:
-    """``adjacency``'s edges and, per edge, the share of ``partitions`` keeping it inside."""
+def consensus_graph(adjacency: sp.csr_matrix, partitions: list[np.ndarray]
+                    ) -> tuple[sp.csr_matrix, float]:
+    """``adjacency``'s edges reweighted by how often the ``partitions`` keep them inside.
+
+    An edge whose two images share a community in a share ``a`` of the partitions weighs
+    ``CONSENSUS_FLOOR + (1 - CONSENSUS_FLOOR) * a ** CONSENSUS_POWER``. Returns the graph
+    and the mean of ``a`` over the edges.
+    """
     if not partitions:
         raise ConfigError("a consensus graph needs at least one partition")
     stacked = np.stack([np.asarray(p) for p in partitions])
     if stacked.ndim != 2 or stacked.shape[1] != adjacency.shape[0]:
         raise ConfigError(f"partitions {stacked.shape} must each label the graph's "
                           f"{adjacency.shape[0]} nodes")
-    coo = adjacency.tocoo()
-    return coo, (stacked[:, coo.row] == stacked[:, coo.col]).mean(axis=0)
-
-
-def consensus_graph(adjacency: sp.csr_matrix, partitions: list[np.ndarray], *,
-                    floor: float = CONSENSUS_FLOOR, power: float = CONSENSUS_POWER
-                    ) -> sp.csr_matrix:
-    """``adjacency``'s edges reweighted by how often the ``partitions`` keep them inside.
-
-    An edge whose two images share a community in a share ``a`` of the partitions weighs
-    ``floor + (1 - floor) * a ** power`` (the recipe's: ``CONSENSUS_FLOOR``,
-    ``CONSENSUS_POWER``; other values are for probes).
-    """
-    return _reweighted(*_edge_agreement(adjacency, partitions), floor=floor, power=power)
-
-
-def _reweighted(edges: sp.coo_matrix, shares: np.ndarray, *, floor: float, power: float
-                ) -> sp.csr_matrix:
-    """The graph of ``edges`` weighted ``floor + (1 - floor) * shares ** power``."""
-    return sp.csr_matrix((floor + (1.0 - floor) * shares ** power, (edges.row, edges.col)),
-                         shape=edges.shape)
+    edges = adjacency.tocoo()
+    shares = (stacked[:, edges.row] == stacked[:, edges.col]).mean(axis=0)
+    weights = CONSENSUS_FLOOR + (1.0 - CONSENSUS_FLOOR) * shares ** CONSENSUS_POWER
+    graph = sp.csr_matrix((weights, (edges.row, edges.col)), shape=edges.shape)
+    return graph, float(shares.mean())
 
 
 def consensus_partition(search: Callable[[sp.csr_matrix, int], Partition],
@@ -380,9 +304,7 @@ def consensus_partition(search: Callable[[sp.csr_matrix, int], Partition],
     started = time.perf_counter()
     partitions = [search(adjacency, seed + _SEARCH_SEED_STRIDE * i).labels
                   for i in range(int(searches))]
-    edges, shares = _edge_agreement(adjacency, partitions)
-    graph = _reweighted(edges, shares, floor=CONSENSUS_FLOOR, power=CONSENSUS_POWER)
-    agreement = float(shares.mean())
+    graph, agreement = consensus_graph(adjacency, partitions)
     partition = search(graph, seed)
     logger.info("communities: the partition step rerun on the consensus of %d searches "
                 "(their edges kept inside a community: %.3f on average) in %.1f s",

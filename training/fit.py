@@ -1,4 +1,8 @@
-"""The training loop: fit an autoencoder on ``tf.data`` batches, one log line per epoch."""
+"""The training loop: fit an image model on ``tf.data`` batches, one log line per epoch.
+
+Shared by every model with its own steps (:mod:`training.models`, the contrastive recipe):
+it depends on none of them.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -15,9 +19,6 @@ from tensorflow.core.framework import summary_pb2
 
 from training.errors import ConfigError, DataError
 from training.interrupt import StopOnInterrupt
-
-if TYPE_CHECKING:
-    from training.models import Autoencoder
 
 logger = logging.getLogger(__name__)
 
@@ -120,29 +121,20 @@ def check_image_batches(dataset: tf.data.Dataset, image_shape: tuple[int, ...], 
         raise DataError(f"the {what} dataset is empty")
 
 
-def fit_autoencoder(model: Autoencoder, train: tf.data.Dataset, heldout: tf.data.Dataset | None,
-                    *, epochs: int, tensorboard_dir: Path | None = None,
-                    extra_callbacks: list[keras.callbacks.Callback] | None = None,
-                    ) -> dict[str, list[float]]:
-    """Train ``model`` for ``epochs`` on batches of ``(images, labels)``; return the history.
-
-    The history has one value per epoch under ``loss`` and ``psnr`` (plus ``val_loss``
-    and ``val_psnr`` when ``heldout`` is given; the VAE adds ``reconstruction_loss`` and
-    ``kl_loss``). ``tensorboard_dir`` receives the per-epoch metrics as TensorBoard scalars. Raises
-    :class:`ConfigError` when training diverges (the loss becomes NaN or infinite).
-    """
-    return fit_model(model, train, heldout, epochs=epochs, label="autoencoder",
-                     image_shape=tuple(model.encoder.input_shape[1:]),
-                     learning_rate=model.config.learning_rate, tensorboard_dir=tensorboard_dir,
-                     extra_callbacks=extra_callbacks)
-
-
 def fit_model(model: keras.Model, train: tf.data.Dataset, heldout: tf.data.Dataset | None,
               *, epochs: int, label: str, image_shape: tuple[int, ...], learning_rate: float,
               tensorboard_dir: Path | None = None,
               extra_callbacks: list[keras.callbacks.Callback] | None = None,
               ) -> dict[str, list[float]]:
-    """Train any compiled image model with its own steps; as :func:`fit_autoencoder`."""
+    """Train any compiled image model with its own steps on batches of ``(images, labels)``.
+
+    ``label`` names the model in the per-epoch log lines; ``image_shape`` is the ``[H, W, C]``
+    the batches must have. Returns the history: one value per epoch of each metric the
+    model's steps report (``val_``-prefixed ones too when ``heldout`` is given).
+    ``tensorboard_dir`` receives the per-epoch metrics as TensorBoard scalars. Raises
+    :class:`DataError` for batches that do not fit the model and :class:`ConfigError` when
+    training diverges (the loss becomes NaN or infinite).
+    """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
     check_image_batches(train, image_shape, "training")

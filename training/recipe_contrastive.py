@@ -2,8 +2,7 @@
 
 Three stages, each logged with its progress:
 
-1. a conv backbone learns augmentation-invariant features (SimCLR's NT-Xent loss, or
-   VICReg's);
+1. a conv backbone learns augmentation-invariant features (SimCLR's NT-Xent loss);
 2. the fuzzy k-nearest-neighbour graph of those features (cosine) trains a small MLP
    head to a ``latent_dim`` embedding in which neighbours stay close (parametric UMAP) or,
    with ``graph_communities``, a softmax head learns the graph's Louvain communities
@@ -22,7 +21,6 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +35,9 @@ from training.errors import ConfigError
 from training.fit import EpochLogger, fit_model
 from training.interrupt import StopOnInterrupt
 from training.models import ModelConfig, build_networks
-from training.models.config import BackboneLoss
 from training.models.contrastive import build_contrastive
 from training.models.gradients import OrientationHistograms
 from training.models.neighborhood import build_head, fit_head
-from training.models.self_label import fit_self_labels
 from training.models.whitening import PartialWhitening
 
 logger = logging.getLogger(__name__)
@@ -87,9 +83,7 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
         contrastive = build_contrastive(
             shape, filters=config.backbone_filters, feature_dim=config.feature_dim,
             temperature=config.temperature, min_crop=config.min_crop, flip=config.view_flip,
-            relight=config.view_relight, loss=config.backbone_loss,
-            learning_rate=config.learning_rate, schedule=config.backbone_schedule,
-            total_steps=epochs * n_batches, seed=config.seed)
+            relight=config.view_relight, learning_rate=config.learning_rate, seed=config.seed)
     train = (batches(data.train, batch_size, shuffle=True, seed=seed, augment_flip=augment_flip)
              .filter(lambda x, y: tf.shape(x)[0] >= 2)
              .apply(tf.data.experimental.assert_cardinality(n_batches)))
@@ -144,11 +138,8 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
     distances, indices = neighbors.nearest_neighbors(features[sample], config.head_neighbors)
     partition: dict[str, Any] | None = None
     if config.graph_communities:
-        head, history["community_loss"], partition, labels = _fit_community_head(
+        head, history["community_loss"], partition = _fit_community_head(
             features[sample], indices, config, seed=seed)
-        if config.self_label_epochs:
-            history["self_label_loss"], partition["self_label_agreement"] = _self_label(
-                backbone, head, graph_features, images[sample], labels, config, seed=seed)
     else:
         graph = neighbors.fuzzy_graph(distances, indices)
         logger.info("neighbour graph: %d points, %d edges", graph.n, graph.n_edges)
@@ -162,8 +153,7 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
     embedding = head(graph_features(inputs, backbone_out))
     if config.joint_embedding and not config.graph_communities:
         embedding = _joint(backbone_out, embedding, contrastive.projector,
-                           head.predict(features[sample], batch_size=4096, verbose=0),
-                           backbone_loss=config.backbone_loss)
+                           head.predict(features[sample], batch_size=4096, verbose=0))
     encoder = keras.Model(inputs, keras.layers.Identity(name="embedding")(embedding),
                           name="encoder")
 
@@ -178,12 +168,10 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
 
 
 def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: ModelConfig,
-                        *, seed: int
-                        ) -> tuple[keras.Model, list[float], dict[str, Any], np.ndarray]:
+                        *, seed: int) -> tuple[keras.Model, list[float], dict[str, Any]]:
     """A softmax head that predicts each image's Louvain community from its features.
 
-    Returns the head, its losses, the partition's summary (the bundle's report) and the
-    community of each image.
+    Returns the head, its losses and the partition's summary (the bundle's report).
 
     The communities follow the neighbour graph where k-means' straight boundaries would
     cut across it; the head carries them to new images, and its probabilities are the
@@ -192,7 +180,6 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
     """
     count = config.graph_communities
     adjacency = communities.knn_adjacency(indices)
-    stabilities: list[float] | None = None
     consensus: float | None = None
 
     def search(graph: communities.sp.csr_matrix, search_seed: int) -> communities.Partition:
@@ -203,20 +190,11 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
                                                  seed=search_seed)
         return communities.split_communities(graph, features, coarse, count, seed=search_seed)
 
-    if config.community_choice == "stable":
-        partition, stabilities = communities.most_stable_partition(
-            lambda search_seed: search(adjacency, search_seed), config.community_searches,
-            seed=seed)
-    elif config.community_choice == "consensus":
+    if config.community_searches > 1:
         partition, consensus = communities.consensus_partition(
             search, adjacency, config.community_searches, seed=seed)
-    elif config.coarse_communities:
-        coarse = communities.most_even_communities(adjacency, config.coarse_communities,
-                                                   seed=seed, searches=config.community_searches)
-        partition = communities.split_communities(adjacency, features, coarse, count, seed=seed)
     else:
-        partition = communities.most_even_communities(adjacency, count, seed=seed,
-                                                      searches=config.community_searches)
+        partition = search(adjacency, seed)
     keras.utils.set_random_seed(config.seed)
     head = keras.Sequential(
         [keras.Input((features.shape[1],)),
@@ -231,54 +209,22 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
     logger.info("community head: predicts the community of %.1f %% of the training images",
                 100 * agreement)
     summary = {**partition.summary(), "searches": config.community_searches,
-               "choice": config.community_choice,
-               "stabilities": (None if stabilities is None
-                               else [round(v, 6) for v in stabilities]),
                "consensus_agreement": None if consensus is None else round(consensus, 6),
                "graph_points": len(features), "neighbors": int(indices.shape[1]),
                "head_agreement": round(agreement, 6)}
-    return head, losses, summary, partition.labels
-
-
-def _self_label(backbone: keras.Model, head: keras.Model,
-                graph_features: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
-                images: np.ndarray, labels: np.ndarray, config: ModelConfig,
-                *, seed: int) -> tuple[list[float], float]:
-    """Fine-tune backbone and head together to give each image's community from its views.
-
-    The layers are the encoder's own, so the exported encoder carries the tuned weights.
-    Returns the losses and the share of the images the tuned network puts in their community.
-    """
-    inputs = keras.Input(images.shape[1:])
-    network = keras.Model(inputs, head(graph_features(inputs, backbone(inputs))),
-                          name="self_label_network")
-    losses = fit_self_labels(network, images, labels, epochs=config.self_label_epochs,
-                             min_crop=config.min_crop, flip=config.view_flip,
-                             relight=config.view_relight, seed=seed)
-    agreement = float(np.mean(network.predict(images, batch_size=1024, verbose=0).argmax(axis=1)
-                              == labels))
-    logger.info("self-labelling: the tuned encoder gives the community of %.1f %% of the "
-                "training images", 100 * agreement)
-    return losses, round(agreement, 6)
+    return head, losses, summary
 
 
 def _joint(backbone_out: tf.Tensor, head_output: tf.Tensor, projector: keras.Model,
-           head_train: np.ndarray, *, backbone_loss: BackboneLoss = "nt-xent") -> tf.Tensor:
+           head_train: np.ndarray) -> tf.Tensor:
     """The head's output joined with the unit-length projector output.
 
     The head's neighbourhoods keep fine structure; NT-Xent's projector, trained only to tell
     images apart up to augmentation, groups more coarsely, and k-means on the two joined
-    finds groups closer to the classes than on either alone. VICReg's projector does not:
-    its loss spreads and decorrelates the outputs, and on Fashion-MNIST k-means on them
-    alone found ACC 0.47, so joining them lowered the head's 0.67 to 0.63 (README,
-    "Clustering quality"); hence the warning. The head's output is divided
+    finds groups closer to the classes than on either alone. The head's output is divided
     by its total spread on the training images (the root of its summed variances), so that
     it weighs in k-means' distances about as much as the unit-length projector output.
     """
-    if backbone_loss == "vicreg":
-        logger.warning("joint embedding with a VICReg backbone: its projector output grouped "
-                       "poorly on Fashion-MNIST (ACC K=10 0.63 joined against 0.67 for the "
-                       "head alone); consider --no-joint-embedding")
     spread = float(np.sqrt(np.sum(np.var(head_train, axis=0))))
     if not math.isfinite(spread) or spread <= 0:
         raise ConfigError(f"the head's embedding has no spread ({spread}); it cannot be "

@@ -23,8 +23,12 @@ from training.data import DataOptions, LoadedData, Split, batches, load_dataset
 from training.devices import configure_determinism, configure_devices, is_chief, select_strategy
 from training.embed import Embedded, TensorFn, embed, keras_fn
 from training.errors import ConfigError
-from training.fit import fit_autoencoder
-from training.models import ModelConfig, build_autoencoder, train_feature_classifier
+from training.models import (
+    ModelConfig,
+    build_autoencoder,
+    fit_autoencoder,
+    train_feature_classifier,
+)
 from training.plots import plot_history
 from training.recipe_contrastive import fit_contrastive
 from training.signing import Signer

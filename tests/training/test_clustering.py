@@ -1,11 +1,10 @@
-"""k-means fitting (full, mini-batch, streaming), K selection and per-cluster statistics."""
+"""k-means fitting (full and mini-batch), K selection and per-cluster statistics."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from training.clustering import (
     KSelection,
     distance_stats,
     fit_kmeans,
-    fit_kmeans_stream,
     majority_label_map,
     save_k_selection,
     select_k,
@@ -82,55 +80,6 @@ def test_minibatch_path(digits: tuple[np.ndarray, np.ndarray]) -> None:
     assert fit_kmeans(x[:500], 10, seed=0, n_init=1, minibatch_threshold=1000).algorithm == (
         "kmeans"
     )
-
-
-def test_stream_reiterable_matches_predict(digits: tuple[np.ndarray, np.ndarray]) -> None:
-    x, y = digits
-    batches = [x[i:i + 200] for i in range(0, len(x), 200)]
-    result = fit_kmeans_stream(batches, 10, seed=0, n_epochs=3, batch_size=200)
-    assert result.algorithm == "minibatch"
-    assert result.labels.shape == (len(x),)
-    np.testing.assert_array_equal(result.labels, result.estimator.predict(x))
-    ids, dist = assign(x, result.centroids)
-    np.testing.assert_array_equal(ids, result.labels)
-    assert result.inertia == pytest.approx(float(np.sum(dist.astype(np.float64) ** 2)),
-                                           rel=1e-4)
-    # 9 batches: epoch 1 sees the 3 buffered as one step + 6 more; epochs 2-3 see all 9.
-    assert result.n_iter == 7 + 9 + 9
-    assert hungarian_accuracy(y, result.labels) > 0.6
-
-
-def test_stream_one_shot_generator(digits: tuple[np.ndarray, np.ndarray]) -> None:
-    x, y = digits
-    seen = []
-
-    def gen() -> Iterator[np.ndarray]:
-        for i in range(0, len(x), 100):
-            seen.append(i)
-            yield x[i:i + 100]
-
-    result = fit_kmeans_stream(gen(), 10, seed=0, batch_size=100)
-    assert len(seen) == 18  # read exactly once
-    assert result.labels.shape == (len(x),)
-    # Online labels were assigned while centroids still moved: most, not all, agree.
-    agreement = float(np.mean(result.labels == result.estimator.predict(x)))
-    assert 0.8 < agreement <= 1.0
-    assert hungarian_accuracy(y, result.estimator.predict(x)) > 0.6
-    with pytest.raises(ConfigError, match="n_epochs=2"):
-        fit_kmeans_stream(gen(), 10, seed=0, n_epochs=2)
-
-
-def test_stream_errors() -> None:
-    rng = np.random.default_rng(0)
-    with pytest.raises(ConfigError, match="more than the 5 embeddings"):
-        fit_kmeans_stream([rng.normal(size=(3, 2)), rng.normal(size=(2, 2))], 6, seed=0)
-    with pytest.raises(ConfigError, match="dimension"):
-        fit_kmeans_stream([rng.normal(size=(3, 2)), rng.normal(size=(3, 4))], 2, seed=0,
-                          init_size=3)
-    with pytest.raises(ConfigError, match="NaN"):
-        fit_kmeans_stream([np.array([[0.0, np.inf], [1.0, 1.0]])], 1, seed=0)
-    with pytest.raises(ConfigError, match="more than the 0 embeddings"):
-        fit_kmeans_stream([], 2, seed=0)
 
 
 @pytest.mark.parametrize(

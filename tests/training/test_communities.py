@@ -1,5 +1,5 @@
-"""Louvain communities of k-NN graphs: exact counts, the best start kept, the most even of
-several searches kept, coarse communities split by spread, clear errors."""
+"""Louvain communities of k-NN graphs: exact counts, the best start kept, coarse communities
+split by spread, the consensus of several searches, clear errors."""
 
 from __future__ import annotations
 
@@ -155,34 +155,6 @@ def test_partition_summary_by_hand() -> None:
     assert json.loads(json.dumps(summary)) == summary
 
 
-def test_the_most_even_of_several_searches_is_kept(caplog: pytest.LogCaptureFixture) -> None:
-    points = np.random.default_rng(1).normal(size=(600, 5))  # no real groups: searches differ
-    _, indices = nearest_neighbors(points, 8)
-    adjacency = communities.knn_adjacency(indices)
-    singles = [communities.louvain_communities(adjacency, 6, seed=3 + 100 * i)
-               for i in range(4)]
-    entropies = [p.size_entropy for p in singles]
-    assert len(set(np.round(entropies, 9))) > 1  # the searches really differ here
-    # One search is exactly the single Louvain search of the same seed.
-    one = communities.most_even_communities(adjacency, 6, seed=3, searches=1)
-    np.testing.assert_array_equal(one.labels, singles[0].labels)
-    with caplog.at_level("INFO", logger="training.communities"):
-        kept = communities.most_even_communities(adjacency, 6, seed=3, searches=4)
-    winner = int(np.argmax(entropies))
-    np.testing.assert_array_equal(kept.labels, singles[winner].labels)
-    assert kept.size_entropy == max(entropies) and kept.count == 6
-    assert "kept the most even of 4 searches (effective counts " in caplog.text
-    again = communities.most_even_communities(adjacency, 6, seed=3, searches=4)
-    np.testing.assert_array_equal(again.labels, kept.labels)
-
-
-@pytest.mark.parametrize("searches", [0, -1, 2.0, True])
-def test_bad_search_counts_are_refused(searches: object) -> None:
-    pairs = communities.knn_adjacency(np.array([[1], [0], [3], [2], [5], [4], [7], [6]]))
-    with pytest.raises(ConfigError, match="searches must be an integer >= 1, got "):
-        communities.most_even_communities(pairs, 4, searches=searches)  # type: ignore[arg-type]
-
-
 def _coarse(labels: np.ndarray) -> communities.Partition:
     return communities.Partition(labels=labels, resolution=0.5, modularity=0.25, starts_tried=5)
 
@@ -273,55 +245,18 @@ def _partition(labels: list[int]) -> communities.Partition:
                                  starts_tried=1)
 
 
-def test_the_most_stable_search_is_kept_with_every_stability(
-        caplog: pytest.LogCaptureFixture) -> None:
-    # Searches 2 and 3 find the same partition, search 1 one close to it, search 4 another:
-    # the repeated partition is the most stable, and of the two equal the earlier is kept.
-    found = {7: [0, 0, 1, 1, 1, 1, 2, 2], 107: [0, 0, 0, 1, 1, 1, 2, 2],
-             207: [0, 0, 0, 1, 1, 1, 2, 2], 307: [0, 1, 2, 0, 1, 2, 0, 1]}
-    seeds: list[int] = []
-
-    def search(seed: int) -> communities.Partition:
-        seeds.append(seed)
-        return _partition(found[seed])
-
-    with caplog.at_level("INFO"):
-        kept, stabilities = communities.most_stable_partition(search, 4, seed=7)
-    assert seeds == [7, 107, 207, 307]  # seed + 100 i, as most_even_communities' searches
-    labels = list(found.values())
-    expected = [np.mean([adjusted_rand_score(labels[i], labels[j]) for j in range(4) if j != i])
-                for i in range(4)]
-    np.testing.assert_allclose(stabilities, expected)
-    assert stabilities[1] == stabilities[2] == max(stabilities) > stabilities[0] > stabilities[3]
-    assert kept.labels.tolist() == found[107]
-    assert "kept search 2 of 4, the most stable" in caplog.text
-
-
-def test_equal_stabilities_keep_the_earlier_search() -> None:
-    def search(seed: int) -> communities.Partition:
-        return _partition([0, 0, 1, 1] if seed % 200 == 0 else [0, 1, 1, 0])
-
-    kept, stabilities = communities.most_stable_partition(search, 2, seed=0)
-    assert stabilities[0] == stabilities[1] and kept.labels.tolist() == [0, 0, 1, 1]
-
-
-@pytest.mark.parametrize("searches", [1, 0, 2.5, True])
-def test_a_stable_choice_needs_two_searches(searches: object) -> None:
-    with pytest.raises(ConfigError, match="needs at least 2 searches"):
-        communities.most_stable_partition(lambda seed: _partition([0, 1]), searches)  # type: ignore[arg-type]
-
-
 def test_the_consensus_graph_weighs_each_edge_by_how_often_it_stays_inside() -> None:
     # A path 0-1-2-3: edge 0-1 inside in both partitions, 1-2 in one, 2-3 in neither.
     adjacency = communities.knn_adjacency(np.array([[1], [2], [3], [2]]))
-    graph = communities.consensus_graph(adjacency, [np.array([0, 0, 0, 1]),
-                                                    np.array([0, 0, 1, 2])])
+    graph, agreement = communities.consensus_graph(adjacency, [np.array([0, 0, 0, 1]),
+                                                               np.array([0, 0, 1, 2])])
     floor, power = communities.CONSENSUS_FLOOR, communities.CONSENSUS_POWER
     weight = {1.0: 1.0, 0.5: floor + (1 - floor) * 0.5 ** power, 0.0: floor}
     for (i, j), share in {(0, 1): 1.0, (1, 2): 0.5, (2, 3): 0.0}.items():
         assert graph[i, j] == graph[j, i] == pytest.approx(weight[share])
     assert graph.nnz == adjacency.nnz  # no edge added, none lost
     assert (graph != graph.T).nnz == 0
+    assert agreement == pytest.approx(0.5)  # the mean of 1, 0.5 and 0 over the edges
 
 
 @pytest.mark.parametrize("partitions, message", [

@@ -92,8 +92,8 @@ WORKER = """
     import numpy as np, tensorflow as tf
     from sklearn.datasets import load_digits
     from training.devices import configure_devices, select_strategy
-    from training.fit import fit_autoencoder
-    from training.models import ModelConfig, build_autoencoder, train_feature_classifier
+    from training.models import (ModelConfig, build_autoencoder, fit_autoencoder,
+                                 train_feature_classifier)
 
     strategy = select_strategy(configure_devices("cpu"))
     assert type(strategy).__name__ == "CollectiveAllReduceStrategy", type(strategy)

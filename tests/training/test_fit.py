@@ -14,8 +14,8 @@ from sklearn.datasets import load_digits
 from tensorflow.core.util import event_pb2
 
 from training.errors import ConfigError, DataError
-from training.fit import check_image_batches, fit_autoencoder, format_metrics
-from training.models import Autoencoder, ModelConfig, build_autoencoder
+from training.fit import check_image_batches, format_metrics
+from training.models import Autoencoder, ModelConfig, build_autoencoder, fit_autoencoder
 
 SMALL = {"dense_units": (32,), "conv_filters": (8, 8), "latent_dim": 4}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from training.models.architectures import Networks, build_networks, conv_levels
-from training.models.autoencoder import Autoencoder, build_autoencoder
+from training.models.autoencoder import Autoencoder, build_autoencoder, fit_autoencoder
 from training.models.base import StepModel
 from training.models.classifier import FeatureClassifier, build_classifier, train_feature_classifier
 from training.models.config import ModelConfig, ModelKind
@@ -19,5 +19,6 @@ __all__ = [
     "build_classifier",
     "build_networks",
     "conv_levels",
+    "fit_autoencoder",
     "train_feature_classifier",
 ]

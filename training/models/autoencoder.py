@@ -1,15 +1,18 @@
-"""The trainable autoencoder: encoder + decoder with its own training and evaluation steps."""
+"""The trainable autoencoder: encoder + decoder with its own training and evaluation steps,
+and the loop that fits it."""
 
 from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import keras
 import tensorflow as tf
 
 from training.errors import ConfigError
+from training.fit import fit_model
 from training.losses import ReconstructionLoss, kl_divergence, psnr, reconstruction_loss
 from training.models.architectures import Networks, build_networks, conv_levels
 from training.models.base import StepModel
@@ -167,6 +170,24 @@ def build_autoencoder(config: ModelConfig, input_shape: tuple[int, int, int], *,
         sum(math.prod(w.shape) for w in model.trainable_weights),
     )
     return model
+
+
+def fit_autoencoder(model: Autoencoder, train: tf.data.Dataset, heldout: tf.data.Dataset | None,
+                    *, epochs: int, tensorboard_dir: Path | None = None,
+                    extra_callbacks: list[keras.callbacks.Callback] | None = None,
+                    ) -> dict[str, list[float]]:
+    """Train ``model`` for ``epochs`` on batches of ``(images, labels)``; return the history.
+
+    The history has one value per epoch under ``loss`` and ``psnr`` (plus ``val_loss``
+    and ``val_psnr`` when ``heldout`` is given; the VAE adds ``reconstruction_loss`` and
+    ``kl_loss``). ``tensorboard_dir`` receives the per-epoch metrics as TensorBoard scalars.
+    Raises :class:`ConfigError` when training diverges (the loss becomes NaN or infinite);
+    :func:`training.fit.fit_model` is the loop.
+    """
+    return fit_model(model, train, heldout, epochs=epochs, label="autoencoder",
+                     image_shape=tuple(model.encoder.input_shape[1:]),
+                     learning_rate=model.config.learning_rate, tensorboard_dir=tensorboard_dir,
+                     extra_callbacks=extra_callbacks)
 
 
 def _checked_shape(input_shape: tuple[int, int, int]) -> tuple[int, int, int]:

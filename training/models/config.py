@@ -12,12 +12,6 @@ from training.losses import LossKind
 from training.models.neighborhood import HeadConfig
 
 ModelKind = Literal["dense", "conv", "vae", "contrastive"]
-# The contrastive backbone's self-supervised loss (training.models.contrastive).
-BackboneLoss = Literal["nt-xent", "vicreg"]
-# How the backbone's learning rate moves over its epochs: held, or cosine-decayed to 0.
-BackboneSchedule = Literal["constant", "cosine"]
-# How the contrastive recipe chooses among several community searches.
-CommunityChoice = Literal["even", "stable", "consensus"]
 
 
 @dataclass(frozen=True)
@@ -34,35 +28,31 @@ class ModelConfig:
     keep the KL term from collapsing the embedding).
 
     ``contrastive`` is a different recipe (:mod:`training.recipe_contrastive`): a conv backbone
-    of ``backbone_filters`` trained for augmentation invariance (``backbone_loss`` NT-Xent at
-    ``temperature`` or VICReg; ``backbone_schedule`` holds the learning rate or decays it to 0
-    along a cosine over the backbone's steps; crops of at least ``min_crop`` of the area,
+    of ``backbone_filters`` trained for augmentation invariance (NT-Xent at ``temperature``
+    and a constant ``learning_rate``; crops of at least ``min_crop`` of the area,
     horizontal flips unless ``view_flip`` is false, a second light change if ``view_relight``)
     to ``feature_dim`` features, a neighbourhood head (``head_*``; see
     :class:`~training.models.neighborhood.HeadConfig`) to ``latent_dim``, and a conv decoder
     trained for ``decoder_epochs`` on the frozen embedding (loss ``mse`` only). With
     ``joint_embedding`` (the default; the best recipe measured on Fashion-MNIST) the embedding
     is the head's output (rescaled to unit total spread) joined with the unit-length output of
-    the projector: ``latent_dim`` + 128 numbers (512 with VICReg); without it, the head's
+    the projector: ``latent_dim`` + 128 numbers; without it, the head's
     ``latent_dim`` numbers alone. With ``graph_communities`` N >= 2 the head and the joint
     embedding give way to a community head: the Louvain communities of the features' neighbour
     graph, N of them, are learnt by a softmax head whose N probabilities are the embedding
-    (:mod:`training.communities`; better groups at K around N, see README); of
-    ``community_searches`` independent Louvain searches the one with the most even community
-    sizes is kept, or with ``community_choice`` "stable" the one most like the others (mean
-    adjusted Rand index; each search then runs the whole partition step, the coarse search and
-    its splits included), or with "consensus" none: the step runs once more on the graph's
-    edges reweighted by how often the searches keep them inside a community. With
+    (:mod:`training.communities`; better groups at K around N, see docs/quality.md). With
+    ``community_searches`` S >= 2 the partition step (Louvain at N, or the coarse search and
+    its splits) runs S times from different seeds, and once more on the graph's edges
+    reweighted by how often those searches keep them inside a community
+    (:func:`training.communities.consensus_partition`); with 1, the default, it runs once. With
     ``coarse_communities`` C (2 <= C < N) Louvain finds C communities and the most spread of
-    them are split in two until there are N
-    (:func:`training.communities.split_communities`). With ``self_label_epochs`` E > 0 the whole
-    network from images to community probabilities is then trained E epochs more to give each
-    image's community from random views (:mod:`training.models.self_label`). With ``hog_weight``
-    w > 0 the graph and the head see the unit backbone features joined with w times the pixels'
-    unit-length orientation histograms (:mod:`training.models.gradients`), computed inside the
-    encoder. With ``graph_whitening`` p > 0 each of those two parts is partially whitened before
-    it is joined (:mod:`training.models.whitening`: principal axes scaled by eigenvalue ** -p,
-    fitted on the training images, a fixed layer of the encoder; 0.5 is full whitening).
+    them are split in two until there are N (:func:`training.communities.split_communities`).
+    With ``hog_weight`` w > 0 the graph and the head see the unit backbone features joined
+    with w times the pixels' unit-length orientation histograms
+    (:mod:`training.models.gradients`), computed inside the encoder. With ``graph_whitening``
+    p > 0 each of those two parts is partially whitened before it is joined
+    (:mod:`training.models.whitening`: principal axes scaled by eigenvalue ** -p, fitted on
+    the training images, a fixed layer of the encoder; 0.5 is full whitening).
     Other kinds ignore these fields.
     """
 
@@ -76,8 +66,6 @@ class ModelConfig:
     conv_filters: tuple[int, ...] = (32, 32, 32)
     backbone_filters: tuple[int, ...] = (32, 64, 128)
     feature_dim: int = 256
-    backbone_loss: BackboneLoss = "nt-xent"
-    backbone_schedule: BackboneSchedule = "constant"
     temperature: float = 0.5
     min_crop: float = 0.4
     view_flip: bool = True
@@ -85,9 +73,7 @@ class ModelConfig:
     joint_embedding: bool = True
     graph_communities: int = 0
     community_searches: int = 1
-    community_choice: CommunityChoice = "even"
     coarse_communities: int = 0
-    self_label_epochs: int = 0
     hog_weight: float = 0.0
     graph_whitening: float = 0.0
     head_neighbors: int = 15
@@ -154,28 +140,6 @@ class ModelConfig:
             raise ConfigError(f"coarse_communities ({self.coarse_communities}) must be fewer "
                               f"than graph_communities ({self.graph_communities}), which "
                               "they are split into")
-        if not _is_int(self.self_label_epochs) or self.self_label_epochs < 0:
-            raise ConfigError("self_label_epochs must be 0 (off) or a positive integer, got "
-                              f"{self.self_label_epochs!r}")
-        object.__setattr__(self, "self_label_epochs", int(self.self_label_epochs))
-        if self.self_label_epochs and not self.graph_communities:
-            raise ConfigError("self_label_epochs needs graph_communities: self-labelling "
-                              "trains the encoder to predict its communities")
-        if self.community_choice not in get_args(CommunityChoice):
-            raise ConfigError(f"unknown community_choice {self.community_choice!r}: choose "
-                              "'even', 'stable' or 'consensus'")
-        several = {"stable": "keeps the partition most like the others",
-                   "consensus": "reruns the partition step on what several searches agree on"}
-        if self.community_choice in several and self.community_searches < 2:
-            raise ConfigError(f"community_choice {self.community_choice!r} "
-                              f"{several[self.community_choice]}: it needs community_searches "
-                              f">= 2, got {self.community_searches}")
-        if self.backbone_loss not in get_args(BackboneLoss):
-            raise ConfigError(f"unknown backbone_loss {self.backbone_loss!r}: choose 'nt-xent' "
-                              "or 'vicreg'")
-        if self.backbone_schedule not in get_args(BackboneSchedule):
-            raise ConfigError(f"unknown backbone_schedule {self.backbone_schedule!r}: choose "
-                              "'constant' or 'cosine'")
         if not _is_real(self.temperature) or not 0 < self.temperature < float("inf"):
             raise ConfigError(f"temperature must be a number > 0, got {self.temperature!r}")
         if not _is_real(self.min_crop) or not 0 < self.min_crop <= 1:

@@ -1,4 +1,4 @@
-"""Augmentation-invariant features: a conv backbone trained with SimCLR's NT-Xent or VICReg.
+"""Augmentation-invariant features: a conv backbone trained with SimCLR's NT-Xent.
 
 Two random views of every image in a batch (a random resized crop, a horizontal flip, a
 brightness/contrast change) are embedded; with NT-Xent each view must pick its partner out
@@ -6,35 +6,21 @@ of the other ``2B - 2`` views (Chen et al., 2020). What this teaches — that an
 its shifted, rescaled, re-lit copy are the same thing — is exactly what pixel-space
 autoencoders lack, and it makes the backbone's nearest neighbours far more often the same
 kind of object. The backbone's features then feed the neighbourhood head.
-
-VICReg (Bardes et al., 2022) asks the same invariance without negatives: the two views'
-projections must match (mean squared difference), every projection dimension must keep a
-standard deviation of at least 1 over the batch, and the dimensions must not covary. On
-Fashion-MNIST's whole-image views it gave purer neighbourhoods than NT-Xent for the same
-epochs (README, "What was tried").
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, get_args
+from typing import Any
 
 import keras
 import tensorflow as tf
 
 from training.errors import ConfigError
 from training.models.base import StepModel
-from training.models.config import BackboneLoss, BackboneSchedule
 
 logger = logging.getLogger(__name__)
-
-# VICReg's projector ("expander"): wider than NT-Xent's, as its covariance term decorrelates
-# the dimensions of this output. 512 rather than the paper's 8,192: the backbone has only 256
-# features, and a wider expander costs time on a CPU (8,192 was not tried).
-VICREG_PROJECTION = (512, 512)
-# The paper's weights of the invariance, variance and covariance terms.
-_VICREG_WEIGHTS = (25.0, 25.0, 1.0)
 
 
 def augment_views(images: tf.Tensor, seed: keras.random.SeedGenerator, *,
@@ -45,7 +31,7 @@ def augment_views(images: tf.Tensor, seed: keras.random.SeedGenerator, *,
     oriented scans) a flip-invariant embedding would merge what should stay apart.
     ``relight=True`` applies a second, milder light change (contrast x U(0.7, 1.3),
     brightness +-0.2) after the clipped first one: light was the augmentation whose strength
-    mattered most on Fashion-MNIST (README, "What was tried").
+    mattered most on Fashion-MNIST (docs/quality.md).
     """
     n = tf.shape(images)[0]
     height, width = images.shape[1], images.shape[2]
@@ -93,35 +79,6 @@ def nt_xent(z1: tf.Tensor, z2: tf.Tensor, temperature: float) -> tf.Tensor:
     return tf.nn.sparse_softmax_cross_entropy_with_logits(partners, logits)
 
 
-def vicreg(z1: tf.Tensor, z2: tf.Tensor) -> tf.Tensor:
-    """VICReg loss of paired projections ``z1[i] <-> z2[i]`` ([B, D]): a scalar.
-
-    25 x the mean squared difference of the pairs (invariance) + 25 x the hinge
-    ``mean(relu(1 - std))`` of each view's per-dimension standard deviation over the batch,
-    summed over the two views (variance; the paper averages them, so this weighs them as
-    its 50) + the squared off-diagonal covariances over D, summed over the two views.
-    Under a distribution strategy the batch statistics are each replica's own batch, as
-    NT-Xent's negatives are.
-    """
-    invariance, variance, covariance = _VICREG_WEIGHTS
-    dims = tf.cast(tf.shape(z1)[1], z1.dtype)
-
-    def spread(z: tf.Tensor) -> tf.Tensor:
-        return tf.reduce_mean(tf.nn.relu(1.0 - tf.sqrt(tf.math.reduce_variance(z, axis=0)
-                                                        + 1e-4)))
-
-    def covariance_term(z: tf.Tensor) -> tf.Tensor:
-        centred = z - tf.reduce_mean(z, axis=0)
-        cov = tf.matmul(centred, centred, transpose_a=True) / tf.cast(tf.shape(z)[0] - 1,
-                                                                        z.dtype)
-        off = tf.reduce_sum(tf.square(cov)) - tf.reduce_sum(tf.square(tf.linalg.diag_part(cov)))
-        return off / dims
-
-    match = tf.reduce_mean(tf.square(z1 - z2))
-    return (invariance * match + variance * (spread(z1) + spread(z2))
-            + covariance * (covariance_term(z1) + covariance_term(z2)))
-
-
 def build_backbone(input_shape: tuple[int, int, int], filters: tuple[int, ...],
                    feature_dim: int) -> keras.Model:
     """3x3 stride-2 conv + batch-norm + ReLU levels, flatten, dense to ``feature_dim``."""
@@ -138,36 +95,24 @@ def build_backbone(input_shape: tuple[int, int, int], filters: tuple[int, ...],
 
 
 class ContrastiveModel(StepModel):
-    """Backbone + projection MLP trained with NT-Xent (or VICReg) on two views per image.
+    """Backbone + projection MLP trained with NT-Xent on two views per image.
 
-    ``_loss`` gives NT-Xent per view, VICReg per batch (a scalar); the step averages either.
-    Train with ``model.fit(dataset)`` on ``(images, labels)`` batches (labels ignored);
-    the metric is ``loss``. Only ``backbone`` is kept afterwards.
+    ``_loss`` gives NT-Xent per view; the step averages it. Train with ``model.fit(dataset)``
+    on ``(images, labels)`` batches (labels ignored); the metric is ``loss``. Only
+    ``backbone`` is kept afterwards.
     """
 
     def __init__(self, backbone: keras.Model, *, projection_dim: int, temperature: float,
                  min_crop: float, seed: int, flip: bool = True, relight: bool = False,
-                 loss: BackboneLoss = "nt-xent", **kwargs: Any) -> None:
-        # Checked here, where the projector and the loss branch on it: an unknown name would
-        # otherwise pair VICReg's projector with NT-Xent's loss.
-        if loss not in get_args(BackboneLoss):
-            raise ConfigError(f"unknown backbone loss {loss!r}: choose 'nt-xent' or 'vicreg'")
+                 **kwargs: Any) -> None:
         super().__init__(name=kwargs.pop("name", "contrastive"), **kwargs)
         self.backbone = backbone
         width = int(backbone.output_shape[-1])
-        # NT-Xent: one layer to projection_dim; VICReg: hidden layers of its expander too.
-        units = (projection_dim,) if loss == "nt-xent" else VICREG_PROJECTION
-        layers: list[keras.layers.Layer] = [
-            keras.layers.BatchNormalization(name="projector_bn"),
-            keras.layers.ReLU(name="projector_relu")]
-        for i, hidden in enumerate(units[:-1], start=1):
-            layers += [keras.layers.Dense(hidden, name=f"projector_dense_{i}"),
-                       keras.layers.BatchNormalization(name=f"projector_bn_{i}"),
-                       keras.layers.ReLU(name=f"projector_relu_{i}")]
         self.projector = keras.Sequential(
-            [keras.Input((width,)), *layers, keras.layers.Dense(units[-1], name="projector_out")],
+            [keras.Input((width,)), keras.layers.BatchNormalization(name="projector_bn"),
+             keras.layers.ReLU(name="projector_relu"),
+             keras.layers.Dense(projection_dim, name="projector_out")],
             name="projector")
-        self.loss_kind = loss
         self.temperature = temperature
         self.min_crop = min_crop
         self.flip = flip
@@ -190,8 +135,6 @@ class ContrastiveModel(StepModel):
         both = self.projector(self.backbone(tf.concat(views, axis=0), training=training),
                               training=training)
         z1, z2 = tf.split(both, 2, axis=0)
-        if self.loss_kind == "vicreg":
-            return vicreg(z1, z2)
         return nt_xent(z1, z2, self.temperature)
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
@@ -214,38 +157,24 @@ def build_contrastive(input_shape: tuple[int, int, int], *, filters: tuple[int, 
                       feature_dim: int = 256, projection_dim: int = 128,
                       temperature: float = 0.5, min_crop: float = 0.4, flip: bool = True,
                       relight: bool = False, learning_rate: float = 1e-3,
-                      loss: BackboneLoss = "nt-xent", schedule: BackboneSchedule = "constant",
-                      total_steps: int = 0, seed: int = 0) -> ContrastiveModel:
+                      seed: int = 0) -> ContrastiveModel:
     """Build and compile the contrastive model (call inside ``strategy.scope()``).
 
-    ``projection_dim`` and ``temperature`` are NT-Xent's; VICReg's projector is always
-    :data:`VICREG_PROJECTION`. ``schedule="cosine"`` decays Adam's ``learning_rate`` to 0
-    along a half cosine over ``total_steps`` optimizer steps (the whole fit).
+    ``projection_dim`` and ``temperature`` are NT-Xent's; Adam holds ``learning_rate``
+    over the whole fit.
     """
     if not 0 < temperature < math.inf:
         raise ConfigError(f"temperature must be > 0, got {temperature!r}")
     if not 0 < min_crop <= 1:
         raise ConfigError(f"min_crop must be in (0, 1], got {min_crop!r}")
-    rate: float | keras.optimizers.schedules.LearningRateSchedule = learning_rate
-    if schedule == "cosine":
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise ConfigError("a cosine learning-rate schedule needs the fit's total number of "
-                              f"steps (>= 1), got {total_steps!r}")
-        rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps,
-                                                      alpha=0.0)
-    elif schedule != "constant":
-        raise ConfigError(f"unknown learning-rate schedule {schedule!r}: choose 'constant' or "
-                          "'cosine'")
     keras.utils.set_random_seed(seed)
     model = ContrastiveModel(build_backbone(input_shape, filters, feature_dim),
                              projection_dim=projection_dim, temperature=temperature,
-                             min_crop=min_crop, flip=flip, relight=relight, loss=loss,
-                             seed=seed)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=rate))
+                             min_crop=min_crop, flip=flip, relight=relight, seed=seed)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate))
     model.build_optimizer()
     logger.info("built contrastive backbone for %dx%dx%d images: conv %s, %d features, "
-                "%s loss, %s learning rate %g, %d trainable weights", *input_shape,
-                "-".join(map(str, filters)), feature_dim, loss,
-                "cosine-decayed" if schedule == "cosine" else "constant", learning_rate,
+                "nt-xent loss, learning rate %g, %d trainable weights", *input_shape,
+                "-".join(map(str, filters)), feature_dim, learning_rate,
                 sum(math.prod(w.shape) for w in model.trainable_weights))
     return model

@@ -4,7 +4,7 @@ The contrastive backbone learns what survives crops and light changes; it keeps 
 the fine outline (a collar, a sleeve's edge, a sandal's straps) that tells Fashion-MNIST's
 shirts from pullovers and coats and sandals from sneakers. A histogram of edge directions
 per small cell keeps exactly that outline, and joined to the backbone's features it makes
-the neighbour graph purer (README, "Clustering quality"). As a layer inside the encoder it
+the neighbour graph purer (docs/quality.md). As a layer inside the encoder it
 is computed for served images exactly as for the training images, so the bundle contract
 (an encoder SavedModel, nearest-centroid assignment) is unchanged.
 

@@ -1,0 +1,96 @@
+"""No import cycle inside the training package.
+
+Read from the source with ``ast`` rather than by importing: a cycle through an import under
+``if TYPE_CHECKING:`` or inside a function never fails at import time, yet it still ties two
+modules together (``training.fit`` and ``training.models.classifier`` were one such pair).
+Every ``import`` and ``from ... import`` of a ``training`` module counts, wherever it is.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "training"
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted name -> file of every module and package under training/."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The training modules ``path`` imports: ``from pkg import mod`` counts as ``pkg.mod``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in modules)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import"
+            for alias in node.names:
+                name = f"{node.module}.{alias.name}"
+                if name in modules:
+                    found.add(name)
+                elif node.module in modules:
+                    found.add(node.module)
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle a depth-first walk of ``graph`` meets, each as a closed path."""
+    cycles: list[list[str]] = []
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if target in path:
+                cycles.append([*path[path.index(target):], target])
+            elif target not in done:
+                visit(target)
+        path.pop()
+        done.add(node)
+
+    for node in sorted(graph):
+        if node not in done:
+            visit(node)
+    return cycles
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, modules) - {name} for name, path in modules.items()}
+
+
+def test_the_training_package_has_no_import_cycle() -> None:
+    cycles = _cycles(_graph())
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_walk_sees_the_imports() -> None:
+    graph = _graph()
+    assert {"training.models", "training.fit", "training.recipe_contrastive"} <= set(graph)
+    assert "training.models.classifier" in graph["training.models"]
+    assert "training.fit" in graph["training.models.classifier"]
+    # `from training import communities, neighbors` names the two modules.
+    assert {"training.communities", "training.neighbors"} <= graph["training.recipe_contrastive"]
+    # Imports inside functions count too (the CLI imports the job lazily).
+    assert "training.train" in graph["training.cli"]
+
+
+@pytest.mark.parametrize(("graph", "cycle"), [
+    ({"a": {"b"}, "b": {"a"}}, ["a", "b", "a"]),
+    ({"a": {"b"}, "b": {"c"}, "c": {"b", "d"}, "d": set()}, ["b", "c", "b"]),
+])
+def test_a_cycle_is_found(graph: dict[str, set[str]], cycle: list[str]) -> None:
+    assert _cycles(graph) == [cycle]
+    assert _cycles({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
