@@ -201,7 +201,7 @@ def run_one(recipe: Recipe, seed: int, work: Path) -> dict[str, Any]:
     """Train (K=10 bundle), then score both protocols through the exported bundle."""
     from training.data import DataOptions
     from training.models import ModelConfig
-    from training.train import TrainJob, run_training
+    from training.job import TrainJob, run_training
 
     out = work / f"{recipe.name}-s{seed}" / "1"
     started = time.monotonic()
@@ -220,7 +220,7 @@ def score_bundle(recipe: Recipe, seed: int, out: Path, *, train_seconds: float) 
     import numpy as np
 
     from service import bundle
-    from training import clustering, evaluation
+    from training import clustering, metrics
     from training.data import DataOptions, batches, load_dataset
     from training.embed import embed
     from training.evaluate import data_options_for, load_bundle
@@ -240,11 +240,11 @@ def score_bundle(recipe: Recipe, seed: int, out: Path, *, train_seconds: float) 
     return {
         "recipe": recipe.name, "dataset": recipe.dataset, "seed": seed,
         "label_assisted": recipe.label_assisted, "n_test": int(y.size),
-        "acc_k10": evaluation.hungarian_accuracy(y, ids10),
-        "nmi_k10": float(evaluation.clustering_scores(y, ids10, test.embeddings)["nmi"] or 0),
-        "ari_k10": float(evaluation.clustering_scores(y, ids10, test.embeddings)["ari"] or 0),
-        "majority_k20_heldout": evaluation.majority_accuracy(y, ids20),
-        "majority_k20_tutorial": evaluation.majority_accuracy(y, np.asarray(tutorial.labels)),
+        "acc_k10": metrics.hungarian_accuracy(y, ids10),
+        "nmi_k10": float(metrics.clustering_scores(y, ids10, test.embeddings)["nmi"] or 0),
+        "ari_k10": float(metrics.clustering_scores(y, ids10, test.embeddings)["ari"] or 0),
+        "majority_k20_heldout": metrics.majority_accuracy(y, ids20),
+        "majority_k20_tutorial": metrics.majority_accuracy(y, np.asarray(tutorial.labels)),
         "train_seconds": round(train_seconds, 1),
     }
 

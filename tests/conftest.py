@@ -24,7 +24,7 @@ def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     from training.data import DataOptions
     from training.models import ModelConfig
-    from training.train import TrainJob, run_training
+    from training.job import TrainJob, run_training
 
     out = tmp_path_factory.mktemp("pristine") / "digits" / "1"
     run_training(TrainJob(dataset="digits", out=out, data=DataOptions(seed=0),

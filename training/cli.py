@@ -359,7 +359,7 @@ def _data_options(args: argparse.Namespace) -> Any:
 
 def _train(args: argparse.Namespace) -> int:
     from training.models import ModelConfig
-    from training.train import TrainJob, run_training
+    from training.job import TrainJob, run_training
 
     job = TrainJob(
         dataset=args.dataset,

@@ -22,7 +22,7 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.exceptions import ConvergenceWarning
 
 from training.errors import ConfigError
-from training.evaluation import sampled_silhouette
+from training.metrics import sampled_silhouette
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def save_k_selection(selection: KSelection, out_dir: Path) -> list[Path]:
     PNG shows the elbow and silhouette curves with the chosen and elbow K marked.
     """
     # Imported here: matplotlib is only needed by the one caller that draws.
-    from training.plots import Panel, plot_panels
+    from training.charts import Panel, plot_panels
 
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = asdict(selection)

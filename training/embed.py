@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.evaluation import reconstruction_scores
+from training.metrics import reconstruction_scores
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from service import bundle
-from training import evaluation
+from training import metrics
 from training.data import DataOptions, LoadedData, Split, batches, load_dataset
 from training.embed import TensorFn, embed
 from training.errors import TrainingError
@@ -118,7 +118,7 @@ def evaluate_bundle(
         "n_clusters": manifest.n_clusters,
     }
     labels = held.labels if held.has_labels else None
-    scores.update(evaluation.clustering_scores(labels, ids, held.embeddings, seed=0))
+    scores.update(metrics.clustering_scores(labels, ids, held.embeddings, seed=0))
     scores["reconstruction_mse"] = held.reconstruction_mse
     scores["reconstruction_psnr"] = held.reconstruction_psnr
     scores["outlier_fraction"] = float(np.mean(distances > p99[ids]))

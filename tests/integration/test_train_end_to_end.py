@@ -13,7 +13,7 @@ from service import bundle
 from training.cli import main
 from training.data import DataOptions, to_numpy
 from training.models import ModelConfig
-from training.train import TrainJob, TrainResult, run_training
+from training.job import TrainJob, TrainResult, run_training
 
 
 @pytest.fixture(scope="module")

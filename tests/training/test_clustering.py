@@ -23,7 +23,7 @@ from training.clustering import (
     select_k,
 )
 from training.errors import ConfigError
-from training.evaluation import hungarian_accuracy
+from training.metrics import hungarian_accuracy
 
 
 @pytest.fixture(scope="module")

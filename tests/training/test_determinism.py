@@ -62,7 +62,7 @@ def test_two_runs_in_one_process_train_the_same(tmp_path: Path) -> None:
     # must not depend on what the first left in TensorFlow's global random state.
     from training.data import DataOptions
     from training.models import ModelConfig
-    from training.train import TrainJob, run_training
+    from training.job import TrainJob, run_training
 
     results = [run_training(TrainJob(
         dataset="digits", out=tmp_path / name / "1", data=DataOptions(seed=5),

@@ -14,9 +14,9 @@ import tensorflow as tf
 from training import interrupt
 from training.interrupt import StopOnInterrupt
 from training.models import ModelConfig, build_networks, train_feature_classifier
-from training.models.neighborhood import HeadConfig, build_head, fit_head
-from training.neighbors import fuzzy_graph, nearest_neighbors
-from training.recipe_contrastive import _fit_decoder
+from training.models.umap_head import HeadConfig, build_head, fit_head
+from training.knn_graph import fuzzy_graph, nearest_neighbors
+from training.recipes.contrastive import _fit_decoder
 
 
 @pytest.fixture(autouse=True)

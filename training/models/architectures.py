@@ -43,7 +43,7 @@ def build_networks(config: ModelConfig, input_shape: tuple[int, int, int]) -> Ne
     """Build the encoder and decoder that ``config.kind`` names for images of ``input_shape``."""
     if config.kind == "contrastive":
         raise ConfigError("the contrastive kind is not an autoencoder: train it with "
-                          "training.recipe_contrastive.fit_contrastive (the train command does)")
+                          "training.recipes.contrastive.fit_contrastive (the train command does)")
     if config.kind == "dense":
         return Networks(_dense_encoder(config, input_shape), _dense_decoder(config, input_shape))
     levels = conv_levels(input_shape[0], input_shape[1], len(config.conv_filters))

@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from training.errors import ConfigError
-from training.fit import fit_model
+from training.loop import fit_model
 from training.losses import ReconstructionLoss, kl_divergence, psnr, reconstruction_loss
 from training.models.architectures import Networks, build_networks, conv_levels
 from training.models.base import StepModel
@@ -182,7 +182,7 @@ def fit_autoencoder(model: Autoencoder, train: tf.data.Dataset, heldout: tf.data
     and ``val_psnr`` when ``heldout`` is given; the VAE adds ``reconstruction_loss`` and
     ``kl_loss``). ``tensorboard_dir`` receives the per-epoch metrics as TensorBoard scalars.
     Raises :class:`ConfigError` when training diverges (the loss becomes NaN or infinite);
-    :func:`training.fit.fit_model` is the loop.
+    :func:`training.loop.fit_model` is the loop.
     """
     return fit_model(model, train, heldout, epochs=epochs, label="autoencoder",
                      image_shape=tuple(model.encoder.input_shape[1:]),

@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from training.errors import ConfigError, DataError
-from training.fit import EpochLogger, check_image_batches, format_metrics
+from training.loop import EpochLogger, check_image_batches, format_metrics
 from training.interrupt import StopOnInterrupt
 from training.models.base import StepModel
 

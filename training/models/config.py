@@ -9,7 +9,7 @@ from typing import Any, Literal, get_args
 
 from training.errors import ConfigError
 from training.losses import LossKind
-from training.models.neighborhood import HeadConfig
+from training.models.umap_head import HeadConfig
 
 ModelKind = Literal["dense", "conv", "vae", "contrastive"]
 
@@ -27,12 +27,12 @@ class ModelConfig:
     of variance 1/2, so small images such as 8x8 digits may want a lower ``kl_weight`` to
     keep the KL term from collapsing the embedding).
 
-    ``contrastive`` is a different recipe (:mod:`training.recipe_contrastive`): a conv backbone
+    ``contrastive`` is a different recipe (:mod:`training.recipes.contrastive`): a conv backbone
     of ``backbone_filters`` trained for augmentation invariance (NT-Xent at ``temperature``
     and a constant ``learning_rate``; crops of at least ``min_crop`` of the area,
     horizontal flips unless ``view_flip`` is false, a second light change if ``view_relight``)
     to ``feature_dim`` features, a neighbourhood head (``head_*``; see
-    :class:`~training.models.neighborhood.HeadConfig`) to ``latent_dim``, and a conv decoder
+    :class:`~training.models.umap_head.HeadConfig`) to ``latent_dim``, and a conv decoder
     trained for ``decoder_epochs`` on the frozen embedding (loss ``mse`` only). With
     ``joint_embedding`` (the default; the best recipe measured on Fashion-MNIST) the embedding
     is the head's output (rescaled to unit total spread) joined with the unit-length output of
@@ -40,13 +40,13 @@ class ModelConfig:
     ``latent_dim`` numbers alone. With ``graph_communities`` N >= 2 the head and the joint
     embedding give way to a community head: the Louvain communities of the features' neighbour
     graph, N of them, are learnt by a softmax head whose N probabilities are the embedding
-    (:mod:`training.communities`; better groups at K around N, see docs/quality.md). With
+    (:mod:`training.recipes.communities`; better groups at K around N, see docs/quality.md). With
     ``community_searches`` S >= 2 the partition step (Louvain at N, or the coarse search and
     its splits) runs S times from different seeds, and once more on the graph's edges
     reweighted by how often those searches keep them inside a community
-    (:func:`training.communities.consensus_partition`); with 1, the default, it runs once. With
+    (:func:`training.recipes.communities.consensus_partition`); with 1, the default, it runs once. With
     ``coarse_communities`` C (2 <= C < N) Louvain finds C communities and the most spread of
-    them are split in two until there are N (:func:`training.communities.split_communities`).
+    them are split in two until there are N (:func:`training.recipes.communities.split_communities`).
     With ``hog_weight`` w > 0 the graph and the head see the unit backbone features joined
     with w times the pixels' unit-length orientation histograms
     (:mod:`training.models.gradients`), computed inside the encoder. With ``graph_whitening``

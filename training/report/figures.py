@@ -1,6 +1,6 @@
 """matplotlib figures of the report: 2-D maps, the contingency heat map, the code strip.
 
-Like :mod:`training.plots`, figures are built with the object API (never ``pyplot``) and
+Like :mod:`training.charts`, figures are built with the object API (never ``pyplot``) and
 saved without a tight bounding box, so each PNG is exactly ``figsize * dpi`` pixels.
 """
 

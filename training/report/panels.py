@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from training import clustering, evaluation
-from training.plots import Panel, plot_history, plot_panels
+from training import clustering, metrics
+from training.charts import Panel, plot_history, plot_panels
 from training.report import figures, maps, tiles
 from training.report.gather import ReportData
 from training.report.html import Figure, Heading, Omitted, Section, Table, Text
@@ -300,7 +300,7 @@ def contingency(data: ReportData, out: Path) -> Section:
     section = Section("contingency", "Clusters and labels")
     m = data.manifest
     labels = data.labels if data.has_labels else None
-    scores = evaluation.clustering_scores(labels, data.cluster_ids, data.embeddings,
+    scores = metrics.clustering_scores(labels, data.cluster_ids, data.embeddings,
                                           seed=data.seed)
     if labels is None:
         section.blocks.append(Omitted("contingency", no_labels_reason(data)))
@@ -308,7 +308,7 @@ def contingency(data: ReportData, out: Path) -> Section:
             ["images", _fmt(scores["n"])], ["clusters used", _fmt(scores["n_clusters_used"])],
             ["silhouette (seeded sample)", _fmt(scores["silhouette"])]]))
         return section
-    table = evaluation.contingency(labels, data.cluster_ids)
+    table = metrics.contingency(labels, data.cluster_ids)
     full = np.zeros((m.n_clusters, table.shape[1]), dtype=np.int64)
     full[:table.shape[0]] = table
     rows = [f"{c} ({m.cluster_label(c)})" if m.cluster_label(c) else str(c)
@@ -328,7 +328,7 @@ def contingency(data: ReportData, out: Path) -> Section:
         Table(["score", f"this sample ({data.n} {data.split})",
                f"at training ({stored.get('split', 'held-out')})"],
               [[title, _fmt(scores.get(key)), _fmt(stored.get(key))] for title, key in names],
-              caption="Scores from training.evaluation: Hungarian matching is one-to-one, "
+              caption="Scores from training.metrics: Hungarian matching is one-to-one, "
                       "majority maps each cluster to its most frequent label."),
     ]
     return section

@@ -21,8 +21,8 @@ from training.errors import ConfigError
 from training.evaluate import load_bundle
 from training.models import ModelConfig, build_autoencoder, build_networks
 from training.models.gradients import OrientationHistograms
-from training.recipe_contrastive import FittedNetworks
-from training.train import TrainJob, TrainResult, run_training
+from training.recipes.contrastive import FittedNetworks
+from training.job import TrainJob, TrainResult, run_training
 
 # Small enough for 2 cores: the stages' own minimum step counts set most of the run time.
 SMALL: dict[str, Any] = {
@@ -587,9 +587,9 @@ def test_cli_trains_the_backbone_15_epochs_by_default(
         caplog: pytest.LogCaptureFixture) -> None:
     # A full default run takes minutes on 2 cores; the epoch count is in the first epoch's
     # log line, after which the run is interrupted like a user's Ctrl-C.
-    caplog.set_level(logging.INFO, logger="training.fit")
+    caplog.set_level(logging.INFO, logger="training.loop")
     stopper = _InterruptAfterFirstEpoch()
-    fit_logger = logging.getLogger("training.fit")
+    fit_logger = logging.getLogger("training.loop")
     fit_logger.addHandler(stopper)
     out = tmp_path / "m" / "1"
     try:

@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from training.errors import DataError
-from training.evaluation import (
+from training.metrics import (
     clustering_scores,
     contingency,
     hungarian_accuracy,

@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 from tensorflow.core.util import event_pb2
 
 from training.errors import ConfigError, DataError
-from training.fit import check_image_batches, format_metrics
+from training.loop import check_image_batches, format_metrics
 from training.models import Autoencoder, ModelConfig, build_autoencoder, fit_autoencoder
 
 SMALL = {"dense_units": (32,), "conv_filters": (8, 8), "latent_dim": 4}
@@ -45,7 +45,7 @@ def _model(kind: str = "conv", **overrides: Any) -> Autoencoder:
 def test_history_logs_and_improvement(splits: tuple[tf.data.Dataset, tf.data.Dataset],
                                       caplog: pytest.LogCaptureFixture) -> None:
     train, heldout = splits
-    with caplog.at_level(logging.INFO, logger="training.fit"):
+    with caplog.at_level(logging.INFO, logger="training.loop"):
         history = fit_autoencoder(_model("conv"), train, heldout, epochs=3)
     assert set(history) == {"loss", "psnr", "val_loss", "val_psnr"}
     assert all(len(values) == 3 for values in history.values())

@@ -6,7 +6,7 @@ the neighbour graph follows the neighbourhoods instead: on Fashion-MNIST's contr
 features, graph communities at about 20 groups hold majority labels on 0.75-0.80 of the
 images, where k-means at K = 20 on the same features holds 0.72-0.75 (docs/quality.md).
 The service still assigns by nearest centroid, so the contrastive recipe teaches
-a small head to predict these communities (:mod:`training.recipe_contrastive`).
+a small head to predict these communities (:mod:`training.recipes.contrastive`).
 
 Louvain (Blondel et al., 2008; scikit-network's implementation) maximises modularity at a
 resolution; higher resolutions give more, smaller communities. The resolution is bisected

@@ -1,6 +1,6 @@
 """The k-nearest-neighbour graph of a feature set, weighted as UMAP weights it.
 
-A parametric neighbourhood head (:mod:`training.models.neighborhood`) learns an embedding
+A parametric neighbourhood head (:mod:`training.models.umap_head`) learns an embedding
 in which images that are near neighbours in a feature space stay close and random pairs
 move apart. Which pairs are neighbours, and how strongly, is the fuzzy simplicial set of
 UMAP (McInnes et al., 2018, section 3): per point, distances to its k nearest neighbours

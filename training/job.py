@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from service import bundle
-from training import clustering, evaluation, exemplars, export
+from training import clustering, exemplars, export, metrics
 from training.data import DataOptions, LoadedData, Split, batches, load_dataset
 from training.devices import configure_determinism, configure_devices, is_chief, select_strategy
 from training.embed import Embedded, TensorFn, embed, keras_fn
@@ -29,8 +29,8 @@ from training.models import (
     fit_autoencoder,
     train_feature_classifier,
 )
-from training.plots import plot_history
-from training.recipe_contrastive import fit_contrastive
+from training.charts import plot_history
+from training.recipes.contrastive import fit_contrastive
 from training.signing import Signer
 
 logger = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ def _evaluate(
         held, ids, split = train_emb, train_ids, "train"
     labels = held.labels if held.has_labels else None
     scores: dict[str, Any] = {"split": split}
-    scores.update(evaluation.clustering_scores(labels, ids, held.embeddings, seed=seed))
+    scores.update(metrics.clustering_scores(labels, ids, held.embeddings, seed=seed))
     scores["reconstruction_mse"] = held.reconstruction_mse
     scores["reconstruction_psnr"] = held.reconstruction_psnr
     return scores

@@ -1,7 +1,7 @@
 """A parametric neighbourhood head: features -> a low-dimensional, clusterable embedding.
 
 The head is a small MLP trained with UMAP's cross-entropy (parametric UMAP, Sainburg et
-al., 2021): pairs that are neighbours in the fuzzy graph of :mod:`training.neighbors` are
+al., 2021): pairs that are neighbours in the fuzzy graph of :mod:`training.knn_graph` are
 pulled together, random pairs pushed apart, through the low-dimensional similarity
 ``1 / (1 + a * d^(2b))``. Unlike UMAP itself it is a network, so new images are embedded
 by the exported encoder SavedModel exactly like training images, and k-means centroids
@@ -22,7 +22,7 @@ from scipy.optimize import curve_fit
 
 from training import interrupt
 from training.errors import ConfigError
-from training.neighbors import NeighborGraph
+from training.knn_graph import NeighborGraph
 
 logger = logging.getLogger(__name__)
 

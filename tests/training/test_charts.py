@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.plots import Panel, figure_size_px, plot_history, plot_panels
+from training.charts import Panel, figure_size_px, plot_history, plot_panels
 
 
 def _png(path: Path) -> tuple[tuple[int, int], np.ndarray]:

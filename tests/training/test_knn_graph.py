@@ -9,7 +9,7 @@ import pytest
 from scipy.optimize import brentq
 
 from training.errors import ConfigError
-from training.neighbors import NeighborGraph, fuzzy_graph, nearest_neighbors
+from training.knn_graph import NeighborGraph, fuzzy_graph, nearest_neighbors
 
 # --- nearest_neighbors ------------------------------------------------------------------------
 

@@ -11,8 +11,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from training.errors import ConfigError
-from training.models.neighborhood import HeadConfig, build_head, fit_head, similarity_curve
-from training.neighbors import NeighborGraph, fuzzy_graph, nearest_neighbors
+from training.models.umap_head import HeadConfig, build_head, fit_head, similarity_curve
+from training.knn_graph import NeighborGraph, fuzzy_graph, nearest_neighbors
 
 # A head small and quick enough for a 2-core CI machine.
 SMALL: dict[str, Any] = {"n_neighbors": 8, "hidden": (16,), "batch_size": 256, "min_steps": 1}

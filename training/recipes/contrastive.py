@@ -6,7 +6,7 @@ Three stages, each logged with its progress:
 2. the fuzzy k-nearest-neighbour graph of those features (cosine) trains a small MLP
    head to a ``latent_dim`` embedding in which neighbours stay close (parametric UMAP) or,
    with ``graph_communities``, a softmax head learns the graph's Louvain communities
-   (:mod:`training.communities`);
+   (:mod:`training.recipes.communities`);
 3. a conv decoder learns to reconstruct images from the frozen embedding (MSE), so the
    bundle still answers reconstructions.
 
@@ -29,15 +29,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training import communities, neighbors
+from training import knn_graph
+from training.recipes import communities
 from training.data import LoadedData, batches, to_numpy
 from training.errors import ConfigError
-from training.fit import EpochLogger, fit_model
+from training.loop import EpochLogger, fit_model
 from training.interrupt import StopOnInterrupt
 from training.models import ModelConfig, build_networks
 from training.models.contrastive import build_contrastive
 from training.models.gradients import OrientationHistograms
-from training.models.neighborhood import build_head, fit_head
+from training.models.umap_head import build_head, fit_head
 from training.models.whitening import PartialWhitening
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ _MIN_STEPS = 1000
 
 @dataclass
 class FittedNetworks:
-    """What :mod:`training.train` exports: encoder and decoder, and the training curves."""
+    """What :mod:`training.job` exports: encoder and decoder, and the training curves."""
 
     encoder: keras.Model
     decoder: keras.Model
@@ -135,13 +136,13 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
     rng = np.random.default_rng(seed)
     sample = (np.sort(rng.choice(len(features), config.head_max_points, replace=False))
               if len(features) > config.head_max_points else np.arange(len(features)))
-    distances, indices = neighbors.nearest_neighbors(features[sample], config.head_neighbors)
+    distances, indices = knn_graph.nearest_neighbors(features[sample], config.head_neighbors)
     partition: dict[str, Any] | None = None
     if config.graph_communities:
         head, history["community_loss"], partition = _fit_community_head(
             features[sample], indices, config, seed=seed)
     else:
-        graph = neighbors.fuzzy_graph(distances, indices)
+        graph = knn_graph.fuzzy_graph(distances, indices)
         logger.info("neighbour graph: %d points, %d edges", graph.n, graph.n_edges)
         keras.utils.set_random_seed(config.seed)
         head = build_head(features.shape[1], config.latent_dim, config.head_hidden)

@@ -10,9 +10,9 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from sknetwork.clustering import get_modularity
 
-from training import communities
+from training.recipes import communities
 from training.errors import ConfigError
-from training.neighbors import nearest_neighbors
+from training.knn_graph import nearest_neighbors
 
 
 def _blobs(per: int = 150, centres: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +103,7 @@ def test_a_node_order_that_steps_over_the_count_gives_way_to_the_next(
     points = np.random.default_rng(0).normal(size=(300, 5))
     _, indices = nearest_neighbors(points, 10)
     adjacency = communities.knn_adjacency(indices)
-    with caplog.at_level("WARNING", logger="training.communities"):
+    with caplog.at_level("WARNING", logger="training.recipes.communities"):
         partition = communities.louvain_communities(adjacency, 10, seed=0)
     assert partition.count == 10 and partition.starts_tried == 5
     assert np.bincount(partition.labels).min() > 0
@@ -114,7 +114,7 @@ def test_a_node_order_that_steps_over_the_count_gives_way_to_the_next(
     np.testing.assert_array_equal(again.labels, partition.labels)
     # Where the first order lands on the count, nothing is searched past it or logged.
     caplog.clear()
-    with caplog.at_level("WARNING", logger="training.communities"):
+    with caplog.at_level("WARNING", logger="training.recipes.communities"):
         communities.louvain_communities(adjacency, 10, seed=1)
     assert "step over" not in caplog.text
 
@@ -174,7 +174,7 @@ def test_the_most_spread_community_is_split_not_the_largest(
     points, truth = _spread_and_size()
     adjacency = communities.knn_adjacency(nearest_neighbors(points, 6)[1])
     coarse = _coarse(np.where(truth == 2, 1, 0))
-    with caplog.at_level("INFO", logger="training.communities"):
+    with caplog.at_level("INFO", logger="training.recipes.communities"):
         split = communities.split_communities(adjacency, points, coarse, 3, seed=0)
     # Splitting by size would have cut the 200-point blob; the spread cuts the two blobs.
     assert adjusted_rand_score(truth, split.labels) == 1.0
