@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 HTTP_PORT ?= 8501
 GRPC_PORT ?= 8500
-RUN_ARGS ?= --dataset digits --model contrastive --latent 10 --clusters 10 --seed 0
+RUN_ARGS ?= --dataset digits --seed 0
 
 .PHONY: run train test test-slow lint venv lock bench bench-quality clean
 

@@ -22,14 +22,14 @@ def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Read-only for tests: copy it (see :func:`clone_version`) before changing anything.
     """
+    from training.config import AutoencoderConfig
     from training.data import DataOptions
-    from training.models import ModelConfig
     from training.job import TrainJob, run_training
 
     out = tmp_path_factory.mktemp("pristine") / "digits" / "1"
     run_training(TrainJob(dataset="digits", out=out, data=DataOptions(seed=0),
-                          model=ModelConfig(kind="conv", latent_dim=8, seed=0),
-                          epochs=2, clusters=10, seed=0))
+                          model=AutoencoderConfig(kind="conv", latent_dim=8, epochs=2),
+                          clusters=10, seed=0))
     return out
 
 

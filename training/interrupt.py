@@ -45,20 +45,15 @@ def _handle(signum: int, frame: FrameType | None) -> None:
 
 
 class StopOnInterrupt(keras.callbacks.Callback):
-    """Raise KeyboardInterrupt after the step during which Ctrl-C was pressed."""
+    """Raise KeyboardInterrupt after the step during which Ctrl-C was pressed.
 
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        _State.fits += 1
-
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        _State.fits -= 1
+    Run the fit inside :func:`stoppable`: Keras skips ``on_train_end`` when an exception
+    leaves ``fit``, so a count kept by the callback itself stayed raised after a failed fit,
+    and a later Ctrl-C outside any fit was swallowed.
+    """
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if _State.requested:
-            # on_train_end will not run: leave the state as if this fit had ended.
-            _State.requested = False
-            _State.fits -= 1
-            raise KeyboardInterrupt
+        check()
 
 
 @contextlib.contextmanager

@@ -1,8 +1,7 @@
-"""The training job: data -> autoencoder -> embeddings -> k-means -> evaluation -> bundle."""
+"""The training job: data -> recipe -> embeddings -> k-means -> evaluation -> bundle."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -15,31 +14,22 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from service import bundle
 from training import clustering, exemplars, export, metrics
-from training.data import DataOptions, LoadedData, Split, batches, load_dataset
+from training.charts import plot_history
+from training.config import AutoencoderConfig, ModelConfig, flat
+from training.data import DataOptions, LoadedData, batches, load_dataset
 from training.devices import configure_determinism, configure_devices, is_chief, select_strategy
 from training.embed import Embedded, TensorFn, embed, keras_fn
 from training.errors import ConfigError
-from training.models import (
-    ModelConfig,
-    build_autoencoder,
-    fit_autoencoder,
-    train_feature_classifier,
-)
-from training.charts import plot_history
-from training.recipes.contrastive import fit_contrastive
+from training.recipes import FittedNetworks
+from training.recipes.autoencoder import check_autoencoder, fit_autoencoder_recipe
+from training.recipes.contrastive import check_contrastive, fit_contrastive
 from training.signing import Signer
 
 logger = logging.getLogger(__name__)
 
-
-# Recipe defaults when a job leaves epochs or batch size unset: SimCLR needs more passes
-# than an autoencoder, and larger batches give each image more negatives.
-_DEFAULT_EPOCHS = {"contrastive": 15}
-_DEFAULT_BATCH_SIZE = {"contrastive": 256}
 
 
 @dataclass(frozen=True)
@@ -49,13 +39,9 @@ class TrainJob:
     dataset: str
     out: Path
     data: DataOptions
-    model: ModelConfig
-    epochs: int | None = None  # None: the recipe's default (fit_epochs)
-    batch_size: int | None = None  # None: the recipe's default (fit_batch_size)
+    model: ModelConfig  # the recipe and its options (training.config)
     clusters: int | None = 10  # None: choose K by silhouette over k_range
     k_range: tuple[int, int] = (2, 20)
-    augment_flip: bool = False
-    classifier_epochs: int = 3
     minibatch_threshold: int = 100_000
     exemplars: int = 8  # thumbnails per cluster stored in the bundle; 0: none
     overwrite: bool = False
@@ -66,29 +52,13 @@ class TrainJob:
     seed: int = 0
     signing_key: Path | None = None  # EC private key (PEM): the version is signed (model.sig)
 
-    @property
-    def fit_epochs(self) -> int:
-        """Epochs to train: as given, else 10 (15 for the contrastive backbone)."""
-        return self.epochs if self.epochs is not None else _DEFAULT_EPOCHS.get(self.model.kind, 10)
-
-    @property
-    def fit_batch_size(self) -> int:
-        """Batch size: as given, else 64 (256 for the contrastive recipe)."""
-        if self.batch_size is not None:
-            return self.batch_size
-        return _DEFAULT_BATCH_SIZE.get(self.model.kind, 64)
-
     def hyperparameters(self) -> dict[str, Any]:
-        """The settings recorded in the manifest (paths left out: they are not portable)."""
-        model = dataclasses.asdict(self.model)
+        """The settings recorded in the manifest, by option name (``train --<name>``), the
+        model kind's own options first (paths left out: they are not portable)."""
         return {
-            **{k: list(v) if isinstance(v, tuple) else v for k, v in model.items()},
-            "epochs": self.fit_epochs,
-            "batch_size": self.fit_batch_size,
+            **flat(self.model),
             "clusters": self.clusters if self.clusters is not None else "auto",
             "k_range": list(self.k_range),
-            "augment_flip": self.augment_flip,
-            "classifier_epochs": self.classifier_epochs if self.model.loss == "perceptual" else 0,
             "minibatch_threshold": self.minibatch_threshold,
             "exemplars": self.exemplars,
             "val_fraction": self.data.val_fraction,
@@ -112,10 +82,6 @@ class TrainResult:
 
 
 def _check_job(job: TrainJob, data: LoadedData) -> None:
-    if job.fit_epochs < 0:
-        raise ConfigError(f"--epochs must be >= 0, got {job.fit_epochs}")
-    if job.fit_batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {job.fit_batch_size}")
     if job.exemplars < 0:
         raise ConfigError(f"--exemplars must be >= 0 (0: none), got {job.exemplars}")
     if job.clusters is not None and not 1 <= job.clusters <= data.train.size:
@@ -128,19 +94,10 @@ def _check_job(job: TrainJob, data: LoadedData) -> None:
         raise ConfigError(f"--k-range {low}-{high} must satisfy 2 <= low <= high")
     if job.clusters is None and high > data.train.size:
         raise ConfigError(f"--k-range goes up to {high} but there are {data.train.size} images")
-    if job.model.loss == "perceptual" and data.class_names is None:
-        raise ConfigError(
-            "--loss perceptual trains a classifier on labels first, and this dataset has "
-            "no labels; use --loss mse or bce"
-        )
-
-
-def _labelled(split: Split) -> Split:
-    """The labelled images of ``split`` (image folders may label only some of them)."""
-    labelled = split.dataset.filter(lambda x, y: y >= 0)
-    count = int(split.dataset.reduce(np.int64(0), lambda n, item: n + tf.cast(item[1] >= 0,
-                                                                                 tf.int64)))
-    return Split(size=count, dataset=labelled, in_memory=split.in_memory)
+    if isinstance(job.model, AutoencoderConfig):
+        check_autoencoder(job.model, data)
+    else:
+        check_contrastive(job.model, data)
 
 
 def run_training(job: TrainJob) -> TrainResult:
@@ -172,37 +129,23 @@ def run_training(job: TrainJob) -> TrainResult:
         data.heldout_kind, *shape, "labelled" if data.class_names else "unlabelled",
     )
 
-    train_batches = batches(data.train, job.fit_batch_size, shuffle=True, seed=job.seed,
-                            augment_flip=job.augment_flip)
+    batch_size = job.model.batch_size
     heldout_batches = (
-        batches(data.heldout, job.fit_batch_size, shuffle=False, seed=job.seed)
+        batches(data.heldout, batch_size, shuffle=False, seed=job.seed)
         if data.heldout is not None else None
     )
 
-    if job.model.kind == "contrastive":
-        model: Any = fit_contrastive(job.model, data, epochs=job.fit_epochs,
-                                     batch_size=job.fit_batch_size, strategy=strategy,
-                                     seed=job.seed, augment_flip=job.augment_flip,
-                                     tensorboard_dir=job.tensorboard_dir)
-        history = model.history
+    model: FittedNetworks
+    if isinstance(job.model, AutoencoderConfig):
+        model = fit_autoencoder_recipe(job.model, data, strategy=strategy, seed=job.seed,
+                                       tensorboard_dir=job.tensorboard_dir)
     else:
-        with strategy.scope():
-            extractor = None
-            if job.model.loss == "perceptual":
-                assert data.class_names is not None  # _check_job guarantees it
-                logger.info("perceptual loss: training the feature classifier on the labels")
-                extractor = train_feature_classifier(
-                    batches(_labelled(data.train), job.fit_batch_size, shuffle=True, seed=job.seed),
-                    batches(_labelled(data.heldout), job.fit_batch_size, shuffle=False,
-                            seed=job.seed) if data.heldout is not None else None,
-                    shape, len(data.class_names), epochs=job.classifier_epochs, seed=job.seed,
-                )
-            model = build_autoencoder(job.model, shape, feature_extractor=extractor)
-        history = fit_autoencoder(model, train_batches, heldout_batches, epochs=job.fit_epochs,
-                                  tensorboard_dir=job.tensorboard_dir)
+        model = fit_contrastive(job.model, data, strategy=strategy, seed=job.seed,
+                                tensorboard_dir=job.tensorboard_dir)
+    history = model.history
 
     # Embeddings of the training images, in a fixed order and without augmentation.
-    plain_train = batches(data.train, job.fit_batch_size * 4, shuffle=False, seed=job.seed)
+    plain_train = batches(data.train, batch_size * 4, shuffle=False, seed=job.seed)
     encode, decode = keras_fn(model.encoder), keras_fn(model.decoder)
     train_emb = embed(encode, plain_train, total=data.train.size, decode=decode,
                       what="embedding train")
@@ -243,11 +186,11 @@ def run_training(job: TrainJob) -> TrainResult:
     info = bundle.TrainingInfo(
         data_source=data.source,
         model_kind=job.model.kind,
-        loss=job.model.loss,
-        labels_used=job.model.loss == "perceptual",
+        loss=getattr(job.model, "loss", "mse"),  # the contrastive decoder's loss is mse
+        labels_used=getattr(job.model, "loss", None) == "perceptual",
         hyperparameters={**job.hyperparameters(), "clusters_chosen": n_clusters,
                          "kmeans_algorithm": result.algorithm},
-        epochs=job.fit_epochs,
+        epochs=job.model.epochs,
         final_losses=final_losses,
         n_train=data.train.size,
         n_heldout=data.heldout.size if data.heldout is not None else 0,
@@ -256,7 +199,7 @@ def run_training(job: TrainJob) -> TrainResult:
     )
     report_writers.append(lambda d: _write_json(d / "history.json", history))
     report_writers.append(lambda d: _write_json(d / "evaluation.json", scores))
-    partition = getattr(model, "communities", None)
+    partition = model.communities
     if partition is not None:
         report_writers.append(lambda d: _write_json(d / "communities.json", partition))
     if history.get("loss"):

@@ -18,7 +18,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from training.errors import ConfigError, DataError
-from training.interrupt import StopOnInterrupt
+from training.interrupt import StopOnInterrupt, stoppable
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +152,9 @@ def fit_model(model: keras.Model, train: tf.data.Dataset, heldout: tf.data.Datas
 
     start = time.perf_counter()
     # shuffle=False: a tf.data pipeline shuffles itself (Keras would ignore it and warn).
-    history = model.fit(train, validation_data=heldout, epochs=epochs, callbacks=callbacks,
-                        shuffle=False, verbose=0)
+    with stoppable():
+        history = model.fit(train, validation_data=heldout, epochs=epochs, callbacks=callbacks,
+                            shuffle=False, verbose=0)
     result = {name: [float(v) for v in values] for name, values in history.history.items()}
     losses = result.get("loss", [])
     if not losses:

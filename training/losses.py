@@ -13,9 +13,9 @@ from typing import Literal
 import keras
 import tensorflow as tf
 
+from training.config import LossKind
 from training.errors import ConfigError
 
-LossKind = Literal["mse", "bce", "perceptual"]
 Reduction = Literal["mean", "sum"]
 ReconstructionLoss = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 """``loss(target, reconstruction) -> [B]``: one value per image."""

@@ -9,7 +9,7 @@ import pytest
 
 from tests.by_path import load_module
 from training.cli import PRESETS
-from training.models import ModelConfig
+from training.config import ContrastiveConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 quality = load_module(ROOT / "bench" / "quality.py", "bench_quality")
@@ -20,7 +20,11 @@ def test_every_row_is_a_model_config_training_accepts(quick: bool) -> None:
     rows = quality.recipes(quick)
     assert len({row.name for row in rows}) == len(rows)
     for row in rows:
-        ModelConfig(kind=row.model, latent_dim=row.latent, loss=row.loss, **row.extra)
+        config = quality.recipe_config(row)
+        assert (config.kind, config.latent_dim, config.epochs) == (row.model, row.latent,
+                                                                    row.epochs)
+        if isinstance(config, ContrastiveConfig):
+            assert config.backbone.batch_size == row.batch_size
 
 
 def test_the_k20_row_trains_the_preset_training_declares() -> None:

@@ -11,8 +11,8 @@ import tensorflow as tf
 
 from service import bundle
 from training.cli import main
+from training.config import AutoencoderConfig
 from training.data import DataOptions, to_numpy
-from training.models import ModelConfig
 from training.job import TrainJob, TrainResult, run_training
 
 
@@ -21,8 +21,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     out = tmp_path_factory.mktemp("repo") / "digits" / "1"
     job = TrainJob(
         dataset="digits", out=out, data=DataOptions(val_fraction=0.2, seed=1),
-        model=ModelConfig(kind="conv", latent_dim=8, seed=1),
-        epochs=3, batch_size=64, clusters=10, seed=1,
+        model=AutoencoderConfig(kind="conv", latent_dim=8, epochs=3, batch_size=64),
+        clusters=10, seed=1,
     )
     return run_training(job)
 

@@ -115,7 +115,8 @@ def test_missing_dataset_is_a_clear_error(dataset: str, tmp_path: Path,
 def test_perceptual_needs_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     npz = tmp_path / "unlabelled.npz"
     np.savez(npz, x=np.random.default_rng(0).integers(0, 255, (40, 8, 8), dtype=np.uint8))
-    code, _, err = _run(["train", "--dataset", f"npz:{npz}", "--loss", "perceptual",
+    code, _, err = _run(["train", "--dataset", f"npz:{npz}", "--model", "conv",
+                         "--loss", "perceptual",
                          "--epochs", "1", "--clusters", "2", "--out",
                          str(tmp_path / "m" / "1")], capsys)
     assert code == 2 and "no labels" in err
@@ -139,8 +140,8 @@ def test_ctrl_c_during_training_leaves_no_bundle(tmp_path: Path) -> None:
     out = tmp_path / "repo" / "digits" / "1"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "training", "train", "--dataset", "digits", "--epochs", "500",
-         "--out", str(out)],
+        [sys.executable, "-m", "training", "train", "--dataset", "digits", "--model", "conv",
+         "--epochs", "500", "--out", str(out)],
         cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         # A suite started in the background by a shell inherits an ignored SIGINT, and so
         # would the child: give it the default disposition, as in a terminal.
@@ -177,7 +178,7 @@ def test_every_model_kind_exports_a_servable_bundle(model: str, tmp_path: Path,
     assert code == 0, err
     manifest = bundle.read_manifest(out)
     assert manifest.training.model_kind == model and manifest.latent_dim == 6
-    assert manifest.training.hyperparameters["denoise_sigma"] == 0.1
+    assert manifest.training.hyperparameters["denoise"] == 0.1
     bundle.load_centroids(out, manifest)
 
 

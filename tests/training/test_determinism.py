@@ -60,13 +60,13 @@ def test_two_deterministic_runs_export_identical_bundles(tmp_path: Path) -> None
 def test_two_runs_in_one_process_train_the_same(tmp_path: Path) -> None:
     # A notebook or the quality bench trains several bundles in one process; the second
     # must not depend on what the first left in TensorFlow's global random state.
+    from training.config import AutoencoderConfig
     from training.data import DataOptions
-    from training.models import ModelConfig
     from training.job import TrainJob, run_training
 
     results = [run_training(TrainJob(
         dataset="digits", out=tmp_path / name / "1", data=DataOptions(seed=5),
-        model=ModelConfig(kind="conv", latent_dim=4, seed=5), epochs=3, clusters=4,
+        model=AutoencoderConfig(kind="conv", latent_dim=4, epochs=3), clusters=4,
         exemplars=0, seed=5)) for name in ("a", "b")]
     assert results[0].history["loss"] == results[1].history["loss"]
     np.testing.assert_array_equal(results[0].kmeans.centroids, results[1].kmeans.centroids)

@@ -92,8 +92,8 @@ WORKER = """
     import numpy as np, tensorflow as tf
     from sklearn.datasets import load_digits
     from training.devices import configure_devices, select_strategy
-    from training.models import (ModelConfig, build_autoencoder, fit_autoencoder,
-                                 train_feature_classifier)
+    from training.config import AutoencoderConfig
+    from training.models import build_autoencoder, fit_autoencoder, train_feature_classifier
 
     strategy = select_strategy(configure_devices("cpu"))
     assert type(strategy).__name__ == "CollectiveAllReduceStrategy", type(strategy)
@@ -102,8 +102,8 @@ WORKER = """
     data = tf.data.Dataset.from_tensor_slices((x, digits.target[:384])).batch(64)
     with strategy.scope():
         extractor = train_feature_classifier(data, None, (8, 8, 1), 10, epochs=1, seed=0)
-        config = ModelConfig(kind="vae", loss="perceptual", dense_units=(16,),
-                             conv_filters=(8, 8), latent_dim=4)
+        config = AutoencoderConfig(kind="vae", loss="perceptual", dense_units=(16,),
+                                   conv_filters=(8, 8), latent_dim=4)
         model = build_autoencoder(config, (8, 8, 1), feature_extractor=extractor)
     history = fit_autoencoder(model, data, data, epochs=2)
     print("HISTORY " + json.dumps(history), flush=True)

@@ -12,10 +12,12 @@ import pytest
 import tensorflow as tf
 
 from training import interrupt
+from training.config import AutoencoderConfig, ContrastiveConfig
 from training.interrupt import StopOnInterrupt
-from training.models import ModelConfig, build_networks, train_feature_classifier
-from training.models.umap_head import HeadConfig, build_head, fit_head
 from training.knn_graph import fuzzy_graph, nearest_neighbors
+from training.loop import fit_model
+from training.models import build_networks, train_feature_classifier
+from training.models.umap_head import UmapHeadConfig, build_head, fit_head
 from training.recipes.contrastive import _fit_decoder
 
 
@@ -47,7 +49,8 @@ def _fit(callbacks: list[keras.callbacks.Callback]) -> None:
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     x = np.zeros((40, 2), np.float32)
-    model.fit(x, x[:, :1], batch_size=4, epochs=1, verbose=0, callbacks=callbacks)
+    with interrupt.stoppable():  # as every fit of the product runs
+        model.fit(x, x[:, :1], batch_size=4, epochs=1, verbose=0, callbacks=callbacks)
 
 
 def test_ctrl_c_outside_a_fit_interrupts_at_once() -> None:
@@ -63,6 +66,27 @@ def test_ctrl_c_during_a_fit_stops_after_the_current_step() -> None:
     # only set the flag, batch 2 ran to its end, and the interrupt came there.
     assert counter.batches == 3
     assert (interrupt._State.requested, interrupt._State.fits) == (False, 0)
+
+
+def test_a_failed_fit_leaves_ctrl_c_interrupting_at_once() -> None:
+    # Keras skips on_train_end when an exception leaves fit; the fit must not stay counted,
+    # or the next Ctrl-C outside any fit would only set a flag nobody reads.
+    class Fail(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            raise RuntimeError("a failing step")
+
+    data = tf.data.Dataset.from_tensor_slices((np.zeros((8, 8, 8, 1), np.float32),
+                                               np.zeros(8, np.int64))).batch(4)
+    conv = build_networks(AutoencoderConfig(kind="conv", latent_dim=2, conv_filters=(4,)),
+                          (8, 8, 1))
+    autoencoder = keras.Model(conv.encoder.input, conv.decoder(conv.encoder.output))
+    autoencoder.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(RuntimeError, match="a failing step"):
+        fit_model(autoencoder, data.map(lambda x, y: (x, x)), None, epochs=1, label="failing",
+                  image_shape=(8, 8, 1), learning_rate=0.01, extra_callbacks=[Fail()])
+    assert interrupt._State.fits == 0
+    with pytest.raises(KeyboardInterrupt):
+        interrupt._handle(signal.SIGINT, None)
 
 
 def test_a_second_ctrl_c_before_the_step_ends_interrupts_at_once() -> None:
@@ -123,7 +147,7 @@ def test_the_neighbourhood_head_stops_at_a_step_boundary() -> None:
     features = np.random.default_rng(0).normal(size=(100, 6)).astype(np.float32)
     graph = fuzzy_graph(*nearest_neighbors(features, 5))
     head = build_head(6, 2, (8,))
-    config = HeadConfig(n_neighbors=5, hidden=(8,), batch_size=32, epochs=50, min_steps=1)
+    config = UmapHeadConfig(n_neighbors=5, hidden=(8,), batch_size=32, epochs=50, min_steps=1)
     _stops_at_the_first_step(lambda: fit_head(head, features, graph, config, seed=0))
 
 
@@ -131,6 +155,7 @@ def test_the_contrastive_decoder_stops_at_a_step_boundary() -> None:
     rng = np.random.default_rng(0)
     z = rng.normal(size=(64, 4)).astype(np.float32)
     images = rng.random((64, 8, 8, 1), dtype=np.float32)
-    config = ModelConfig(kind="conv", latent_dim=4, conv_filters=(8, 8, 8))
+    config = AutoencoderConfig(kind="conv", latent_dim=4, conv_filters=(8, 8, 8))
     decoder = build_networks(config, (8, 8, 1)).decoder
-    _stops_at_the_first_step(lambda: _fit_decoder(decoder, z, images, config, seed=0))
+    _stops_at_the_first_step(lambda: _fit_decoder(decoder, z, images, ContrastiveConfig(),
+                                                  seed=0))

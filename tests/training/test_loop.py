@@ -13,9 +13,10 @@ import tensorflow as tf
 from sklearn.datasets import load_digits
 from tensorflow.core.util import event_pb2
 
+from training.config import AutoencoderConfig
 from training.errors import ConfigError, DataError
 from training.loop import check_image_batches, format_metrics
-from training.models import Autoencoder, ModelConfig, build_autoencoder, fit_autoencoder
+from training.models import Autoencoder, build_autoencoder, fit_autoencoder
 
 SMALL = {"dense_units": (32,), "conv_filters": (8, 8), "latent_dim": 4}
 
@@ -38,7 +39,7 @@ def splits(digits: tuple[np.ndarray, np.ndarray]) -> tuple[tf.data.Dataset, tf.d
 
 
 def _model(kind: str = "conv", **overrides: Any) -> Autoencoder:
-    config = ModelConfig(kind=kind, **{**SMALL, **overrides})  # type: ignore[arg-type]
+    config = AutoencoderConfig(kind=kind, **{**SMALL, **overrides})
     return build_autoencoder(config, (8, 8, 1))
 
 

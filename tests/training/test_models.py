@@ -15,10 +15,10 @@ import tensorflow as tf
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
+from training.config import AutoencoderConfig
 from training.errors import ConfigError, DataError
 from training.models import (
     Autoencoder,
-    ModelConfig,
     build_autoencoder,
     build_classifier,
     conv_levels,
@@ -45,30 +45,35 @@ def _batches(images: np.ndarray, labels: np.ndarray, batch: int = 128) -> tf.dat
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("kind", "gan", "unknown model kind"),
-        ("loss", "l1", "unknown loss"),
-        ("latent_dim", 0, "latent_dim"),
-        ("latent_dim", 2.5, "latent_dim"),
-        ("kl_weight", -1.0, "kl_weight"),
-        ("kl_weight", float("nan"), "kl_weight"),
-        ("denoise_sigma", 1.5, "denoise_sigma"),
-        ("learning_rate", 0.0, "learning_rate"),
-        ("seed", -1, "seed"),
-        ("dense_units", (64, 0), "dense_units"),
-        ("conv_filters", (), "conv_filters"),
-        ("conv_filters", "32", "conv_filters"),
+        ("kind", "gan", "kind: Input should be 'dense', 'conv' or 'vae'"),
+        ("kind", "contrastive", "kind"),
+        ("loss", "l1", "--loss"),
+        ("latent_dim", 0, "--latent: Input should be greater than or equal to 1, got 0"),
+        ("latent_dim", 2.5, "--latent"),
+        ("latent_dim", True, "--latent: Input should be a valid integer, got True"),
+        ("kl_weight", -1.0, "--kl-weight"),
+        ("kl_weight", float("nan"), "--kl-weight: Input should be a finite number"),
+        ("denoise_sigma", 1.5, "--denoise"),
+        ("learning_rate", 0.0, "--learning-rate"),
+        ("epochs", -1, "--epochs"),
+        ("seed", 1, "seed: Extra inputs are not permitted"),
+        ("dense_units", (64, 0), "--dense-units"),
+        ("conv_filters", (), "--conv-filters"),
+        ("conv_filters", "32", "--conv-filters"),
     ],
 )
 def test_config_rejects_bad_values(field: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        ModelConfig(**{field: value})  # type: ignore[arg-type]
+        AutoencoderConfig(**{field: value})
 
 
 def test_config_normalises_sequences_and_numbers() -> None:
-    config = ModelConfig(dense_units=[64, 32], conv_filters=[16], latent_dim=np.int64(3))  # type: ignore[arg-type]
+    config = AutoencoderConfig(dense_units=[64, 32], conv_filters=[16],  # type: ignore[arg-type]
+                               latent_dim=np.int64(3))
     assert config.dense_units == (64, 32) and config.conv_filters == (16,)
     assert type(config.latent_dim) is int
-    assert hash(config) == hash(ModelConfig(dense_units=(64, 32), conv_filters=(16,), latent_dim=3))
+    assert hash(config) == hash(AutoencoderConfig(dense_units=(64, 32), conv_filters=(16,),
+                                                  latent_dim=3))
 
 
 # --- architectures ----------------------------------------------------------------------------
@@ -87,7 +92,7 @@ def test_conv_levels(height: int, width: int, cap: int, levels: int) -> None:
 @pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1), (32, 32, 3), (30, 20, 1), (5, 7, 3),
                                    (2, 3, 1)])
 def test_shapes_and_contract_names(kind: str, shape: tuple[int, int, int]) -> None:
-    model = build_autoencoder(ModelConfig(kind=kind, **SMALL), shape)  # type: ignore[arg-type]
+    model = build_autoencoder(AutoencoderConfig(kind=kind, **SMALL), shape)  # type: ignore[arg-type]
     x = np.random.default_rng(0).uniform(size=(3, *shape)).astype("float32")
     embedding = model.encoder(x)
     reconstruction = model.decoder(embedding).numpy()
@@ -103,7 +108,7 @@ def test_shapes_and_contract_names(kind: str, shape: tuple[int, int, int]) -> No
 
 
 def test_conv_encoder_uses_capped_stride_two_levels() -> None:
-    config = ModelConfig(kind="conv", conv_filters=(4, 6, 8, 10, 12))
+    config = AutoencoderConfig(kind="conv", conv_filters=(4, 6, 8, 10, 12))
     model = build_autoencoder(config, (28, 28, 1))
     convs = [layer for layer in model.encoder.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [4, 6, 8, 10]  # 28 -> 14 -> 7 -> 4 -> 2; a 5th gives 1
@@ -112,18 +117,19 @@ def test_conv_encoder_uses_capped_stride_two_levels() -> None:
 
 def test_build_rejects_bad_shapes_and_missing_extractor() -> None:
     with pytest.raises(ConfigError, match="input_shape"):
-        build_autoencoder(ModelConfig(), (28, 28))  # type: ignore[arg-type]
+        build_autoencoder(AutoencoderConfig(), (28, 28))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="input_shape"):
-        build_autoencoder(ModelConfig(), (28, 0, 1))
+        build_autoencoder(AutoencoderConfig(), (28, 0, 1))
     with pytest.raises(ConfigError, match="feature extractor"):
-        build_autoencoder(ModelConfig(loss="perceptual"), (8, 8, 1))
+        build_autoencoder(AutoencoderConfig(loss="perceptual"), (8, 8, 1))
 
 
 def test_perceptual_extractor_must_match_input_shape() -> None:
     inputs = keras.Input(shape=(10, 10, 1))
     extractor = keras.Model(inputs, keras.layers.Flatten()(inputs))
     with pytest.raises(ConfigError, match="feature extractor takes images"):
-        build_autoencoder(ModelConfig(loss="perceptual"), (8, 8, 1), feature_extractor=extractor)
+        build_autoencoder(AutoencoderConfig(loss="perceptual"), (8, 8, 1),
+                          feature_extractor=extractor)
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -132,7 +138,7 @@ def test_perceptual_extractor_must_match_input_shape() -> None:
 @pytest.mark.parametrize("kind", ["dense", "conv", "vae"])
 def test_loss_decreases_on_digits(kind: str, digits: tuple[np.ndarray, np.ndarray]) -> None:
     images, labels = digits
-    model = build_autoencoder(ModelConfig(kind=kind, loss="bce"), (8, 8, 1))  # type: ignore[arg-type]
+    model = build_autoencoder(AutoencoderConfig(kind=kind, loss="bce"), (8, 8, 1))  # type: ignore[arg-type]
     history = model.fit(_batches(images, labels, 64), epochs=4, verbose=0, shuffle=False).history
     assert history["loss"][-1] < 0.9 * history["loss"][0]
     assert history["psnr"][-1] > history["psnr"][0]
@@ -142,7 +148,7 @@ def test_loss_decreases_on_digits(kind: str, digits: tuple[np.ndarray, np.ndarra
 
 def test_vae_loss_is_reconstruction_plus_weighted_kl(digits: tuple[np.ndarray, np.ndarray]) -> None:
     images, labels = digits
-    model = build_autoencoder(ModelConfig(kind="vae", kl_weight=2.5, **SMALL), (8, 8, 1))
+    model = build_autoencoder(AutoencoderConfig(kind="vae", kl_weight=2.5, **SMALL), (8, 8, 1))
     model.fit(_batches(images[:512], labels[:512]), epochs=1, verbose=0, shuffle=False)
     result = model.evaluate(_batches(images[:256], labels[:256]), verbose=0, return_dict=True)
     assert result["kl_loss"] > 0
@@ -155,7 +161,7 @@ def test_vae_loss_is_reconstruction_plus_weighted_kl(digits: tuple[np.ndarray, n
 
 def test_vae_embedding_is_the_posterior_mean(digits: tuple[np.ndarray, np.ndarray]) -> None:
     images = digits[0][:16]
-    model = build_autoencoder(ModelConfig(kind="vae", **SMALL), (8, 8, 1))
+    model = build_autoencoder(AutoencoderConfig(kind="vae", **SMALL), (8, 8, 1))
     assert model.posterior is not None
     z_mean, _ = model.posterior(images)
     np.testing.assert_array_equal(model.encoder(images).numpy(), z_mean.numpy())
@@ -172,14 +178,14 @@ def test_vae_embedding_is_the_posterior_mean(digits: tuple[np.ndarray, np.ndarra
 
 def test_denoise_pair_has_noisy_inputs_and_clean_targets() -> None:
     images = tf.constant(np.random.default_rng(0).uniform(size=(8, 8, 8, 1)).astype("float32"))
-    model = build_autoencoder(ModelConfig(kind="conv", denoise_sigma=0.3, **SMALL), (8, 8, 1))
+    model = build_autoencoder(AutoencoderConfig(kind="conv", denoise_sigma=0.3, **SMALL), (8, 8, 1))
     inputs, targets = model.training_pair(images)
     again, _ = model.training_pair(images)
     assert targets is images
     assert float(tf.reduce_mean(tf.abs(inputs - images))) > 0.1
     assert float(tf.reduce_min(inputs)) >= 0 and float(tf.reduce_max(inputs)) <= 1
     assert not np.array_equal(inputs.numpy(), again.numpy())  # fresh noise every step
-    clean = build_autoencoder(ModelConfig(kind="conv", **SMALL), (8, 8, 1))
+    clean = build_autoencoder(AutoencoderConfig(kind="conv", **SMALL), (8, 8, 1))
     same_inputs, same_targets = clean.training_pair(images)
     assert same_inputs is images and same_targets is images
 
@@ -187,7 +193,7 @@ def test_denoise_pair_has_noisy_inputs_and_clean_targets() -> None:
 @pytest.fixture(scope="module")
 def trained_dense_weights(digits: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
     # An untrained decoder hardly depends on its input, so noise would not show in the loss.
-    model = build_autoencoder(ModelConfig(kind="dense"), (8, 8, 1))
+    model = build_autoencoder(AutoencoderConfig(kind="dense"), (8, 8, 1))
     model.fit(_batches(*digits, 64), epochs=4, verbose=0, shuffle=False)
     return model.get_weights()
 
@@ -198,7 +204,7 @@ def test_denoise_noise_only_in_training(sigma: float, noisy: bool,
                                         trained_dense_weights: list[np.ndarray]) -> None:
     data = _batches(digits[0][:512], digits[1][:512])
     # A learning rate this small freezes the weights: both numbers see the same model.
-    config = ModelConfig(kind="dense", denoise_sigma=sigma, learning_rate=1e-12)
+    config = AutoencoderConfig(kind="dense", denoise_sigma=sigma, learning_rate=1e-12)
     model = build_autoencoder(config, (8, 8, 1))
     model.set_weights(trained_dense_weights)
     train_loss = model.fit(data, epochs=1, verbose=0, shuffle=False).history["loss"][0]
@@ -211,7 +217,7 @@ def test_denoise_noise_only_in_training(sigma: float, noisy: bool,
 
 def test_inputs_without_labels_train_too(digits: tuple[np.ndarray, np.ndarray]) -> None:
     images = digits[0][:256]
-    model = build_autoencoder(ModelConfig(kind="dense", **SMALL), (8, 8, 1))
+    model = build_autoencoder(AutoencoderConfig(kind="dense", **SMALL), (8, 8, 1))
     history = model.fit(tf.data.Dataset.from_tensor_slices(images).batch(64), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
 
@@ -220,8 +226,8 @@ def test_same_seed_same_model_and_training(digits: tuple[np.ndarray, np.ndarray]
     images, labels = digits[0][:384], digits[1][:384]
 
     def build(seed: int) -> tuple[Autoencoder, list[np.ndarray]]:
-        model = build_autoencoder(ModelConfig(kind="vae", denoise_sigma=0.1, seed=seed, **SMALL),
-                                  (8, 8, 1))
+        model = build_autoencoder(AutoencoderConfig(kind="vae", denoise_sigma=0.1, **SMALL),
+                                  (8, 8, 1), seed=seed)
         return model, [w.copy() for w in model.get_weights()]
 
     model_a, weights_a = build(0)
@@ -240,7 +246,8 @@ def test_builds_and_trains_inside_a_strategy_scope(digits: tuple[np.ndarray, np.
     images, labels = digits[0][:256], digits[1][:256]
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     with strategy.scope():
-        model = build_autoencoder(ModelConfig(kind="vae", denoise_sigma=0.1, **SMALL), (8, 8, 1))
+        model = build_autoencoder(AutoencoderConfig(kind="vae", denoise_sigma=0.1, **SMALL),
+                                  (8, 8, 1))
     history = model.fit(_batches(images, labels), epochs=1, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][0])
     assert isinstance(model, Autoencoder)
@@ -251,13 +258,15 @@ def test_two_replicas_take_the_same_steps_as_one(tmp_path: Path) -> None:
     script = textwrap.dedent("""
         import numpy as np, keras, tensorflow as tf
         from sklearn.datasets import load_digits
-        from training.models import ModelConfig, build_autoencoder
+        from training.config import AutoencoderConfig
+        from training.models import build_autoencoder
         cpu = tf.config.list_physical_devices("CPU")[0]
         two = [tf.config.LogicalDeviceConfiguration()] * 2
         tf.config.set_logical_device_configuration(cpu, two)
         x = (load_digits().images[:256] / 16.0).astype("float32").reshape(-1, 8, 8, 1)
         data = tf.data.Dataset.from_tensor_slices((x, np.zeros(256, "int64"))).batch(64)
-        config = ModelConfig(kind="conv", dense_units=(16,), conv_filters=(8, 8), latent_dim=4)
+        config = AutoencoderConfig(kind="conv", dense_units=(16,), conv_filters=(8, 8),
+                                   latent_dim=4)
         weights = []
         for devices in (["/cpu:0"], ["/cpu:0", "/cpu:1"]):
             strategy = tf.distribute.MirroredStrategy(devices)
@@ -314,7 +323,7 @@ def test_perceptual_autoencoder_trains_and_keeps_extractor_frozen(
     data = _batches(images[:512], labels[:512], 64)
     extractor = train_feature_classifier(data, None, (8, 8, 1), 10, epochs=1, seed=0)
     before = [w.copy() for w in extractor.get_weights()]
-    model = build_autoencoder(ModelConfig(kind="conv", loss="perceptual"), (8, 8, 1),
+    model = build_autoencoder(AutoencoderConfig(kind="conv", loss="perceptual"), (8, 8, 1),
                               feature_extractor=extractor)
     n_own = sum(len(m.trainable_weights) for m in (model.encoder, model.decoder))
     assert len(model.trainable_weights) == n_own

@@ -19,10 +19,10 @@ from sklearn.datasets import load_digits
 from service import bundle
 from tests.service.bundles import clone_version
 from training import clustering
+from training.charts import figure_size_px
 from training.cli import main
 from training.data.pipeline import Target, array_split
 from training.evaluate import load_bundle
-from training.charts import figure_size_px
 from training.report import REPORT_FILE, ReportOptions, ReportResult, build_report
 from training.report.figures import codes_size_px, contingency_size_px, map_size_px
 from training.report.gather import gather, sample_split

@@ -11,8 +11,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from training.errors import ConfigError
-from training.models.umap_head import HeadConfig, build_head, fit_head, similarity_curve
 from training.knn_graph import NeighborGraph, fuzzy_graph, nearest_neighbors
+from training.models.umap_head import UmapHeadConfig, build_head, fit_head, similarity_curve
 
 # A head small and quick enough for a 2-core CI machine.
 SMALL: dict[str, Any] = {"n_neighbors": 8, "hidden": (16,), "batch_size": 256, "min_steps": 1}
@@ -40,11 +40,11 @@ def test_similarity_curve_is_a_probability_falling_with_distance() -> None:
     assert np.all(np.diff(q) < 0) and np.all(q > 0)
 
 
-# --- HeadConfig ---------------------------------------------------------------------------------
+# --- UmapHeadConfig -----------------------------------------------------------------------------
 
 
 def test_default_head_config_is_valid() -> None:
-    config = HeadConfig()
+    config = UmapHeadConfig()
     assert config.n_neighbors == 15 and config.min_dist == 0.0 and config.min_steps == 1000
 
 
@@ -70,7 +70,7 @@ def test_default_head_config_is_valid() -> None:
 )
 def test_bad_head_config_raises(field: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError) as info:
-        HeadConfig(**{field: value})
+        UmapHeadConfig(**{field: value})
     assert message in str(info.value)
 
 
@@ -112,7 +112,7 @@ def test_fit_head_separates_two_blobs(
     keras.utils.set_random_seed(0)
     head = build_head(10, 2, SMALL["hidden"])
     before = _separation(head.predict(features, verbose=0), labels)
-    config = HeadConfig(epochs=30, learning_rate=1e-2, **SMALL)
+    config = UmapHeadConfig(epochs=30, learning_rate=1e-2, **SMALL)
     losses = fit_head(head, features, graph, config, seed=0)
     assert len(losses) == 30
     assert all(np.isfinite(losses))
@@ -130,22 +130,22 @@ def test_min_steps_sets_the_number_of_epochs_on_small_graphs(
     features, _, graph = blobs
     head = build_head(10, 2, (4,))
     # One batch holds every edge: one step per epoch, so 7 steps need 7 epochs.
-    config = HeadConfig(n_neighbors=8, epochs=2, batch_size=graph.n_edges, min_steps=7,
+    config = UmapHeadConfig(n_neighbors=8, epochs=2, batch_size=graph.n_edges, min_steps=7,
                         hidden=(4,))
     assert len(fit_head(head, features, graph, config)) == 7
     # Two batches per epoch: ceil(7 / 2) = 4 epochs.
-    config = HeadConfig(n_neighbors=8, epochs=2, batch_size=graph.n_edges - 1, min_steps=7,
+    config = UmapHeadConfig(n_neighbors=8, epochs=2, batch_size=graph.n_edges - 1, min_steps=7,
                         hidden=(4,))
     assert len(fit_head(head, features, graph, config)) == 4
     # More epochs than min_steps needs: epochs wins.
-    config = HeadConfig(n_neighbors=8, epochs=3, batch_size=graph.n_edges, min_steps=2,
+    config = UmapHeadConfig(n_neighbors=8, epochs=3, batch_size=graph.n_edges, min_steps=2,
                         hidden=(4,))
     assert len(fit_head(head, features, graph, config)) == 3
 
 
 def test_fit_head_is_reproducible(blobs: tuple[np.ndarray, np.ndarray, NeighborGraph]) -> None:
     features, _, graph = blobs
-    config = HeadConfig(epochs=2, **SMALL)
+    config = UmapHeadConfig(epochs=2, **SMALL)
     outputs = []
     for _ in range(2):
         keras.utils.set_random_seed(1)
@@ -159,7 +159,7 @@ def test_mismatched_features_and_graph_raise(
         blobs: tuple[np.ndarray, np.ndarray, NeighborGraph]) -> None:
     features, _, graph = blobs
     head = build_head(10, 2, (4,))
-    config = HeadConfig(epochs=1, **SMALL)
+    config = UmapHeadConfig(epochs=1, **SMALL)
     with pytest.raises(ConfigError, match=r"features \(150, 10\) do not match a graph of 200"):
         fit_head(head, features[:150], graph, config)
     with pytest.raises(ConfigError, match="do not match"):
@@ -176,6 +176,6 @@ def test_non_finite_features_raise_instead_of_silently_breaking_the_head(
     head = build_head(10, 2, (4,))
     poisoned = features.copy()
     poisoned[0, 0] = np.nan
-    config = HeadConfig(epochs=2, **SMALL)
+    config = UmapHeadConfig(epochs=2, **SMALL)
     with pytest.raises(ConfigError, match="NaN or infinite"):
         fit_head(head, poisoned, graph, config)

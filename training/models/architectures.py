@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import keras
 
-from training.errors import ConfigError
-from training.models.config import ModelConfig
+from training.config import AutoencoderConfig
 
 
 @dataclass(frozen=True)
@@ -39,11 +38,8 @@ def conv_levels(height: int, width: int, max_levels: int) -> int:
     return levels
 
 
-def build_networks(config: ModelConfig, input_shape: tuple[int, int, int]) -> Networks:
+def build_networks(config: AutoencoderConfig, input_shape: tuple[int, int, int]) -> Networks:
     """Build the encoder and decoder that ``config.kind`` names for images of ``input_shape``."""
-    if config.kind == "contrastive":
-        raise ConfigError("the contrastive kind is not an autoencoder: train it with "
-                          "training.recipes.contrastive.fit_contrastive (the train command does)")
     if config.kind == "dense":
         return Networks(_dense_encoder(config, input_shape), _dense_decoder(config, input_shape))
     levels = conv_levels(input_shape[0], input_shape[1], len(config.conv_filters))
@@ -63,7 +59,7 @@ def build_networks(config: ModelConfig, input_shape: tuple[int, int, int]) -> Ne
     return Networks(encoder, decoder, posterior)
 
 
-def _dense_encoder(config: ModelConfig, input_shape: tuple[int, int, int]) -> keras.Model:
+def _dense_encoder(config: AutoencoderConfig, input_shape: tuple[int, int, int]) -> keras.Model:
     images = keras.Input(shape=input_shape, name="images")
     x = keras.layers.Flatten(name="flatten")(images)
     for i, units in enumerate(config.dense_units, start=1):
@@ -72,7 +68,7 @@ def _dense_encoder(config: ModelConfig, input_shape: tuple[int, int, int]) -> ke
     return keras.Model(images, embedding, name="encoder")
 
 
-def _dense_decoder(config: ModelConfig, input_shape: tuple[int, int, int]) -> keras.Model:
+def _dense_decoder(config: AutoencoderConfig, input_shape: tuple[int, int, int]) -> keras.Model:
     embedding = keras.Input(shape=(config.latent_dim,), name="embedding")
     x = embedding
     for i, units in enumerate(reversed(config.dense_units), start=1):
@@ -90,7 +86,7 @@ def _conv_stack(images: keras.KerasTensor, filters: tuple[int, ...]) -> keras.Ke
     return keras.layers.Flatten(name="flatten")(x)
 
 
-def _conv_decoder(config: ModelConfig, input_shape: tuple[int, int, int],
+def _conv_decoder(config: AutoencoderConfig, input_shape: tuple[int, int, int],
                   filters: tuple[int, ...]) -> keras.Model:
     height, width, channels = input_shape
     # The encoder's feature-map sizes, image first: each 'same' stride-2 conv gives ceil(s/2).

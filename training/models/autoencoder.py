@@ -11,12 +11,12 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from training.config import AutoencoderConfig
 from training.errors import ConfigError
 from training.loop import fit_model
 from training.losses import ReconstructionLoss, kl_divergence, psnr, reconstruction_loss
 from training.models.architectures import Networks, build_networks, conv_levels
 from training.models.base import StepModel
-from training.models.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Autoencoder(StepModel):
     ``kl_weight=1`` gives the usual evidence lower bound; the other kinds average over pixels.
     """
 
-    def __init__(self, networks: Networks, config: ModelConfig, *,
+    def __init__(self, networks: Networks, config: AutoencoderConfig, *, seed: int = 0,
                  feature_extractor: keras.Model | None = None, **kwargs: Any) -> None:
         super().__init__(name=kwargs.pop("name", f"{config.kind}_autoencoder"), **kwargs)
         self.encoder = networks.encoder
@@ -49,8 +49,8 @@ class Autoencoder(StepModel):
             reduction="sum" if self.posterior is not None else "mean",
         )
         # Separate seeded streams: adding noise must not shift the VAE's samples.
-        self._noise_seed = keras.random.SeedGenerator(config.seed, name="denoise_seed")
-        self._sample_seed = keras.random.SeedGenerator(config.seed + 1, name="sampling_seed")
+        self._noise_seed = keras.random.SeedGenerator(seed, name="denoise_seed")
+        self._sample_seed = keras.random.SeedGenerator(seed + 1, name="sampling_seed")
         names = ["loss", "psnr"]
         if self.posterior is not None:
             names += ["reconstruction_loss", "kl_loss"]
@@ -129,11 +129,12 @@ def _images_of(data: Any) -> tf.Tensor:
     return images
 
 
-def build_autoencoder(config: ModelConfig, input_shape: tuple[int, int, int], *,
-                      feature_extractor: keras.Model | None = None) -> Autoencoder:
+def build_autoencoder(config: AutoencoderConfig, input_shape: tuple[int, int, int], *,
+                      seed: int = 0, feature_extractor: keras.Model | None = None
+                      ) -> Autoencoder:
     """Build and compile the autoencoder ``config`` describes for images of ``input_shape``.
 
-    Seeds Python, NumPy and TensorFlow with ``config.seed`` first, so the same config gives
+    Seeds Python, NumPy and TensorFlow with ``seed`` first, so the same config gives
     the same initial weights. Call inside ``strategy.scope()`` to train distributed. The
     perceptual loss needs ``feature_extractor`` (see ``train_feature_classifier``), built
     in the same scope, taking images of ``input_shape``.
@@ -156,8 +157,9 @@ def build_autoencoder(config: ModelConfig, input_shape: tuple[int, int, int], *,
         logger.warning("feature_extractor is ignored: loss is %r, not 'perceptual'", config.loss)
         feature_extractor = None
 
-    keras.utils.set_random_seed(config.seed)
-    model = Autoencoder(build_networks(config, shape), config, feature_extractor=feature_extractor)
+    keras.utils.set_random_seed(seed)
+    model = Autoencoder(build_networks(config, shape), config, seed=seed,
+                        feature_extractor=feature_extractor)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate))
     model.build_optimizer()
     if config.kind == "dense":

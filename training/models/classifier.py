@@ -9,8 +9,8 @@ import keras
 import tensorflow as tf
 
 from training.errors import ConfigError, DataError
+from training.interrupt import StopOnInterrupt, stoppable
 from training.loop import EpochLogger, check_image_batches, format_metrics
-from training.interrupt import StopOnInterrupt
 from training.models.base import StepModel
 
 logger = logging.getLogger(__name__)
@@ -138,10 +138,11 @@ def train_feature_classifier(train: tf.data.Dataset, heldout: tf.data.Dataset | 
     model.build_optimizer()
     callbacks = [EpochLogger("feature classifier", epochs), StopOnInterrupt()]
     try:
-        history = model.fit(train.map(checked),
-                            validation_data=None if heldout is None else heldout.map(checked),
-                            epochs=epochs, callbacks=callbacks,
-                            shuffle=False, verbose=0)
+        with stoppable():
+            history = model.fit(train.map(checked),
+                                validation_data=None if heldout is None else heldout.map(checked),
+                                epochs=epochs, callbacks=callbacks,
+                                shuffle=False, verbose=0)
     except tf.errors.InvalidArgumentError as exc:
         if "label_below_zero" in str(exc) or "label_too_large" in str(exc):
             raise DataError(

@@ -32,7 +32,7 @@ _EPSILON = 1e-4
 
 
 @dataclass(frozen=True)
-class HeadConfig:
+class UmapHeadConfig:
     """How the neighbourhood head is built and trained.
 
     ``min_dist`` is UMAP's: 0 lets neighbours collapse onto each other, which suits
@@ -87,7 +87,7 @@ def build_head(input_dim: int, latent_dim: int, hidden: tuple[int, ...], *,
     return keras.Model(inputs, outputs, name=name)
 
 
-def fit_head(head: keras.Model, features: np.ndarray, graph: NeighborGraph, config: HeadConfig,
+def fit_head(head: keras.Model, features: np.ndarray, graph: NeighborGraph, config: UmapHeadConfig,
              *, seed: int = 0) -> list[float]:
     """Train ``head`` on ``graph`` (over the rows of ``features``); returns the epoch losses."""
     if features.ndim != 2 or features.shape[0] != graph.n:

@@ -5,3 +5,22 @@ clustering recipe (backbone, neighbour graph, head, decoder); ``communities`` th
 partition that recipe's community head learns. Networks and layers live in
 :mod:`training.models`; a recipe composes them and never the other way round.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+
+
+@dataclass
+class FittedNetworks:
+    """What a recipe hands :mod:`training.job` to export: encoder, decoder, training curves."""
+
+    encoder: keras.Model
+    decoder: keras.Model
+    history: dict[str, list[float]]
+    # With graph_communities: the Louvain partition the head learnt (Partition.summary(),
+    # plus the searches run and the head's agreement with it); the bundle's report keeps it.
+    communities: dict[str, Any] | None = None

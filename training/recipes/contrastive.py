@@ -17,11 +17,9 @@ service embeds and assigns new images exactly as during training. No label is re
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,51 +28,42 @@ import numpy as np
 import tensorflow as tf
 
 from training import knn_graph
-from training.recipes import communities
+from training.config import AutoencoderConfig, ContrastiveConfig
 from training.data import LoadedData, batches, to_numpy
 from training.errors import ConfigError
+from training.interrupt import StopOnInterrupt, stoppable
 from training.loop import EpochLogger, fit_model
-from training.interrupt import StopOnInterrupt
-from training.models import ModelConfig, build_networks
+from training.models import build_networks
 from training.models.contrastive import build_contrastive
 from training.models.gradients import OrientationHistograms
-from training.models.umap_head import build_head, fit_head
+from training.models.umap_head import UmapHeadConfig, build_head, fit_head
 from training.models.whitening import PartialWhitening
+from training.recipes import FittedNetworks, communities
 
 logger = logging.getLogger(__name__)
 
 _MIN_STEPS = 1000
 
 
-@dataclass
-class FittedNetworks:
-    """What :mod:`training.job` exports: encoder and decoder, and the training curves."""
+def check_contrastive(config: ContrastiveConfig, data: LoadedData) -> None:
+    """Fail before fitting when ``data`` cannot train ``config``."""
+    if data.train.size <= config.graph.neighbors:
+        raise ConfigError(f"the contrastive recipe needs more than {config.graph.neighbors} "
+                          f"training images (--neighbors), got {data.train.size}")
+    graph_points = min(data.train.size, config.graph.max_points)
+    if config.graph.communities > graph_points:
+        raise ConfigError(f"{config.graph.communities} graph communities need at least as "
+                          f"many training images; the graph has {graph_points}")
 
-    encoder: keras.Model
-    decoder: keras.Model
-    history: dict[str, list[float]]
-    # With graph_communities: the Louvain partition the head learnt (Partition.summary(),
-    # plus the searches run and the head's agreement with it); the bundle's report keeps it.
-    communities: dict[str, Any] | None = None
 
-
-def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch_size: int,
+def fit_contrastive(config: ContrastiveConfig, data: LoadedData, *,
                     strategy: tf.distribute.Strategy, seed: int,
-                    augment_flip: bool = False,
                     tensorboard_dir: Path | None = None) -> FittedNetworks:
     """Run the three stages on ``data.train`` (``data.heldout`` is not used in fitting)."""
+    check_contrastive(config, data)
     shape = (data.height, data.width, data.channels)
-    if batch_size < 2:
-        raise ConfigError("the contrastive recipe needs --batch-size >= 2 (each image's "
-                          "negatives are the other images of its batch)")
-    if data.train.size <= config.head_neighbors:
-        raise ConfigError(f"the contrastive recipe needs more than {config.head_neighbors} "
-                          f"training images (--neighbors), got {data.train.size}")
-
-    graph_points = min(data.train.size, config.head_max_points)
-    if config.graph_communities > graph_points:
-        raise ConfigError(f"{config.graph_communities} graph communities need at least as "
-                          f"many training images; the graph has {graph_points}")
+    backbone_config, graph_config = config.backbone, config.graph
+    batch_size, epochs = backbone_config.batch_size, backbone_config.epochs
 
     # Stage 1: augmentation-invariant backbone.
     # A last batch of one image has no negatives: drop it. The filter hides the number of
@@ -82,10 +71,12 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
     n_batches = math.ceil(data.train.size / batch_size) - (data.train.size % batch_size == 1)
     with strategy.scope():
         contrastive = build_contrastive(
-            shape, filters=config.backbone_filters, feature_dim=config.feature_dim,
-            temperature=config.temperature, min_crop=config.min_crop, flip=config.view_flip,
-            relight=config.view_relight, learning_rate=config.learning_rate, seed=config.seed)
-    train = (batches(data.train, batch_size, shuffle=True, seed=seed, augment_flip=augment_flip)
+            shape, filters=backbone_config.filters, feature_dim=backbone_config.feature_dim,
+            temperature=backbone_config.temperature, min_crop=backbone_config.min_crop,
+            flip=backbone_config.view_flip, relight=backbone_config.view_relight,
+            learning_rate=config.learning_rate, seed=seed)
+    train = (batches(data.train, batch_size, shuffle=True, seed=seed,
+                     augment_flip=config.augment_flip)
              .filter(lambda x, y: tf.shape(x)[0] >= 2)
              .apply(tf.data.experimental.assert_cardinality(n_batches)))
     history = fit_model(contrastive, train, None,
@@ -99,22 +90,22 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
     # exactly the features the graph was built on.
     unit_norm = keras.layers.UnitNormalization(name="features_unit_norm")
     histograms = OrientationHistograms(name="orientation_histograms")
-    hog_scale = keras.layers.Rescaling(config.hog_weight, name="hog_weight")
+    hog_scale = keras.layers.Rescaling(graph_config.hog_weight, name="hog_weight")
     joined = keras.layers.Concatenate(name="graph_features")
-    whiten = ((PartialWhitening(config.graph_whitening, name="features_whitening"),
-               PartialWhitening(config.graph_whitening, name="hog_whitening"))
-              if config.graph_whitening else None)
+    whiten = ((PartialWhitening(graph_config.whitening, name="features_whitening"),
+               PartialWhitening(graph_config.whitening, name="hog_whitening"))
+              if graph_config.whitening else None)
 
     def graph_parts(images_in: tf.Tensor, backbone_out: tf.Tensor) -> list[tf.Tensor]:
         """The unit backbone features and, with hog_weight, the unit histograms."""
         parts = [unit_norm(backbone_out)]
-        return [*parts, histograms(images_in)] if config.hog_weight else parts
+        return [*parts, histograms(images_in)] if graph_config.hog_weight else parts
 
     def graph_features(images_in: tf.Tensor, backbone_out: tf.Tensor) -> tf.Tensor:
         parts = graph_parts(images_in, backbone_out)
         if whiten is not None:
             parts = [layer(part) for layer, part in zip(whiten, parts, strict=False)]
-        if not config.hog_weight:
+        if not graph_config.hog_weight:
             return parts[0]
         return joined([parts[0], hog_scale(parts[1])])
 
@@ -127,40 +118,43 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
         for layer, part in zip(whiten, raw if isinstance(raw, list) else [raw], strict=False):
             layer.adapt(part)
         logger.info("graph features partially whitened (eigenvalue ** -%g per part), fitted on "
-                    "%d training images", config.graph_whitening, len(images))
+                    "%d training images", graph_config.whitening, len(images))
     normalised = keras.Model(feature_in, graph_features(feature_in, backbone(feature_in)),
                              name="features")
     features = normalised.predict(images, batch_size=1024, verbose=0)
     logger.info("features of %d training images in %.1f s", len(features),
                 time.perf_counter() - started)
     rng = np.random.default_rng(seed)
-    sample = (np.sort(rng.choice(len(features), config.head_max_points, replace=False))
-              if len(features) > config.head_max_points else np.arange(len(features)))
-    distances, indices = knn_graph.nearest_neighbors(features[sample], config.head_neighbors)
+    sample = (np.sort(rng.choice(len(features), graph_config.max_points, replace=False))
+              if len(features) > graph_config.max_points else np.arange(len(features)))
+    distances, indices = knn_graph.nearest_neighbors(features[sample], graph_config.neighbors)
     partition: dict[str, Any] | None = None
-    if config.graph_communities:
+    if graph_config.communities:
         head, history["community_loss"], partition = _fit_community_head(
             features[sample], indices, config, seed=seed)
     else:
         graph = knn_graph.fuzzy_graph(distances, indices)
         logger.info("neighbour graph: %d points, %d edges", graph.n, graph.n_edges)
-        keras.utils.set_random_seed(config.seed)
-        head = build_head(features.shape[1], config.latent_dim, config.head_hidden)
-        history["head_loss"] = fit_head(head, features[sample], graph, config.head_config(),
-                                        seed=seed)
+        keras.utils.set_random_seed(seed)
+        head = build_head(features.shape[1], config.head.latent_dim, config.head.hidden)
+        history["head_loss"] = fit_head(head, features[sample], graph, UmapHeadConfig(
+            n_neighbors=graph_config.neighbors, min_dist=config.head.min_dist,
+            epochs=config.head.epochs, hidden=config.head.hidden,
+            learning_rate=config.learning_rate, max_points=graph_config.max_points), seed=seed)
 
     inputs = keras.Input(shape, name="images")
     backbone_out = backbone(inputs)
     embedding = head(graph_features(inputs, backbone_out))
-    if config.joint_embedding and not config.graph_communities:
+    if config.head.joint_embedding and not graph_config.communities:
         embedding = _joint(backbone_out, embedding, contrastive.projector,
                            head.predict(features[sample], batch_size=4096, verbose=0))
     encoder = keras.Model(inputs, keras.layers.Identity(name="embedding")(embedding),
                           name="encoder")
 
     # Stage 3: a decoder from the frozen embedding back to images.
-    decoder = build_networks(dataclasses.replace(config, kind="conv",
-                                                 latent_dim=int(encoder.output_shape[-1])),
+    decoder = build_networks(AutoencoderConfig(kind="conv",
+                                               latent_dim=int(encoder.output_shape[-1]),
+                                               conv_filters=config.decoder.filters),
                              shape).decoder
     z = encoder.predict(images, batch_size=1024, verbose=0)
     history["decoder_loss"] = _fit_decoder(decoder, z, images, config, seed=seed)
@@ -168,7 +162,7 @@ def fit_contrastive(config: ModelConfig, data: LoadedData, *, epochs: int, batch
                           communities=partition)
 
 
-def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: ModelConfig,
+def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: ContrastiveConfig,
                         *, seed: int) -> tuple[keras.Model, list[float], dict[str, Any]]:
     """A softmax head that predicts each image's Louvain community from its features.
 
@@ -179,37 +173,36 @@ def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: Model
     embedding, so k-means on them (the bundle's centroids, nearest-centroid serving) finds
     the communities again.
     """
-    count = config.graph_communities
+    count, coarse_count = config.graph.communities, config.graph.coarse_communities
     adjacency = communities.knn_adjacency(indices)
     consensus: float | None = None
 
     def search(graph: communities.sp.csr_matrix, search_seed: int) -> communities.Partition:
         """The whole partition step for one seed: Louvain at the count, or coarse and split."""
-        if not config.coarse_communities:
+        if not coarse_count:
             return communities.louvain_communities(graph, count, seed=search_seed)
-        coarse = communities.louvain_communities(graph, config.coarse_communities,
-                                                 seed=search_seed)
+        coarse = communities.louvain_communities(graph, coarse_count, seed=search_seed)
         return communities.split_communities(graph, features, coarse, count, seed=search_seed)
 
-    if config.community_searches > 1:
+    if config.graph.community_searches > 1:
         partition, consensus = communities.consensus_partition(
-            search, adjacency, config.community_searches, seed=seed)
+            search, adjacency, config.graph.community_searches, seed=seed)
     else:
         partition = search(adjacency, seed)
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(seed)
     head = keras.Sequential(
         [keras.Input((features.shape[1],)),
-         *[keras.layers.Dense(units, activation="relu") for units in config.head_hidden],
+         *[keras.layers.Dense(units, activation="relu") for units in config.head.hidden],
          keras.layers.Dense(count, activation="softmax", name="community_probabilities")],
         name="community_head")
     losses = _fit_arrays(head, features, partition.labels, loss="sparse_categorical_crossentropy",
-                         min_epochs=config.head_epochs, label="community head", config=config,
+                         min_epochs=config.head.epochs, label="community head", config=config,
                          seed=seed)
     agreement = float(np.mean(head.predict(features, batch_size=4096, verbose=0).argmax(axis=1)
                               == partition.labels))
     logger.info("community head: predicts the community of %.1f %% of the training images",
                 100 * agreement)
-    summary = {**partition.summary(), "searches": config.community_searches,
+    summary = {**partition.summary(), "searches": config.graph.community_searches,
                "consensus_agreement": None if consensus is None else round(consensus, 6),
                "graph_points": len(features), "neighbors": int(indices.shape[1]),
                "head_agreement": round(agreement, 6)}
@@ -238,15 +231,17 @@ def _joint(backbone_out: tf.Tensor, head_output: tf.Tensor, projector: keras.Mod
     return keras.layers.Concatenate(name="joint_embedding")([scaled, projected])
 
 
-def _fit_decoder(decoder: keras.Model, z: np.ndarray, images: np.ndarray, config: ModelConfig,
+def _fit_decoder(decoder: keras.Model, z: np.ndarray, images: np.ndarray,
+                 config: ContrastiveConfig,
                  *, seed: int) -> list[float]:
     trainer = keras.Sequential([keras.Input((z.shape[1],)), decoder], name="decoder_trainer")
-    return _fit_arrays(trainer, z, images, loss="mse", min_epochs=config.decoder_epochs,
+    return _fit_arrays(trainer, z, images, loss="mse", min_epochs=config.decoder.epochs,
                        label="decoder", config=config, seed=seed)
 
 
 def _fit_arrays(model: keras.Model, inputs: np.ndarray, targets: np.ndarray, *, loss: str,
-                min_epochs: int, label: str, config: ModelConfig, seed: int) -> list[float]:
+                min_epochs: int, label: str, config: ContrastiveConfig,
+                seed: int) -> list[float]:
     """Fit ``model`` on in-memory arrays with Adam; the per-epoch losses, all finite."""
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss)
     batch = 256
@@ -255,9 +250,10 @@ def _fit_arrays(model: keras.Model, inputs: np.ndarray, targets: np.ndarray, *, 
                .batch(batch).prefetch(2))
     # Small datasets give few steps per epoch: train at least _MIN_STEPS steps.
     epochs = max(min_epochs, math.ceil(_MIN_STEPS / math.ceil(len(inputs) / batch)))
-    result = model.fit(dataset, epochs=epochs, verbose=0, shuffle=False,
-                       callbacks=[EpochLogger(label, epochs, every=max(1, epochs // 10)),
-                                  StopOnInterrupt()])
+    with stoppable():
+        result = model.fit(dataset, epochs=epochs, verbose=0, shuffle=False,
+                           callbacks=[EpochLogger(label, epochs, every=max(1, epochs // 10)),
+                                      StopOnInterrupt()])
     losses = [float(v) for v in result.history["loss"]]
     if not all(math.isfinite(v) for v in losses):
         raise ConfigError(f"the {label} diverged (loss {losses[-1]}); lower --learning-rate")

@@ -10,9 +10,9 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from sknetwork.clustering import get_modularity
 
-from training.recipes import communities
 from training.errors import ConfigError
 from training.knn_graph import nearest_neighbors
+from training.recipes import communities
 
 
 def _blobs(per: int = 150, centres: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -15,117 +14,120 @@ import tensorflow as tf
 
 from service import bundle
 from service.runtime import ModelRuntime
-from training.cli import build_parser, main, preset_options
+from training.cli import build_parser, main, model_options, preset_options
+from training.config import ContrastiveConfig, flags, flat, model_config
 from training.data import DataOptions, to_numpy
 from training.errors import ConfigError
 from training.evaluate import load_bundle
-from training.models import ModelConfig, build_autoencoder, build_networks
-from training.models.gradients import OrientationHistograms
-from training.recipes.contrastive import FittedNetworks
 from training.job import TrainJob, TrainResult, run_training
+from training.models.gradients import OrientationHistograms
+from training.recipes import FittedNetworks
 
 # Small enough for 2 cores: the stages' own minimum step counts set most of the run time.
+# Keys are `train`'s option names (training.config.flags()).
 SMALL: dict[str, Any] = {
-    "kind": "contrastive", "latent_dim": 4, "backbone_filters": (8, 16), "feature_dim": 32,
-    "head_hidden": (32,), "head_epochs": 1, "decoder_epochs": 1, "head_neighbors": 5,
-    "conv_filters": (8, 8), "seed": 0,
+    "latent": 4, "backbone_filters": (8, 16), "feature_dim": 32, "head_hidden": (32,),
+    "head_epochs": 1, "decoder_epochs": 1, "neighbors": 5, "decoder_filters": (8, 8),
+    "epochs": 2, "batch_size": 128,
 }
 
 
-# --- ModelConfig --------------------------------------------------------------------------------
+def _config(**changes: Any) -> ContrastiveConfig:
+    config = model_config("contrastive", {**SMALL, **changes})
+    assert isinstance(config, ContrastiveConfig)
+    return config
 
 
-def test_contrastive_config_defaults_and_head_config() -> None:
-    config = ModelConfig(kind="contrastive")
-    assert config.loss == "mse"
-    assert config.joint_embedding is True  # the best recipe measured is the default
-    head = config.head_config()
-    assert (head.n_neighbors, head.epochs, head.hidden, head.min_dist) == (15, 5, (256, 256), 0.0)
-    assert head.learning_rate == config.learning_rate
-    assert head.max_points == config.head_max_points
-    small = ModelConfig(**SMALL)
-    assert small.head_config().n_neighbors == 5 and small.head_config().hidden == (32,)
+# --- config -------------------------------------------------------------------------------------
+
+
+def test_contrastive_config_defaults_and_parts() -> None:
+    config = ContrastiveConfig()
+    assert config.head.joint_embedding is True  # the best recipe measured is the default
+    assert (config.graph.neighbors, config.head.epochs, config.head.hidden,
+            config.head.min_dist) == (15, 5, (256, 256), 0.0)
+    assert (config.epochs, config.batch_size, config.latent_dim) == (15, 256, 10)
+    assert config.graph.max_points == 70_000 and config.decoder.filters == (32, 32, 32)
+    small = _config()
+    assert small.graph.neighbors == 5 and small.head.hidden == (32,)
     # Lists and NumPy integers are accepted and normalised.
     loose: dict[str, Any] = {"backbone_filters": [8, np.int64(16)], "head_hidden": [32],
                              "feature_dim": np.int64(32), "temperature": 1}
-    listed = ModelConfig(kind="contrastive", **loose)
-    assert listed.backbone_filters == (8, 16) and listed.head_hidden == (32,)
-    assert type(listed.feature_dim) is int and type(listed.temperature) is float
+    listed = model_config("contrastive", loose)
+    assert isinstance(listed, ContrastiveConfig)
+    assert listed.backbone.filters == (8, 16) and listed.head.hidden == (32,)
+    assert type(listed.backbone.feature_dim) is int and type(listed.backbone.temperature) is float
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"loss": "perceptual"}, "the contrastive recipe trains its decoder with mse"),
-        ({"loss": "bce"}, "loss 'bce' applies to the autoencoder kinds"),
-        ({"temperature": 0.0}, "temperature must be a number > 0, got 0.0"),
-        ({"temperature": -1.0}, "temperature must be a number > 0"),
-        ({"temperature": float("nan")}, "temperature must be a number > 0"),
-        ({"temperature": "0.5"}, "temperature must be a number > 0"),
-        ({"min_crop": 0.0}, "min_crop must be in (0, 1], got 0.0"),
-        ({"min_crop": 1.01}, "min_crop must be in (0, 1]"),
-        ({"head_neighbors": 0}, "head_neighbors must be a positive integer, got 0"),
-        ({"head_neighbors": 2.5}, "head_neighbors must be a positive integer"),
-        ({"head_epochs": 0}, "head_epochs must be a positive integer"),
-        ({"head_max_points": -1}, "head_max_points must be a positive integer"),
-        ({"decoder_epochs": 0}, "decoder_epochs must be a positive integer"),
-        ({"feature_dim": 0}, "feature_dim must be a positive integer"),
-        ({"head_min_dist": 1.0}, "head_min_dist must be in [0, 1), got 1.0"),
-        ({"backbone_filters": ()}, "backbone_filters must name at least one convolution"),
-        ({"backbone_filters": (8, 0)}, "backbone_filters"),
-        ({"head_hidden": (32, -1)}, "head_hidden"),
-        ({"view_flip": "no"}, "view_flip must be true or false, got 'no'"),
-        ({"view_flip": 0}, "view_flip must be true or false"),
-        ({"view_relight": "yes"}, "view_relight must be true or false, got 'yes'"),
-        ({"view_relight": 1}, "view_relight must be true or false"),
-        ({"joint_embedding": "yes"}, "joint_embedding must be true or false, got 'yes'"),
-        ({"joint_embedding": 1}, "joint_embedding must be true or false"),
-        ({"graph_communities": 1}, "graph_communities must be 0 (off) or an integer >= 2, got 1"),
-        ({"graph_communities": -3}, "graph_communities must be 0 (off) or an integer >= 2"),
-        ({"graph_communities": 2.5}, "graph_communities must be 0 (off) or an integer >= 2"),
-        ({"graph_communities": True}, "graph_communities must be 0 (off) or an integer >= 2"),
-        ({"community_searches": 0}, "community_searches must be a positive integer, got 0"),
-        ({"community_searches": 1.5}, "community_searches must be a positive integer"),
-        ({"coarse_communities": 1}, "coarse_communities must be 0 (off) or an integer >= 2, got 1"),
-        ({"coarse_communities": -2}, "coarse_communities must be 0 (off) or an integer >= 2"),
-        ({"coarse_communities": 2.5}, "coarse_communities must be 0 (off) or an integer >= 2"),
-        ({"coarse_communities": True}, "coarse_communities must be 0 (off) or an integer >= 2"),
+        ({"loss": "perceptual"}, "--loss does not apply to --model contrastive; it is an option "
+                                 "of --model dense, conv, vae"),
+        ({"kl_weight": 0.5}, "--kl-weight does not apply to --model contrastive"),
+        ({"temperature": 0.0}, "--temperature: Input should be greater than 0, got 0.0"),
+        ({"temperature": -1.0}, "--temperature"),
+        ({"temperature": float("nan")}, "--temperature: Input should be a finite number"),
+        ({"temperature": "0.5"}, "--temperature: Input should be a valid number, got '0.5'"),
+        ({"min_crop": 0.0}, "--min-crop: Input should be greater than 0, got 0.0"),
+        ({"min_crop": 1.01}, "--min-crop: Input should be less than or equal to 1"),
+        ({"neighbors": 0}, "--neighbors: Input should be greater than or equal to 1, got 0"),
+        ({"neighbors": 2.5}, "--neighbors: Input should be a valid integer"),
+        ({"head_epochs": 0}, "--head-epochs"),
+        ({"graph_max_points": -1}, "--graph-max-points"),
+        ({"decoder_epochs": 0}, "--decoder-epochs"),
+        ({"decoder_filters": ()}, "--decoder-filters"),
+        ({"feature_dim": 0}, "--feature-dim"),
+        ({"head_min_dist": 1.0}, "--head-min-dist: Input should be less than 1, got 1.0"),
+        ({"backbone_filters": ()}, "--backbone-filters: Tuple should have at least 1 item"),
+        ({"backbone_filters": (8, 0)}, "--backbone-filters"),
+        ({"head_hidden": (32, -1)}, "--head-hidden"),
+        ({"batch_size": 1}, "--batch-size: Input should be greater than or equal to 2"),
+        ({"epochs": -1}, "--epochs"),
+        ({"view_flip": "no"}, "--view-flip: Input should be a valid boolean, got 'no'"),
+        ({"view_flip": 0}, "--view-flip: Input should be a valid boolean"),
+        ({"view_relight": "yes"}, "--view-relight"),
+        ({"joint_embedding": 1}, "--joint-embedding"),
+        ({"graph_communities": 1}, "--graph-communities: must be 0 (off) or an integer >= 2, "
+                                   "got 1"),
+        ({"graph_communities": -3}, "--graph-communities"),
+        ({"graph_communities": 2.5}, "--graph-communities: Input should be a valid integer"),
+        ({"graph_communities": True}, "--graph-communities: Input should be a valid integer"),
+        ({"community_searches": 0}, "--community-searches"),
+        ({"community_searches": 1.5}, "--community-searches"),
+        ({"coarse_communities": 1}, "--coarse-communities: must be 0 (off) or an integer >= 2"),
+        ({"coarse_communities": -2}, "--coarse-communities"),
         ({"graph_communities": 10, "coarse_communities": 10},
-         "coarse_communities (10) must be fewer than graph_communities (10), which they are "
-         "split into"),
-        ({"coarse_communities": 5}, "coarse_communities (5) must be fewer than "
-                                    "graph_communities (0)"),
-        ({"hog_weight": -0.5}, "hog_weight must be a number >= 0 (0 is off), got -0.5"),
-        ({"hog_weight": float("nan")}, "hog_weight must be a number >= 0"),
-        ({"hog_weight": float("inf")}, "hog_weight must be a number >= 0"),
-        ({"hog_weight": "0.5"}, "hog_weight must be a number >= 0"),
-        ({"graph_whitening": -0.1}, "graph_whitening must be a number in [0, 0.5] (0 is off, "
-                                    "0.5 full whitening), got -0.1"),
-        ({"graph_whitening": 0.6}, "graph_whitening must be a number in [0, 0.5]"),
-        ({"graph_whitening": float("nan")}, "graph_whitening must be a number in [0, 0.5]"),
-        ({"graph_whitening": "0.25"}, "graph_whitening must be a number in [0, 0.5]"),
+         "--coarse-communities (10) must be fewer than --graph-communities (10), which they "
+         "are split into"),
+        ({"coarse_communities": 5}, "--coarse-communities (5) must be fewer than "
+                                    "--graph-communities (0)"),
+        ({"hog_weight": -0.5}, "--hog-weight: Input should be greater than or equal to 0, "
+                               "got -0.5"),
+        ({"hog_weight": float("inf")}, "--hog-weight: Input should be a finite number"),
+        ({"graph_whitening": 0.6}, "--graph-whitening: Input should be less than or equal to "
+                                   "0.5, got 0.6"),
+        ({"graph_whitening": "0.25"}, "--graph-whitening"),
+        ({"momentum": 0.9}, "unknown option 'momentum'"),
     ],
 )
 def test_bad_contrastive_config_raises(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
-        ModelConfig(**{**SMALL, **changes})
+        _config(**changes)
     assert message in str(info.value)
 
 
-def test_recipe_settings_are_checked_for_every_kind() -> None:
-    # The fields exist on every config; a bad value is refused even when the kind ignores it,
-    # so a typo is caught before a long run rather than silently kept in the manifest.
-    with pytest.raises(ConfigError, match="temperature"):
-        ModelConfig(kind="conv", temperature=0.0)
-    assert ModelConfig(kind="conv", loss="perceptual").loss == "perceptual"
-
-
-def test_contrastive_is_not_an_autoencoder() -> None:
-    config = ModelConfig(**SMALL)
-    with pytest.raises(ConfigError, match="not an autoencoder"):
-        build_networks(config, (8, 8, 1))
-    with pytest.raises(ConfigError, match="not an autoencoder"):
-        build_autoencoder(config, (8, 8, 1))
+def test_one_declaration_gives_the_flag_the_field_and_the_check() -> None:
+    # Every flag of a model kind sets exactly one field of its config, and back.
+    table = flags()
+    for kind in ("conv", "contrastive"):
+        paths = [entry.paths[kind] for entry in table.values() if kind in entry.paths]
+        assert len(paths) == len(set(paths))
+        config = model_config(kind)
+        assert set(flat(config)) == {"kind"} | {d for d, e in table.items() if kind in e.paths}
+    assert table["min_crop"].paths == {"contrastive": ("backbone", "min_crop")}
+    assert table["epochs"].paths["contrastive"] == ("backbone", "epochs")
+    assert table["epochs"].paths["conv"] == ("epochs",)
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def test_contrastive_is_not_an_autoencoder() -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     out = tmp_path_factory.mktemp("repo") / "digits" / "1"
     job = TrainJob(dataset="digits", out=out, data=DataOptions(val_fraction=0.1, seed=0),
-                   model=ModelConfig(**SMALL), epochs=2, batch_size=128, clusters=10, seed=0)
+                   model=_config(), clusters=10, seed=0)
     return run_training(job)
 
 
@@ -150,8 +152,9 @@ def test_bundle_records_the_recipe(trained: TrainResult) -> None:
     assert info.n_train == 1617 and info.n_heldout == 180
     hp = info.hyperparameters
     assert hp["kind"] == "contrastive" and hp["backbone_filters"] == [8, 16]
-    assert (hp["feature_dim"], hp["head_neighbors"], hp["epochs"], hp["batch_size"]) == (
+    assert (hp["feature_dim"], hp["neighbors"], hp["epochs"], hp["batch_size"]) == (
         32, 5, 2, 128)
+    assert "loss" not in hp and "kl_weight" not in hp  # only the recipe's own options
     assert {"loss", "head_loss", "decoder_loss"} <= set(info.final_losses)
 
 
@@ -238,8 +241,8 @@ def test_joint_embedding_is_the_scaled_head_beside_the_unit_projector(
 def head_only(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     out = tmp_path_factory.mktemp("repo") / "head_only" / "1"
     job = TrainJob(dataset="digits", out=out, data=DataOptions(val_fraction=0.1, seed=0),
-                   model=ModelConfig(**{**SMALL, "joint_embedding": False}), epochs=2,
-                   batch_size=128, clusters=10, seed=0)
+                   model=_config(**{"joint_embedding": False}),
+                   clusters=10, seed=0)
     return run_training(job)
 
 
@@ -264,8 +267,8 @@ def test_head_only_embedding_has_no_projector_part(head_only: TrainResult) -> No
 def graph(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     out = tmp_path_factory.mktemp("repo") / "graph" / "1"
     job = TrainJob(dataset="digits", out=out, data=DataOptions(val_fraction=0.1, seed=0),
-                   model=ModelConfig(**{**SMALL, "graph_communities": 12}), epochs=2,
-                   batch_size=128, clusters=10, seed=0)
+                   model=_config(**{"graph_communities": 12}),
+                   clusters=10, seed=0)
     return run_training(job)
 
 
@@ -303,7 +306,7 @@ def test_graph_communities_embed_as_community_probabilities(graph: TrainResult) 
     assert report["count"] == 12 and len(report["sizes"]) == 12
     assert sum(report["sizes"]) == report["graph_points"] == graph.data.train.size
     assert min(report["sizes"]) >= 1
-    assert (report["searches"], report["neighbors"]) == (1, SMALL["head_neighbors"])
+    assert (report["searches"], report["neighbors"]) == (1, SMALL["neighbors"])
     shares = np.array(report["sizes"]) / sum(report["sizes"])
     assert report["effective_count"] == pytest.approx(np.exp(-(shares * np.log(shares)).sum()),
                                                       abs=1e-3)
@@ -316,8 +319,8 @@ def test_graph_communities_repeat_from_the_seed(graph: TrainResult, tmp_path: Pa
     # bundle's embeddings and centroids.
     job = TrainJob(dataset="digits", out=tmp_path / "again" / "1",
                    data=DataOptions(val_fraction=0.1, seed=0),
-                   model=ModelConfig(**{**SMALL, "graph_communities": 12}), epochs=2,
-                   batch_size=128, clusters=10, seed=0)
+                   model=_config(**{"graph_communities": 12}),
+                   clusters=10, seed=0)
     again = run_training(job)
     np.testing.assert_allclose(load_bundle(again.out).centroids, load_bundle(graph.out).centroids,
                                atol=1e-6)
@@ -327,8 +330,8 @@ def test_graph_communities_repeat_from_the_seed(graph: TrainResult, tmp_path: Pa
 def graph_hog(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     out = tmp_path_factory.mktemp("repo") / "graph-hog" / "1"
     job = TrainJob(dataset="digits", out=out, data=DataOptions(val_fraction=0.1, seed=0),
-                   model=ModelConfig(**{**SMALL, "graph_communities": 12, "hog_weight": 0.5}),
-                   epochs=2, batch_size=128, clusters=10, seed=0)
+                   model=_config(**{"graph_communities": 12, "hog_weight": 0.5}),
+                   clusters=10, seed=0)
     return run_training(job)
 
 
@@ -375,9 +378,9 @@ def test_hog_weight_joins_edge_histograms_inside_the_encoder(graph_hog: TrainRes
 def graph_whitened(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     out = tmp_path_factory.mktemp("repo") / "graph-whitened" / "1"
     job = TrainJob(dataset="digits", out=out, data=DataOptions(val_fraction=0.1, seed=0),
-                   model=ModelConfig(**{**SMALL, "graph_communities": 12, "hog_weight": 0.5,
+                   model=_config(**{"graph_communities": 12, "hog_weight": 0.5,
                                         "graph_whitening": 0.25}),
-                   epochs=2, batch_size=128, clusters=10, seed=0)
+                   clusters=10, seed=0)
     return run_training(job)
 
 
@@ -426,8 +429,8 @@ def test_graph_whitening_is_fitted_on_the_training_images_and_served_as_trained(
 def test_hog_weight_feeds_the_neighbourhood_head_too(tmp_path: Path) -> None:
     job = TrainJob(dataset="digits", out=tmp_path / "hog" / "1",
                    data=DataOptions(val_fraction=0.1, seed=0),
-                   model=ModelConfig(**{**SMALL, "hog_weight": 1.0}), epochs=1,
-                   batch_size=128, clusters=10, seed=0)
+                   model=_config(**{"hog_weight": 1.0, "epochs": 1}),
+                   clusters=10, seed=0)
     result = run_training(job)
     encoder = result.model.encoder
     assert "orientation_histograms" in {layer.name for layer in encoder.layers}
@@ -457,45 +460,57 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--temperature", "0"], "expected > 0"),
-        (["--temperature", "x"], "--temperature"),
-        (["--neighbors", "0"], "--neighbors"),
+        (["--temperature", "0"], "error: --temperature: Input should be greater than 0, got 0.0"),
+        (["--temperature", "x"], "argument --temperature: 'x' is not a number"),
+        (["--neighbors", "0"], "--neighbors: Input should be greater than or equal to 1"),
         (["--head-epochs", "0"], "--head-epochs"),
         (["--decoder-epochs", "-2"], "--decoder-epochs"),
         (["--batch-size", "0"], "--batch-size"),
-        (["--min-crop", "0"], "expected in (0, 1]"),
-        (["--min-crop", "1.5"], "--min-crop"),
-        (["--graph-communities", "1"], "expected 0 (off) or an integer >= 2, got 1"),
-        (["--graph-communities", "x"], "--graph-communities"),
-        (["--hog-weight", "-1"], "expected a number >= 0, got -1"),
-        (["--hog-weight", "nan"], "--hog-weight"),
+        (["--min-crop", "0"], "--min-crop: Input should be greater than 0"),
+        (["--min-crop", "1.5"], "--min-crop: Input should be less than or equal to 1"),
+        (["--graph-communities", "1"], "--graph-communities: must be 0 (off) or an integer >= 2, "
+                                       "got 1"),
+        (["--graph-communities", "x"], "argument --graph-communities: 'x' is not an integer"),
+        (["--hog-weight", "-1"], "--hog-weight: Input should be greater than or equal to 0"),
+        (["--hog-weight", "nan"], "--hog-weight: Input should be a finite number"),
         (["--hog-weight", "x"], "--hog-weight"),
-        (["--graph-whitening", "0.7"], "expected a number in [0, 0.5], got 0.7"),
+        (["--graph-whitening", "0.7"], "--graph-whitening: Input should be less than or equal to "
+                                       "0.5, got 0.7"),
         (["--graph-whitening", "-0.1"], "--graph-whitening"),
         (["--graph-whitening", "x"], "--graph-whitening"),
-        (["--backbone-filters", "32,0,64"], "every filter count must be >= 1, got '32,0,64'"),
-        (["--backbone-filters", "32;64"], "'32;64' is not a comma-separated list of filter counts"),
-        (["--backbone-filters", ""], "--backbone-filters"),
+        (["--backbone-filters", "32,0,64"], "--backbone-filters: Input should be greater than or "
+                                            "equal to 1, got 0"),
+        (["--backbone-filters", "32;64"], "'32;64' is not a comma-separated list of sizes"),
+        (["--backbone-filters", ""], "--backbone-filters: Tuple should have at least 1 item"),
         (["--community-searches", "0"], "--community-searches"),
         (["--community-searches", "2.5"], "--community-searches"),
-        (["--coarse-communities", "1"], "expected 0 (off) or an integer >= 2, got 1"),
+        (["--coarse-communities", "1"], "--coarse-communities: must be 0 (off) or an integer >= 2"),
         (["--coarse-communities", "x"], "--coarse-communities"),
+        (["--kl-weight", "0.5"], "error: --kl-weight does not apply to --model contrastive; it "
+                                 "is an option of --model dense, conv, vae"),
     ],
 )
 def test_bad_recipe_options_exit_2(args: list[str], message: str, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(["train", "--model", "contrastive", "--out", str(tmp_path / "m" / "1"), *args])
-    assert info.value.code == 2
-    assert message in capsys.readouterr().err
+    # A value that does not parse stops argparse; one out of bounds stops the config: both
+    # exit 2 with a sentence, before any data is read.
+    out = tmp_path / "m" / "1"
+    try:
+        code = main(["train", "--model", "contrastive", "--out", str(out), *args])
+    except SystemExit as info:
+        code = int(info.code or 0)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--loss", "perceptual"], "error: the contrastive recipe trains its decoder with mse"),
-        (["--loss", "bce"], "loss 'bce' applies to the autoencoder kinds"),
-        (["--batch-size", "1"], "needs --batch-size >= 2"),
+        (["--loss", "perceptual"], "error: --loss does not apply to --model contrastive"),
+        (["--loss", "bce"], "error: --loss does not apply to --model contrastive"),
+        (["--batch-size", "1"], "--batch-size: Input should be greater than or equal to 2"),
         (["--neighbors", "2000"], "needs more than 2000 training images (--neighbors), got 1617"),
         (["--graph-communities", "1700"],
          "1700 graph communities need at least as many training images; the graph has 1617"),
@@ -512,60 +527,47 @@ def test_impossible_combinations_exit_2_without_a_bundle(
     assert not out.exists()
 
 
-def test_parser_leaves_fit_defaults_to_the_recipe(capsys: pytest.CaptureFixture[str]) -> None:
+def test_parser_leaves_the_defaults_to_the_config(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
-    args = parser.parse_args(["train", "--model", "contrastive", "--out", "x/m/1"])
-    assert args.model == "contrastive"
-    assert args.epochs is None and args.batch_size is None
-    assert (args.temperature, args.neighbors, args.head_epochs, args.decoder_epochs) == (
-        0.5, 15, 5, 5)
-    assert (args.min_crop, args.view_flip, args.view_relight) == (0.4, True, False)
-    assert args.graph_communities == 0 and args.hog_weight == 0.0
-    assert args.community_searches == ModelConfig().community_searches == 1
-    assert args.coarse_communities == ModelConfig().coarse_communities == 0
-    assert args.graph_whitening == ModelConfig().graph_whitening == 0.0
-    # The CLI states the backbone's default itself (it must not import Keras to parse).
-    assert args.backbone_filters == ModelConfig().backbone_filters == (32, 64, 128)
-    assert parser.parse_args(["train", "--model", "contrastive", "--hog-weight", "0.5",
-                              "--out", "x/m/1"]).hog_weight == 0.5
-    graph = parser.parse_args(["train", "--model", "contrastive", "--graph-communities", "20",
-                               "--out", "x/m/1"])
-    assert graph.graph_communities == 20
-    unflipped = parser.parse_args(["train", "--model", "contrastive", "--no-view-flip",
-                                   "--min-crop", "0.6", "--view-relight", "--out", "x/m/1"])
-    assert (unflipped.min_crop, unflipped.view_flip, unflipped.view_relight) == (0.6, False, True)
-    assert args.joint_embedding is True
-    assert parser.parse_args(["train", "--model", "contrastive", "--no-joint-embedding",
-                              "--out", "x/m/1"]).joint_embedding is False
-    assert parser.parse_args(["train", "--model", "contrastive", "--joint-embedding",
-                              "--out", "x/m/1"]).joint_embedding is True
-    explicit = parser.parse_args(["train", "--model", "contrastive", "--epochs", "3",
-                                  "--batch-size", "32", "--out", "x/m/1"])
-    assert (explicit.epochs, explicit.batch_size) == (3, 32)
+    args = parser.parse_args(["train", "--out", "x/m/1"])
+    assert args.model == "contrastive"  # the measured best recipe is the default
+    # Flags not given are left out: the config's own defaults apply, declared once.
+    assert model_options(args) == {}
+    assert model_config(args.model, model_options(args)) == ContrastiveConfig()
+    given = parser.parse_args(["train", "--hog-weight", "0.5", "--graph-communities", "20",
+                               "--no-view-flip", "--min-crop", "0.6", "--view-relight",
+                               "--no-joint-embedding", "--backbone-filters", "8,16",
+                               "--epochs", "3", "--batch-size", "32", "--out", "x/m/1"])
+    config = model_config(given.model, model_options(given))
+    assert isinstance(config, ContrastiveConfig)
+    assert (config.graph.hog_weight, config.graph.communities) == (0.5, 20)
+    assert (config.backbone.min_crop, config.backbone.view_flip,
+            config.backbone.view_relight) == (0.6, False, True)
+    assert config.head.joint_embedding is False and config.backbone.filters == (8, 16)
+    assert (config.epochs, config.batch_size) == (3, 32)
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "contrastive backbone's (default 15)" in text
-    assert "contrastive: 256" in text
+    assert "(default: 10 for dense, conv, vae; 15 for contrastive)" in text
+    assert "(default: 64 for dense, conv, vae; 256 for contrastive)" in text
     for option in ("--temperature", "--min-crop", "--no-view-flip", "--neighbors",
                    "--head-epochs", "--decoder-epochs", "--joint-embedding, --no-joint-embedding",
-                   "--hog-weight", "--backbone-filters"):
+                   "--hog-weight", "--backbone-filters", "--graph-max-points", "--head-hidden",
+                   "--decoder-filters", "--dense-units", "--conv-filters"):
         assert option in text
 
 
 @pytest.mark.parametrize(("kind", "epochs", "batch_size"),
                          [("conv", 10, 64), ("dense", 10, 64), ("contrastive", 15, 256)])
-def test_train_job_resolves_the_recipe_defaults(kind: str, epochs: int, batch_size: int,
-                                                tmp_path: Path) -> None:
-    # The Python API and the CLI share one place for the defaults.
-    job = TrainJob(dataset="digits", out=tmp_path, data=DataOptions(),
-                   model=ModelConfig(kind=kind))  # type: ignore[arg-type]
-    assert (job.epochs, job.batch_size) == (None, None)
-    assert (job.fit_epochs, job.fit_batch_size) == (epochs, batch_size)
+def test_train_job_records_the_recipe_defaults(kind: str, epochs: int, batch_size: int,
+                                               tmp_path: Path) -> None:
+    # The Python API and the CLI share one place for the defaults: the config classes.
+    job = TrainJob(dataset="digits", out=tmp_path, data=DataOptions(), model=model_config(kind))
+    assert (job.model.epochs, job.model.batch_size) == (epochs, batch_size)
     assert (job.hyperparameters()["epochs"], job.hyperparameters()["batch_size"]) == (
         epochs, batch_size)
-    given = dataclasses.replace(job, epochs=0, batch_size=8)
-    assert (given.fit_epochs, given.fit_batch_size) == (0, 8)
+    given = model_config(kind, {"epochs": 0, "batch_size": 8})
+    assert (given.epochs, given.batch_size) == (0, 8)
 
 
 class _InterruptAfterFirstEpoch(logging.Handler):
@@ -613,8 +615,8 @@ def _preset(name: str, *options: str) -> argparse.Namespace:
 def test_preset_sets_defaults_and_explicit_options_win(
         capsys: pytest.CaptureFixture[str]) -> None:
     args = _preset("contrastive-graph20-consensus")
-    assert (args.model, args.min_crop, args.view_relight, args.view_flip) == (
-        "contrastive", 1.0, True, True)
+    assert (args.model, args.min_crop, args.view_relight) == ("contrastive", 1.0, True)
+    assert not hasattr(args, "view_flip")  # not the preset's: the config's default applies
     assert (args.graph_communities, args.coarse_communities, args.hog_weight) == (20, 10, 0.5)
     assert (args.graph_whitening, args.community_searches) == (0.25, 8)
     assert (args.epochs, args.clusters) == (30, 20)
@@ -632,7 +634,8 @@ def test_preset_sets_defaults_and_explicit_options_win(
     assert all(getattr(spelled, key) == getattr(args, key) for key in vars(args) if key != "preset")
     # Without a preset nothing changes.
     plain = build_parser().parse_args(["train", "--out", "x/m/1"])
-    assert (plain.preset, plain.model, plain.hog_weight, plain.clusters) == (None, "conv", 0.0, 10)
+    assert (plain.preset, plain.model, plain.clusters) == (None, "contrastive", 10)
+    assert model_options(plain) == {}
     with pytest.raises(SystemExit) as info:
         main(["train", "--preset", "best", "--out", "x/m/1"])
     assert info.value.code == 2
@@ -671,7 +674,7 @@ def test_coarse_communities_as_many_as_the_graph_exits_2(
                          "--graph-communities", "10", "--coarse-communities", "10",
                          "--out", str(out)], capsys)
     assert code == 2
-    assert "error: coarse_communities (10) must be fewer than graph_communities (10)" in err
+    assert "error: --coarse-communities (10) must be fewer than --graph-communities (10)" in err
     assert not out.exists()
 
 
@@ -753,8 +756,8 @@ def test_retired_options_are_refused(args: list[str], tmp_path: Path,
         main(["train", "--model", "contrastive", *args, "--out", str(tmp_path / "m" / "1")])
     assert info.value.code == 2
     assert f"unrecognized arguments: {' '.join(args)}" in capsys.readouterr().err
-    with pytest.raises(TypeError, match="unexpected keyword argument"):
-        ModelConfig(kind="contrastive", **{args[0].removeprefix("--").replace("-", "_"): args[1]})
+    with pytest.raises(ConfigError, match="unknown option"):
+        model_config("contrastive", {args[0].removeprefix("--").replace("-", "_"): args[1]})
 
 
 @pytest.mark.parametrize("preset", ["contrastive-graph20", "contrastive-graph20-split"])
