@@ -126,7 +126,7 @@ class TrainingInfo(_Strict):
 
 
 class Manifest(_Strict):
-    """Contents of ``manifest.json``; see the architecture page for the contract."""
+    """Contents of ``manifest.json``; docs/bundle.md describes every field."""
 
     schema_version: Literal[1] = 1
     name: str

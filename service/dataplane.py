@@ -217,7 +217,7 @@ class DataPlane:
         *,
         deadline: float | None = None,
     ) -> tuple[VersionInfo, dict[str, np.ndarray]]:
-        """TF Serving's Predict over the two signatures of the architecture page."""
+        """TF Serving's Predict over the two signatures of docs/architecture.md."""
         signature = signature or DEFAULT_SIGNATURE
         if signature not in (DEFAULT_SIGNATURE, BYTES_SIGNATURE):
             raise NotFound(

@@ -46,7 +46,7 @@ MODEL_LABELS: tuple[str, ...] = ("model", "version")
 
 
 class Metrics:
-    """Every ``aecluster_*`` metric of the architecture page, registered on ``registry``."""
+    """Every ``aecluster_*`` metric of docs/architecture.md, registered on ``registry``."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()

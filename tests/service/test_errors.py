@@ -27,10 +27,10 @@ from service.types import ClusterOptions, ClusterResult, ImageInput, ModelRef
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
 
-# The table of ../shared/ARCHITECTURE.md, written out independently of service/errors.py.
+# The table of docs/architecture.md, written out independently of service/errors.py.
 TABLE: dict[type[errors.ServiceError], tuple[int, grpc.StatusCode]] = {
     errors.InvalidInput: (400, grpc.StatusCode.INVALID_ARGUMENT),
-    # Added with issue 39's authentication (not in ARCHITECTURE.md, which predates it).
+    # Added with issue 39's authentication.
     errors.Unauthenticated: (401, grpc.StatusCode.UNAUTHENTICATED),
     errors.NotFound: (404, grpc.StatusCode.NOT_FOUND),
     errors.MethodNotAllowed: (405, grpc.StatusCode.UNIMPLEMENTED),

@@ -8,40 +8,9 @@ Every ``import`` and ``from ... import`` of a ``training`` module counts, wherev
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "training"
-
-
-def _modules() -> dict[str, Path]:
-    """Dotted name -> file of every module and package under training/."""
-    modules = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        modules[".".join(parts)] = path
-    return modules
-
-
-def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    """The training modules ``path`` imports: ``from pkg import mod`` counts as ``pkg.mod``."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name in modules)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"{path}: relative import"
-            for alias in node.names:
-                name = f"{node.module}.{alias.name}"
-                if name in modules:
-                    found.add(name)
-                elif node.module in modules:
-                    found.add(node.module)
-    return found
+from tests.imports import imports, modules
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -67,8 +36,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def _graph() -> dict[str, set[str]]:
-    modules = _modules()
-    return {name: _imports(path, modules) - {name} for name, path in modules.items()}
+    """Every training module -> the training modules it imports."""
+    known = modules("training")
+    return {name: (imports(path, known) & set(known)) - {name} for name, path in known.items()}
 
 
 def test_the_training_package_has_no_import_cycle() -> None:

@@ -3,9 +3,9 @@
 Two random views of every image in a batch (a random resized crop, a horizontal flip, a
 brightness/contrast change) are embedded; with NT-Xent each view must pick its partner out
 of the other ``2B - 2`` views (Chen et al., 2020). What this teaches — that an image and
-its shifted, rescaled, re-lit copy are the same thing — is exactly what pixel-space
-autoencoders lack, and it makes the backbone's nearest neighbours far more often the same
-kind of object. The backbone's features then feed the neighbourhood head.
+its shifted, rescaled, re-lit copy are the same thing — is what pixel-space autoencoders
+lack (how the two compare: docs/quality.md). The backbone's features then feed the
+neighbourhood head.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def augment_views(images: tf.Tensor, seed: keras.random.SeedGenerator, *,
     ``flip=False`` never mirrors: for images whose mirror is another thing (digits, text,
     oriented scans) a flip-invariant embedding would merge what should stay apart.
     ``relight=True`` applies a second, milder light change (contrast x U(0.7, 1.3),
-    brightness +-0.2) after the clipped first one: light was the augmentation whose strength
-    mattered most on Fashion-MNIST (docs/quality.md).
+    brightness +-0.2) after the clipped first one. What each view setting measured:
+    docs/quality.md.
     """
     n = tf.shape(images)[0]
     height, width = images.shape[1], images.shape[2]

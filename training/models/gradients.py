@@ -1,12 +1,12 @@
 """Gradient-orientation histograms of the pixels (HOG-like), as a Keras layer.
 
-The contrastive backbone learns what survives crops and light changes; it keeps less of
-the fine outline (a collar, a sleeve's edge, a sandal's straps) that tells Fashion-MNIST's
-shirts from pullovers and coats and sandals from sneakers. A histogram of edge directions
-per small cell keeps exactly that outline, and joined to the backbone's features it makes
-the neighbour graph purer (docs/quality.md). As a layer inside the encoder it
-is computed for served images exactly as for the training images, so the bundle contract
-(an encoder SavedModel, nearest-centroid assignment) is unchanged.
+The contrastive backbone learns what survives crops and light changes, so it keeps less of
+an object's fine outline (an edge, a strap), which can be what tells two look-alike classes
+apart. A histogram of edge directions per small cell keeps exactly that outline; the
+contrastive recipe joins it to the backbone's features for the neighbour graph (what it
+measured: docs/quality.md). As a layer inside the encoder it is computed for served images
+exactly as for the training images, so the bundle contract (an encoder SavedModel,
+nearest-centroid assignment) is unchanged.
 
 For each pixel the central-difference gradient (each component zero on the first and last
 column or row, where it cannot be centred) gives a magnitude and

@@ -1,10 +1,10 @@
 """Partial PCA whitening of feature vectors, as a Keras layer fitted on the training images.
 
 The neighbour graph of the contrastive recipe is built on unit-length features whose
-variance sits in a few directions: the backbone's largest principal axes and the pixels'
-common outline (every Fashion-MNIST garment is centred, so most images share its edges).
-Those directions weigh in every distance and crowd out the small ones that tell look-alike
-classes apart. Rotating to the principal axes and scaling axis ``i`` by
+variance can sit in a few directions: the backbone's largest principal axes and, when the
+objects are centred, the outline most images share. Those directions weigh in every
+distance and crowd out the small ones that tell look-alike classes apart (what damping them
+measured: docs/quality.md). Rotating to the principal axes and scaling axis ``i`` by
 ``eigenvalue_i ** -power`` evens the axes out: ``power = 0.5`` is full whitening (every
 axis the same variance, noise included), ``0`` changes nothing, and between them the large
 axes are only damped. The result is scaled back to unit length. Fitted once with

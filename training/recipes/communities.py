@@ -2,11 +2,9 @@
 
 k-means cuts a feature space with straight boundaries between centroids; groups of images
 that curve through the space, or differ in spread, are cut badly. A community detection on
-the neighbour graph follows the neighbourhoods instead: on Fashion-MNIST's contrastive
-features, graph communities at about 20 groups hold majority labels on 0.75-0.80 of the
-images, where k-means at K = 20 on the same features holds 0.72-0.75 (docs/quality.md).
-The service still assigns by nearest centroid, so the contrastive recipe teaches
-a small head to predict these communities (:mod:`training.recipes.contrastive`).
+the neighbour graph follows the neighbourhoods instead. The service still assigns by nearest
+centroid, so the contrastive recipe teaches a small head to predict these communities
+(:mod:`training.recipes.contrastive`). How they measured against k-means: docs/quality.md.
 
 Louvain (Blondel et al., 2008; scikit-network's implementation) maximises modularity at a
 resolution; higher resolutions give more, smaller communities. The resolution is bisected
@@ -16,13 +14,11 @@ steps over it, the next orders are searched the same way), and among a few seede
 no label) is kept. Louvain rather than Leiden: scikit-network's Leiden gave different
 partitions for the same seed, and a bundle must be repeatable from its seed.
 
-The partition still depends on the seed: on Fashion-MNIST's features, 12 seeds gave
-partitions whose majority labels ranged over 0.77-0.81 of the images. Choosing one of
-several searches by a label-free score (the most even sizes, or the partition most like
-the others) gained nothing through the bundle (docs/quality.md).
-:func:`consensus_partition` does not choose: it reweights the graph's edges by how often
-several searches keep them inside a community and runs the step once more on that graph
-(``--community-searches``).
+The partition still depends on the seed (the node order), and a choice among several
+searches would pick among near-equals by noise. :func:`consensus_partition` does not
+choose: it reweights the graph's edges by how often several searches keep them inside a
+community and runs the step once more on that graph (``--community-searches``). What the
+seed changes, and what choosing and the consensus measured: docs/quality.md.
 """
 
 from __future__ import annotations
@@ -191,14 +187,12 @@ def split_communities(adjacency: sp.csr_matrix, features: np.ndarray, coarse: Pa
 
     Each step takes the community with the largest within-community sum of squared
     distances to its mean in ``features`` (bisecting k-means' rule) and splits it in two
-    by Louvain on its own subgraph. Louvain at one resolution for the whole graph spends
-    communities on large groups that are merely big: on Fashion-MNIST's features, 20
-    communities gave trousers and sandals three each, all pure, while T-shirts and shirts
-    shared one. The spread finds the mixed groups instead. A community whose subgraph has
-    no two-way split (pieces it cannot join) is passed over for the next most spread.
-    Through the bundle, 10 split to 20 gained +0.011 on average over six seeds of the K = 20
-    recipe, up on every one (docs/quality.md); the recipe splits only when asked
-    (``--coarse-communities``), as the K = 20 preset does.
+    by Louvain on its own subgraph. Louvain at one resolution for the whole graph can spend
+    communities on groups that are merely big, several pure pieces of one class, while two
+    classes share one community; the spread finds the mixed groups instead. A community
+    whose subgraph has no two-way split (pieces it cannot join) is passed over for the next
+    most spread. The recipe splits only when asked (``--coarse-communities``), as the K = 20
+    preset does; what splitting measured: docs/quality.md.
     """
     if isinstance(count, bool) or not isinstance(count, int | np.integer):
         raise ConfigError(f"the community count must be an integer, got {count!r}")
@@ -253,8 +247,7 @@ def split_communities(adjacency: sp.csr_matrix, features: np.ndarray, coarse: Pa
 # Edge weights of the consensus graph: floor + (1 - floor) * agreement ** power. The floor
 # keeps an edge every search cut in the graph (at a hundredth of its weight), so the graph
 # does not fall into more pieces than the communities asked for; the square makes edges the
-# searches disagree on weigh less still (on saved Fashion-MNIST features, power 2 gained on
-# 4 of 6 groups of 8 searches, power 1 on 3 of 6; docs/quality.md).
+# searches disagree on weigh less still (chosen over linear weights: docs/quality.md).
 CONSENSUS_FLOOR = 0.01
 CONSENSUS_POWER = 2.0
 # Seeds of a consensus's searches are this far apart, beyond the node orders one search
