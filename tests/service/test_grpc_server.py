@@ -348,6 +348,23 @@ async def test_health_follows_readiness_and_set_serving(stack: Stack) -> None:
     assert await _health(stack) == serving
 
 
+async def test_a_check_answers_readiness_now_not_at_the_next_poll(
+        monkeypatch: pytest.MonkeyPatch, stack: Stack) -> None:
+    # HTTP /readyz answers DataPlane.is_ready() as it is; gRPC's Check must too. With the
+    # poll that publishes changes slowed to an hour, a Check right after readiness is lost
+    # still says NOT_SERVING (before the fix it said SERVING until the poll came round).
+    from service.grpc import server as grpc_server_module
+
+    monkeypatch.setattr(grpc_server_module, "HEALTH_POLL_SECONDS", 3600)
+    await asyncio.sleep(0.6)  # the poll's current 0.5 s sleep ends; the next lasts an hour
+    assert await _health(stack) == health_pb2.HealthCheckResponse.SERVING
+    drain = asyncio.create_task(stack.dataplane.drain(1.0))
+    await asyncio.sleep(0)  # the drain starts: readiness is lost
+    assert not stack.dataplane.is_ready()
+    assert await _health(stack) == health_pb2.HealthCheckResponse.NOT_SERVING
+    await drain
+
+
 async def test_draining_turns_health_off_and_refuses_new_calls(stack: Stack) -> None:
     drain = asyncio.create_task(stack.dataplane.drain(1.0))
     # No set_serving call here: the health service follows DataPlane.is_ready() by itself.
