@@ -122,7 +122,8 @@ def _add_model_options(train: argparse.ArgumentParser, shared: Any) -> None:
         group = groups[group_name]
         defaults: dict[str, list[str]] = {}
         for kind, value in entry.defaults.items():
-            shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            shown = (",".join(map(str, value)) if isinstance(value, tuple)
+                     else "auto" if value is None else str(value))
             defaults.setdefault(shown, []).append(kind)
         if len(defaults) == 1:
             default_text = f"default: {next(iter(defaults))}"

@@ -132,11 +132,13 @@ class BackboneConfig(Options):
     temperature: Float = option(0.5, "NT-Xent temperature", gt=0)
     min_crop: Float = option(0.4, "smallest share of the image area a random crop keeps",
                              gt=0, le=1)
-    view_flip: bool = option(True, "mirror the views at random (--no-view-flip for images "
-                             "whose mirror is something else: digits, text, oriented scans)")
+    view_flip: bool | None = option(None, "mirror the views at random; auto: when mirror "
+                                    "images look like training images (garments, scenes), not "
+                                    "where a mirror is something else (digits, text)")
     view_relight: bool = option(False, "a second, milder brightness/contrast change on each "
                                 "view (wider light invariance)")
-    epochs: Int = option(15, "backbone epochs", ge=0)
+    epochs: Int | None = option(None, "backbone epochs; auto: 15, or as many as make 1,000 "
+                                "steps on a small dataset", ge=0)
     batch_size: Int = option(256, "batch size; each image's negatives are the rest of its "
                              "batch", ge=2)
 
@@ -211,7 +213,8 @@ class ContrastiveConfig(Options):
     decoder: DecoderConfig = DecoderConfig()
 
     @property
-    def epochs(self) -> int:
+    def epochs(self) -> int | None:
+        """The backbone's epochs; None: decided from the training images."""
         return self.backbone.epochs
 
     @property
@@ -366,6 +369,10 @@ def annotation_kind(annotation: Any) -> str:
     if origin is tuple:
         return "sizes"
     if origin in (typing.Union, types.UnionType):
+        # X | None: None is "auto", what a flag left out means; the flag gives an X.
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return annotation_kind(args[0])
         raise TypeError(f"no flag form for {annotation!r}")
     if annotation is bool:
         return "bool"

@@ -183,14 +183,17 @@ def run_training(job: TrainJob) -> TrainResult:
     scores = _evaluate(encode, decode, data, heldout_batches, train_emb, train_ids,
                        result.centroids, seed=job.seed)
     final_losses = {k: float(v[-1]) for k, v in history.items() if v}
+    trained_epochs = model.decided.get("epochs", job.model.epochs)
+    assert isinstance(trained_epochs, int)  # a recipe decides the epochs it was left
     info = bundle.TrainingInfo(
         data_source=data.source,
         model_kind=job.model.kind,
         loss=getattr(job.model, "loss", "mse"),  # the contrastive decoder's loss is mse
         labels_used=getattr(job.model, "loss", None) == "perceptual",
-        hyperparameters={**job.hyperparameters(), "clusters_chosen": n_clusters,
+        hyperparameters={**job.hyperparameters(), **model.decided,
+                         "clusters_chosen": n_clusters,
                          "kmeans_algorithm": result.algorithm},
-        epochs=job.model.epochs,
+        epochs=trained_epochs,
         final_losses=final_losses,
         n_train=data.train.size,
         n_heldout=data.heldout.size if data.heldout is not None else 0,

@@ -35,7 +35,8 @@ def _other_value(entry: Any, kind: str) -> tuple[list[str], Any]:
     if entry.dest == "coarse_communities":  # needs graph communities above it
         return [entry.flag, "3", "--graph-communities", "6"], 3
     if form == "int":
-        return [entry.flag, str(default + 2)], default + 2
+        value = 3 if default is None else default + 2  # None: auto, decided from the data
+        return [entry.flag, str(value)], value
     value = 0.25 if default != 0.25 else 0.125
     return [entry.flag, str(value)], value
 

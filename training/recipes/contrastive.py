@@ -38,7 +38,7 @@ from training.models.contrastive import build_contrastive
 from training.models.gradients import OrientationHistograms
 from training.models.umap_head import UmapHeadConfig, build_head, fit_head
 from training.models.whitening import PartialWhitening
-from training.recipes import FittedNetworks, communities
+from training.recipes import FittedNetworks, choices, communities
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +63,33 @@ def fit_contrastive(config: ContrastiveConfig, data: LoadedData, *,
     check_contrastive(config, data)
     shape = (data.height, data.width, data.channels)
     backbone_config, graph_config = config.backbone, config.graph
-    batch_size, epochs = backbone_config.batch_size, backbone_config.epochs
-
-    # Stage 1: augmentation-invariant backbone.
+    batch_size = backbone_config.batch_size
     # A last batch of one image has no negatives: drop it. The filter hides the number of
     # batches from Keras, which would then warn that the data ran out; restate it.
     n_batches = math.ceil(data.train.size / batch_size) - (data.train.size % batch_size == 1)
+
+    # What the options leave to the data, decided on the training images alone.
+    images, _ = to_numpy(data.train)
+    decided: dict[str, Any] = {}
+    epochs = backbone_config.epochs
+    if epochs is None:
+        epochs = decided["epochs"] = choices.backbone_epochs(n_batches)
+    flip = backbone_config.view_flip
+    if flip is None:
+        mirror = choices.mirror_check(images, seed=seed)
+        flip = decided["view_flip"] = mirror.flip
+        decided["mirror_ratio"] = mirror.ratio
+        logger.info("views %s mirrored: mirror images sit %.2f times as far from the "
+                    "training images as they are from each other (limit %.2f, %d sampled)",
+                    "are" if flip else "are not", mirror.ratio, choices.MIRROR_RATIO_LIMIT,
+                    mirror.sample)
+
+    # Stage 1: augmentation-invariant backbone.
     with strategy.scope():
         contrastive = build_contrastive(
             shape, filters=backbone_config.filters, feature_dim=backbone_config.feature_dim,
             temperature=backbone_config.temperature, min_crop=backbone_config.min_crop,
-            flip=backbone_config.view_flip, relight=backbone_config.view_relight,
+            flip=flip, relight=backbone_config.view_relight,
             learning_rate=config.learning_rate, seed=seed)
     train = (batches(data.train, batch_size, shuffle=True, seed=seed,
                      augment_flip=config.augment_flip)
@@ -111,7 +127,6 @@ def fit_contrastive(config: ContrastiveConfig, data: LoadedData, *,
 
     feature_in = keras.Input(shape)
     started = time.perf_counter()
-    images, _ = to_numpy(data.train)
     if whiten is not None:
         raw = keras.Model(feature_in, graph_parts(feature_in, backbone(feature_in)),
                           name="raw_features").predict(images, batch_size=1024, verbose=0)
@@ -159,7 +174,7 @@ def fit_contrastive(config: ContrastiveConfig, data: LoadedData, *,
     z = encoder.predict(images, batch_size=1024, verbose=0)
     history["decoder_loss"] = _fit_decoder(decoder, z, images, config, seed=seed)
     return FittedNetworks(encoder=encoder, decoder=decoder, history=history,
-                          communities=partition)
+                          communities=partition, decided=decided)
 
 
 def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: ContrastiveConfig,

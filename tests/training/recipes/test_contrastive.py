@@ -46,7 +46,9 @@ def test_contrastive_config_defaults_and_parts() -> None:
     assert config.head.joint_embedding is True  # the best recipe measured is the default
     assert (config.graph.neighbors, config.head.epochs, config.head.hidden,
             config.head.min_dist) == (15, 5, (256, 256), 0.0)
-    assert (config.epochs, config.batch_size, config.latent_dim) == (15, 256, 10)
+    # Left to the training images (training.recipes.choices): epochs and mirrored views.
+    assert (config.epochs, config.batch_size, config.latent_dim) == (None, 256, 10)
+    assert config.backbone.view_flip is None
     assert config.graph.max_points == 70_000 and config.decoder.filters == (32, 32, 32)
     small = _config()
     assert small.graph.neighbors == 5 and small.head.hidden == (32,)
@@ -155,6 +157,8 @@ def test_bundle_records_the_recipe(trained: TrainResult) -> None:
     assert (hp["feature_dim"], hp["neighbors"], hp["epochs"], hp["batch_size"]) == (
         32, 5, 2, 128)
     assert "loss" not in hp and "kl_weight" not in hp  # only the recipe's own options
+    # Left to the data: digits' mirror images are no digits, so the views are not mirrored.
+    assert hp["view_flip"] is False and hp["mirror_ratio"] > 1.3
     assert {"loss", "head_loss", "decoder_loss"} <= set(info.final_losses)
 
 
@@ -548,7 +552,7 @@ def test_parser_leaves_the_defaults_to_the_config(capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 10 for dense, conv, vae; 15 for contrastive)" in text
+    assert "(default: 10 for dense, conv, vae; auto for contrastive)" in text
     assert "(default: 64 for dense, conv, vae; 256 for contrastive)" in text
     for option in ("--temperature", "--min-crop", "--no-view-flip", "--neighbors",
                    "--head-epochs", "--decoder-epochs", "--joint-embedding, --no-joint-embedding",
@@ -558,8 +562,9 @@ def test_parser_leaves_the_defaults_to_the_config(capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.parametrize(("kind", "epochs", "batch_size"),
-                         [("conv", 10, 64), ("dense", 10, 64), ("contrastive", 15, 256)])
-def test_train_job_records_the_recipe_defaults(kind: str, epochs: int, batch_size: int,
+                         # None: decided from the training images (training.recipes.choices)
+                         [("conv", 10, 64), ("dense", 10, 64), ("contrastive", None, 256)])
+def test_train_job_records_the_recipe_defaults(kind: str, epochs: int | None, batch_size: int,
                                                tmp_path: Path) -> None:
     # The Python API and the CLI share one place for the defaults: the config classes.
     job = TrainJob(dataset="digits", out=tmp_path, data=DataOptions(), model=model_config(kind))
@@ -584,11 +589,12 @@ class _InterruptAfterFirstEpoch(logging.Handler):
             raise KeyboardInterrupt
 
 
-def test_cli_trains_the_backbone_15_epochs_by_default(
+def test_cli_trains_the_backbone_1000_steps_on_a_small_dataset(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:
     # A full default run takes minutes on 2 cores; the epoch count is in the first epoch's
-    # log line, after which the run is interrupted like a user's Ctrl-C.
+    # log line, after which the run is interrupted like a user's Ctrl-C. Digits' 1,617
+    # training images make 7 batches of 256: 143 epochs reach 1,000 steps (15 would be 105).
     caplog.set_level(logging.INFO, logger="training.loop")
     stopper = _InterruptAfterFirstEpoch()
     fit_logger = logging.getLogger("training.loop")
@@ -599,7 +605,7 @@ def test_cli_trains_the_backbone_15_epochs_by_default(
                              "--out", str(out)], capsys)
     finally:
         fit_logger.removeHandler(stopper)
-    assert stopper.epochs == [("contrastive", 1, 15)]
+    assert stopper.epochs == [("contrastive", 1, 143)]
     assert code == 130 and "interrupted: no bundle was written" in err
     assert not out.exists()
 
