@@ -46,16 +46,23 @@ def _image_size(text: str) -> tuple[int, int]:
     return values[0], values[1]
 
 
-def _clusters(text: str) -> int | None:
+def _clusters(text: str) -> int | tuple[int, ...] | None:
+    """K, ``auto``, or several K (``10,20``): one bundle per K from one training run."""
     if text == "auto":
         return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor 'auto'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--clusters must be at least 1, got {value}")
-    return value
+    values = []
+    for part in text.split(","):
+        try:
+            value = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not an integer, 'auto', or integers such as 10,20") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"--clusters must be at least 1, got {value}")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"--clusters {text} names a K twice")
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def _k_range(text: str) -> tuple[int, int]:
@@ -245,9 +252,12 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                      help="deterministic TensorFlow kernels: the same seed, data and hardware "
                           "give the same bundle bit for bit (slower, most on GPUs)")
     clus = train.add_argument_group("clustering")
-    clus.add_argument("--clusters", type=_clusters, default=10, metavar="K|auto",
+    clus.add_argument("--clusters", type=_clusters, default=10, metavar="K|auto|K1,K2",
                       help="number of k-means clusters, or auto to choose K by silhouette over "
-                           "--k-range (elbow and silhouette curves saved in the bundle's report/)")
+                           "--k-range (elbow and silhouette curves saved in the bundle's "
+                           "report/); several, e.g. 10,20, cluster one training run's "
+                           "embedding once per K and write a model per K beside --out: "
+                           "REPO/NAME-k10/VERSION, REPO/NAME-k20/VERSION")
     clus.add_argument("--k-range", type=_k_range, default=(2, 20), metavar="LOW-HIGH",
                       help="K values tried by --clusters auto")
     clus.add_argument("--minibatch-threshold", type=_positive_int, default=100_000,
@@ -357,9 +367,8 @@ def _train(args: argparse.Namespace) -> int:
         signing_key=args.signing_key,
     )
     result = run_training(job)
-    manifest = result.manifest
-    summary = {
-        "bundle": str(result.out),
+    summaries = [{
+        "bundle": str(out),
         "model": manifest.name,
         "version": manifest.version,
         "n_clusters": manifest.n_clusters,
@@ -367,8 +376,9 @@ def _train(args: argparse.Namespace) -> int:
         "final_losses": manifest.training.final_losses,
         "evaluation": manifest.evaluation,
         "signed": args.signing_key is not None,
-    }
-    print(json.dumps(summary, indent=2))
+    } for _, out, manifest in result.bundles]
+    # One K: the bundle's summary, as always; several: one entry per bundle.
+    print(json.dumps(summaries[0] if len(summaries) == 1 else {"bundles": summaries}, indent=2))
     return 0
 
 

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,9 @@ class TrainJob:
     out: Path
     data: DataOptions
     model: ModelConfig  # the recipe and its options (training.config)
-    clusters: int | None = 10  # None: choose K by silhouette over k_range
+    # None: choose K by silhouette over k_range; several: one bundle per K from one training
+    # run, each at REPO/NAME-k<K>/VERSION for out=REPO/NAME/VERSION (see outputs()).
+    clusters: int | tuple[int, ...] | None = 10
     k_range: tuple[int, int] = (2, 20)
     minibatch_threshold: int = 100_000
     exemplars: int = 8  # thumbnails per cluster stored in the bundle; 0: none
@@ -52,12 +54,22 @@ class TrainJob:
     seed: int = 0
     signing_key: Path | None = None  # EC private key (PEM): the version is signed (model.sig)
 
+    def outputs(self) -> list[tuple[int | None, Path]]:
+        """(K, version directory) of every bundle the job writes: ``out`` for one K; for
+        several, a model per K beside it, ``NAME-k<K>``, so callers pick K by model name and
+        each stays a complete bundle of the usual contract."""
+        if not isinstance(self.clusters, tuple):
+            return [(self.clusters, self.out)]
+        return [(k, self.out.parent.parent / f"{self.out.parent.name}-k{k}" / self.out.name)
+                for k in self.clusters]
+
     def hyperparameters(self) -> dict[str, Any]:
         """The settings recorded in the manifest, by option name (``train --<name>``), the
         model kind's own options first (paths left out: they are not portable)."""
         return {
             **flat(self.model),
-            "clusters": self.clusters if self.clusters is not None else "auto",
+            "clusters": (list(self.clusters) if isinstance(self.clusters, tuple)
+                         else self.clusters if self.clusters is not None else "auto"),
             "k_range": list(self.k_range),
             "minibatch_threshold": self.minibatch_threshold,
             "exemplars": self.exemplars,
@@ -79,16 +91,19 @@ class TrainResult:
     model: Any
     kmeans: clustering.KMeansResult
     data: LoadedData
+    # Every bundle written, (K, version directory, manifest); the first is the one above.
+    bundles: list[tuple[int, Path, bundle.Manifest]] = field(default_factory=list)
 
 
 def _check_job(job: TrainJob, data: LoadedData) -> None:
     if job.exemplars < 0:
         raise ConfigError(f"--exemplars must be >= 0 (0: none), got {job.exemplars}")
-    if job.clusters is not None and not 1 <= job.clusters <= data.train.size:
-        raise ConfigError(
-            f"--clusters {job.clusters} is not possible with {data.train.size} training images: "
-            f"choose 1..{data.train.size}"
-        )
+    for k, _ in job.outputs():
+        if k is not None and not 1 <= k <= data.train.size:
+            raise ConfigError(
+                f"--clusters {k} is not possible with {data.train.size} training images: "
+                f"choose 1..{data.train.size}"
+            )
     low, high = job.k_range
     if job.clusters is None and not 2 <= low <= high:
         raise ConfigError(f"--k-range {low}-{high} must satisfy 2 <= low <= high")
@@ -106,7 +121,8 @@ def run_training(job: TrainJob) -> TrainResult:
     chief = is_chief()
     signer = None
     if chief:
-        export.check_target(job.out, overwrite=job.overwrite)  # fail before hours of training
+        for _, out in job.outputs():  # fail before hours of training
+            export.check_target(out, overwrite=job.overwrite)
         if job.signing_key is not None:
             signer = Signer(job.signing_key)  # a bad key fails here too, not after fitting
     devices = configure_devices(job.device, memory_growth=job.memory_growth)
@@ -150,8 +166,29 @@ def run_training(job: TrainJob) -> TrainResult:
     train_emb = embed(encode, plain_train, total=data.train.size, decode=decode,
                       what="embedding train")
 
+    written: list[tuple[int, Path, bundle.Manifest]] = []
+    first: clustering.KMeansResult | None = None
+    for k, out in job.outputs():
+        manifest, result = _cluster_and_export(
+            job, k, out, data=data, model=model, train_emb=train_emb, encode=encode,
+            decode=decode, heldout_batches=heldout_batches, signer=signer, chief=chief,
+            started=started)
+        written.append((manifest.n_clusters, out, manifest))
+        first = first or result
+    assert first is not None
+    return TrainResult(manifest=written[0][2], out=written[0][1], history=history, model=model,
+                       kmeans=first, data=data, bundles=written)
+
+
+def _cluster_and_export(job: TrainJob, n_clusters: int | None, out: Path, *, data: LoadedData,
+                        model: FittedNetworks, train_emb: Embedded, encode: TensorFn,
+                        decode: TensorFn, heldout_batches: Any, signer: Signer | None,
+                        chief: bool, started: float,
+                        ) -> tuple[bundle.Manifest, clustering.KMeansResult]:
+    """k-means at ``n_clusters`` (None: chosen by silhouette) on the training embeddings,
+    evaluated and exported with the trained networks as the version at ``out``."""
+    history = model.history
     report_writers: list[Callable[[Path], object]] = []
-    n_clusters = job.clusters
     if n_clusters is None:
         low, high = job.k_range
         selection = clustering.select_k(train_emb.embeddings, list(range(low, high + 1)),
@@ -221,7 +258,7 @@ def run_training(job: TrainJob) -> TrainResult:
         exemplars=nearest_images,
     )
     if chief:
-        manifest = export.export_bundle(job.out, encoder=model.encoder, decoder=model.decoder,
+        manifest = export.export_bundle(out, encoder=model.encoder, decoder=model.decoder,
                                         contents=contents, overwrite=job.overwrite,
                                         signer=signer)
     else:
@@ -229,13 +266,14 @@ def run_training(job: TrainJob) -> TrainResult:
         # only the chief's copy lands in the repository; the others write to scratch.
         scratch = Path(tempfile.mkdtemp(prefix="aecluster-worker-"))
         try:
-            manifest = export.export_bundle(scratch / job.out.parent.name / job.out.name,
+            manifest = export.export_bundle(scratch / out.parent.name / out.name,
                                             encoder=model.encoder, decoder=model.decoder,
                                             contents=contents)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    return TrainResult(manifest=manifest, out=job.out, history=history, model=model,
-                       kmeans=result, data=data)
+    return manifest, result
+
+
 
 
 def _write_json(path: Path, value: object) -> None:

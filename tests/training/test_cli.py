@@ -182,6 +182,58 @@ def test_every_model_kind_exports_a_servable_bundle(model: str, tmp_path: Path,
     bundle.load_centroids(out, manifest)
 
 
+def test_several_k_from_one_training_run(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from service import bundle
+
+    out = tmp_path / "repo" / "digits" / "1"
+    code, stdout, err = _run(["train", "--dataset", "digits", "--model", "conv", "--epochs", "1",
+                              "--clusters", "4,6", "--out", str(out)], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)["bundles"]
+    assert [(s["model"], s["n_clusters"]) for s in summary] == [("digits-k4", 4),
+                                                                 ("digits-k6", 6)]
+    assert not out.exists()  # the models are named by K, beside --out
+    manifests = {}
+    for k in (4, 6):
+        version = tmp_path / "repo" / f"digits-k{k}" / "1"
+        manifest = manifests[k] = bundle.read_manifest(version)
+        bundle.verify_checksums(version, manifest)
+        assert manifest.n_clusters == k and bundle.load_centroids(version, manifest).shape[0] == k
+        assert manifest.training.hyperparameters["clusters"] == [4, 6]
+        assert manifest.training.hyperparameters["clusters_chosen"] == k
+    # One training run: the same encoder and decoder in both, clustered twice.
+    networks = {name: digest for name, digest in manifests[4].files.items()
+                if name.startswith(("encoder/variables", "decoder/variables"))}
+    assert networks and all(manifests[6].files[name] == digest
+                            for name, digest in networks.items())
+    assert manifests[4].files["centroids.joblib"] != manifests[6].files["centroids.joblib"]
+
+
+def test_several_k_refuse_an_existing_version_before_training(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    taken = tmp_path / "repo" / "digits-k6" / "1"
+    taken.mkdir(parents=True)
+    (taken / "manifest.json").write_text("{}")
+    code, _, err = _run(["train", "--dataset", "digits", "--model", "conv", "--clusters", "4,6",
+                         "--out", str(tmp_path / "repo" / "digits" / "1")], capsys)
+    assert code == 2 and "already holds a version; pass --overwrite" in err
+    assert not (tmp_path / "repo" / "digits-k4").exists()
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("4,x", "is not an integer, 'auto', or integers such as 10,20"),
+    ("4,4", "--clusters 4,4 names a K twice"),
+    ("4,0", "--clusters must be at least 1, got 0"),
+    ("auto,4", "is not an integer"),
+])
+def test_bad_cluster_lists_exit_2(value: str, message: str, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--clusters", value, "--out", str(tmp_path / "m" / "1")])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_clusters_auto_saves_the_k_curves(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     from service import bundle
