@@ -1,0 +1,53 @@
+"""bench/robustness.py: the transformed variants and the raw-pixel score it compares with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.by_path import load_module
+
+ROOT = Path(__file__).resolve().parents[2]
+robustness = load_module(ROOT / "bench" / "robustness.py", "bench_robustness")
+
+
+@pytest.fixture
+def images() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.random((40, 8, 8)).astype(np.float32), np.arange(40) % 10
+
+
+def test_variants_keep_images_and_labels_aligned(images: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = images
+    inverted, y_inv = robustness.transform("inverted", x, y, seed=0)
+    np.testing.assert_allclose(inverted, 1 - x)
+    assert y_inv is y
+    shifted, _ = robustness.transform("shifted", x, y, seed=0)
+    # Each image is a roll of its own by at most one pixel each way: the same pixel values.
+    assert all(np.array_equal(np.sort(a, axis=None), np.sort(b, axis=None))
+               for a, b in zip(shifted, x, strict=True))
+    assert not np.array_equal(shifted, x)
+    half, y_half = robustness.transform("subsampled-half", x, y, seed=0)
+    assert len(half) == len(y_half) == 20
+    rows = [int(np.flatnonzero((x == image).all(axis=(1, 2)))[0]) for image in half]
+    assert [int(y[i]) for i in rows] == list(y_half)
+    assert np.array_equal(robustness.transform("shifted", x, y, seed=0)[0], shifted)
+    with pytest.raises(SystemExit, match="unknown variant 'blurred'"):
+        robustness.transform("blurred", x, y, seed=0)
+
+
+def test_hungarian_accuracy_matches_clusters_to_classes() -> None:
+    truth = np.array([0, 0, 1, 1, 2, 2])
+    assert robustness.hungarian_accuracy(truth, np.array([2, 2, 0, 0, 1, 1])) == 1.0
+    mixed = np.array([0, 1, 0, 1, 2, 2])
+    assert robustness.hungarian_accuracy(truth, mixed) == pytest.approx(4 / 6)
+
+
+def test_the_table_has_a_row_per_result() -> None:
+    row = {"dataset": "digits", "variant": "inverted", "seed": 0, "acc": 0.97, "nmi": 0.96,
+           "raw_kmeans_acc": 0.8, "view_flip": False, "mirror_ratio": 1.86, "epochs": 143,
+           "seconds": 90.0}
+    text = robustness.markdown([row, {**row, "variant": "plain"}])
+    assert text.count("\n") == 4 and "| digits | inverted | 0 | 0.970 |" in text
