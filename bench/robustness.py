@@ -92,7 +92,8 @@ def run_variant(dataset: str, variant: str, seed: int, work: Path) -> dict[str, 
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "training", "train", "--dataset", f"npz:{archive}",
                     "--seed", str(seed), "--out", str(out), "--overwrite"], check=True,
-                   cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                   cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                   stdout=subprocess.DEVNULL)  # its summary: the row below has what matters
     seconds = time.monotonic() - started
     manifest = json.loads((out / "manifest.json").read_text())
     scores, options = manifest["evaluation"], manifest["training"]["hyperparameters"]
