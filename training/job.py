@@ -21,7 +21,7 @@ from training.charts import plot_history
 from training.config import AutoencoderConfig, ModelConfig, flat
 from training.data import DataOptions, LoadedData, batches, load_dataset
 from training.devices import configure_determinism, configure_devices, is_chief, select_strategy
-from training.embed import Embedded, TensorFn, embed, keras_fn
+from training.embed import Embedded, embed, keras_fn
 from training.errors import ConfigError
 from training.recipes import FittedNetworks
 from training.recipes.autoencoder import check_autoencoder, fit_autoencoder_recipe
@@ -165,14 +165,17 @@ def run_training(job: TrainJob) -> TrainResult:
     encode, decode = keras_fn(model.encoder), keras_fn(model.decoder)
     train_emb = embed(encode, plain_train, total=data.train.size, decode=decode,
                       what="embedding train")
+    # Once for every K: the scores of each bundle read the same held-out embeddings.
+    held_emb = (embed(encode, heldout_batches, total=data.heldout.size, decode=decode,
+                      what="embedding held-out")
+                if heldout_batches is not None and data.heldout is not None else None)
 
     written: list[tuple[int, Path, bundle.Manifest]] = []
     first: clustering.KMeansResult | None = None
     for k, out in job.outputs():
         manifest, result = _cluster_and_export(
-            job, k, out, data=data, model=model, train_emb=train_emb, encode=encode,
-            decode=decode, heldout_batches=heldout_batches, signer=signer, chief=chief,
-            started=started)
+            job, k, out, data=data, model=model, train_emb=train_emb, held_emb=held_emb,
+            signer=signer, chief=chief, started=started)
         written.append((manifest.n_clusters, out, manifest))
         first = first or result
     assert first is not None
@@ -181,8 +184,8 @@ def run_training(job: TrainJob) -> TrainResult:
 
 
 def _cluster_and_export(job: TrainJob, n_clusters: int | None, out: Path, *, data: LoadedData,
-                        model: FittedNetworks, train_emb: Embedded, encode: TensorFn,
-                        decode: TensorFn, heldout_batches: Any, signer: Signer | None,
+                        model: FittedNetworks, train_emb: Embedded,
+                        held_emb: Embedded | None, signer: Signer | None,
                         chief: bool, started: float,
                         ) -> tuple[bundle.Manifest, clustering.KMeansResult]:
     """k-means at ``n_clusters`` (None: chosen by silhouette) on the training embeddings,
@@ -217,8 +220,7 @@ def _cluster_and_export(job: TrainJob, n_clusters: int | None, out: Path, *, dat
                                                         n_clusters).items()
         }
 
-    scores = _evaluate(encode, decode, data, heldout_batches, train_emb, train_ids,
-                       result.centroids, seed=job.seed)
+    scores = _evaluate(data, held_emb, train_emb, train_ids, result.centroids, seed=job.seed)
     final_losses = {k: float(v[-1]) for k, v in history.items() if v}
     trained_epochs = model.decided.get("epochs", job.model.epochs)
     assert isinstance(trained_epochs, int)  # a recipe decides the epochs it was left
@@ -281,10 +283,8 @@ def _write_json(path: Path, value: object) -> None:
 
 
 def _evaluate(
-    encode: TensorFn,
-    decode: TensorFn,
     data: LoadedData,
-    heldout_batches: Any,
+    held_emb: Embedded | None,
     train_emb: Embedded,
     train_ids: np.ndarray,
     centroids: np.ndarray,
@@ -292,9 +292,8 @@ def _evaluate(
     seed: int,
 ) -> dict[str, Any]:
     """Scores on the held-out split, or on the training split when there is none."""
-    if heldout_batches is not None and data.heldout is not None:
-        held = embed(encode, heldout_batches, total=data.heldout.size, decode=decode,
-                     what="embedding held-out")
+    if held_emb is not None:
+        held = held_emb
         ids, _ = bundle.assign(held.embeddings, centroids)
         split: str = data.heldout_kind
     else:
