@@ -507,6 +507,32 @@ def test_the_model_runs_on_a_worker_thread_and_the_loop_stays_free() -> None:
     assert threading.get_ident() not in model.threads and len(model.threads) == 1
 
 
+def test_the_worker_forms_the_next_batch_while_the_loop_is_busy() -> None:
+    # Issue 38: the model must not wait for the event loop between two calls. Three
+    # one-image batches are queued, then the loop is held (as parsing and answering other
+    # requests hold it under load): all three are computed meanwhile.
+    gate = threading.Event()
+    model = PlainModel(gate=gate)
+    batcher = make(model, max_batch_size=1, max_delay_s=0.0)
+
+    async def main() -> None:
+        await batcher.start()
+        try:
+            tasks = [asyncio.create_task(batcher.submit(ids_images([i]),
+                                                        with_reconstruction=False))
+                     for i in range(3)]
+            await until(lambda: len(model.calls) == 1 and batcher.queued_images == 2)
+            gate.set()
+            time.sleep(0.5)  # the event loop is blocked; the worker is not
+            assert model.computed_ids() == [0, 1, 2]
+            assert [(await task).cluster_id.tolist() for task in tasks] == [[0], [1], [2]]
+        finally:
+            gate.set()
+            await batcher.stop(5.0)
+
+    run(main())
+
+
 def test_stop_finishes_queued_work_and_refuses_new_work() -> None:
     model = PlainModel(seconds=0.02)
     batcher = make(model, max_batch_size=2, max_delay_s=0.5)
