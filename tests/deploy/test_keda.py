@@ -37,6 +37,8 @@ def test_the_scaled_object_replaces_the_cpu_autoscaler(with_keda: list[manifests
         deployment["apiVersion"], deployment["kind"], deployment["metadata"]["name"])
     # The rollout (maxUnavailable 0) and the PodDisruptionBudget count on two pods.
     assert scaled["spec"]["minReplicaCount"] >= 2
+    # The CRD's one CEL rule (x-kubernetes-validations), which the schema check skips.
+    assert scaled["spec"]["minReplicaCount"] <= scaled["spec"].get("maxReplicaCount", 100)
     pdb = manifests.one(with_keda, "PodDisruptionBudget")
     assert scaled["spec"]["minReplicaCount"] > pdb["spec"].get("minAvailable", 1)
 
