@@ -52,7 +52,9 @@ def test_the_trigger_queries_the_queue_depth_the_service_exports(
     found = re.search(r"(aecluster_\w+)\{([^}]*)\}", query)
     assert found and found[1] == "aecluster_queue_depth", query
     gauge = Metrics().queue_depth
-    assert isinstance(gauge, Gauge) and gauge.describe()[0].name == found[1]
+    assert isinstance(gauge, Gauge)
+    (family,) = gauge.describe()
+    assert family.name == found[1]
     labels = set(re.findall(r"(\w+)\s*=", found[2]))
     assert labels <= set(gauge._labelnames) | TARGET_LABELS, labels
     # The Service the ServiceMonitor scrapes carries the name the query selects.

@@ -170,7 +170,8 @@ def _kustomization_kind(directory: Path) -> str:
 KUSTOMIZATIONS = sorted(p.parent.relative_to(manifests.K8S).as_posix()
                         for p in manifests.K8S.rglob("kustomization.yaml")
                         if _kustomization_kind(p.parent) == "Kustomization")
-COMPONENTS = sorted(p.parent.name for p in (manifests.K8S / "components").glob("*/kustomization.yaml"))
+COMPONENTS = sorted(p.parent.name
+                    for p in (manifests.K8S / "components").glob("*/kustomization.yaml"))
 
 
 def _assert_every_object_valid(objects: list[manifests.Obj], where: str) -> None:
@@ -220,19 +221,21 @@ def test_every_component_renders_on_every_overlay_and_validates(
 
 
 def test_a_broken_custom_resource_is_caught() -> None:
-    """The CRD schemas are applied strictly: a misspelt field, a wrong type and a missing
-    required field each fail."""
+    """The CRD schemas are applied strictly: a misspelt field, a missing required field, a
+    field at the wrong level and a wrong type each fail."""
     import jsonschema
 
-    isvc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-            "metadata": {"name": "digits"},
-            "spec": {"predictor": {"model": {"modelFormat": {"name": "aecluster"},
-                                             "storageUri": "s3://b/p/"}}}}
+    isvc: manifests.Obj = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+                            "metadata": {"name": "digits"},
+                            "spec": {"predictor": {"model": {
+                                "modelFormat": {"name": "aecluster"},
+                                "storageUri": "s3://b/p/"}}}}
     manifests.validate_custom(isvc)
-    model = isvc["spec"]["predictor"]["model"]
-    for broken, match in [({**model, "storageURI": model.pop("storageUri")}, "storageURI"),
+    model = dict(isvc["spec"]["predictor"]["model"])
+    storage = model.pop("storageUri")
+    for broken, match in [({**model, "storageURI": storage}, "storageURI"),
                           ({**model, "modelFormat": {"version": "1"}}, "'name' is a required"),
-                          ({**model, "minReplicas": "two"}, "minReplicas")]:
+                          ({**model, "minReplicas": 2}, "minReplicas")]:
         isvc["spec"]["predictor"]["model"] = broken
         with pytest.raises(jsonschema.ValidationError, match=match):
             manifests.validate_custom(isvc)
