@@ -8,6 +8,8 @@ A model repository follows TensorFlow Serving's layout, ``REPO/<name>/<version>/
     report/            optional files for people (curves, history); checksummed like the rest
     exemplars/         optional PNG thumbnails per cluster, exemplars/<cluster>/<i>.png,
                        nearest to the centroid first; listed in the manifest's ``exemplars``
+    saved_model.pb,    optional: one SavedModel for stock TensorFlow Serving, the whole job in
+    variables/, ...    its graph (signatures serving_default and predict_bytes)
     manifest.json      written last; its presence marks the version complete
     model.sig          optional: OpenSSF model_signing signature over every other file,
                        manifest.json included (service/signature.py); not in ``files``
@@ -47,6 +49,16 @@ ENCODER_INPUT = "images"
 ENCODER_OUTPUT = "embedding"
 DECODER_INPUT = "embedding"
 DECODER_OUTPUT = "reconstruction"
+
+# The version's own SavedModel for stock TensorFlow Serving (training/tfserving.py): at the
+# version's root, where tensorflow/serving looks for it, beside the files above. Optional:
+# versions exported before it have none, and the service never reads it.
+TFSERVING_MODEL_FILE = "saved_model.pb"
+# Its two signatures and their tensors are the ones the service's TF Serving API answers to,
+# so a client cannot tell the two servers apart by names.
+BYTES_SIGNATURE = "predict_bytes"
+BYTES_INPUT = "image_bytes"
+OUTPUT_NAMES = ("cluster_id", "distance", "is_outlier", "reconstruction", "embedding")
 
 # Model names become directory names and URL path segments: keep them boring.
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

@@ -25,10 +25,11 @@ from service.types import BatchOutput, ClusterOptions, ClusterResult, ImageInput
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE = "serving_default"
-BYTES_SIGNATURE = "predict_bytes"
+# The names are the bundle's (its TF Serving SavedModel answers to the same ones).
+DEFAULT_SIGNATURE = bundle.SIGNATURE
+BYTES_SIGNATURE = bundle.BYTES_SIGNATURE
 PREDICT_METHOD = "tensorflow/serving/predict"
-OUTPUT_NAMES = ("cluster_id", "distance", "is_outlier", "reconstruction", "embedding")
+OUTPUT_NAMES = bundle.OUTPUT_NAMES
 PSNR_CAP_DB = 100.0
 # Decoding a few small images inline is cheaper than a thread hop; large payloads are
 # decoded on a worker thread so the event loop keeps serving other callers. Both the bytes

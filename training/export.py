@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import tensorflow as tf
 
 from service import bundle
 from training import exemplars as exemplar_files
+from training import tfserving
 from training.errors import ExportError
 from training.signing import Signer
 
@@ -141,6 +143,15 @@ def export_bundle(
             output_name=bundle.DECODER_OUTPUT, input_shape=(latent_dim,),
         )
         joblib.dump(bundle.centroid_payload(centroids), tmp / bundle.CENTROIDS_FILE)
+        # At the root, where tensorflow/serving looks; from the same arrays as the joblib
+        # file and the manifest, and checksummed and signed with them below.
+        started = time.perf_counter()
+        tfserving.write_tfserving_model(
+            tmp, encoder=encoder, decoder=decoder, spec=spec, centroids=centroids,
+            thresholds=tfserving.thresholds_of(contents.cluster_stats),
+        )
+        logger.info("export: TF Serving SavedModel written in %.1fs",
+                    time.perf_counter() - started)
         if contents.report_writers:
             report_dir = tmp / bundle.REPORT_DIR
             report_dir.mkdir()

@@ -59,7 +59,9 @@ def test_export_writes_a_verified_bundle_equal_to_keras(tmp_path: Path,
                                     contents=_contents(centroids))
     assert manifest.name == "digits" and manifest.version == 1
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["encoder", "decoder", "centroids.joblib", "manifest.json", "report"])
+        ["encoder", "decoder", "centroids.joblib", "manifest.json", "report",
+         # the TF Serving SavedModel at the root (training/tfserving.py)
+         "saved_model.pb", "variables", "assets", "fingerprint.pb"])
     assert (out / "report" / "note.txt").read_text() == "hello"
     assert "report/note.txt" in manifest.files
     # The reader side accepts what the writer wrote.
