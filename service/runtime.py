@@ -171,7 +171,6 @@ class ModelRuntime:
             self._encoder_model = _load_saved_model(version_dir, bundle.ENCODER_DIR)
             self._decoder_model = _load_saved_model(version_dir, bundle.DECODER_DIR)
             self._centroids = tf.constant(cen)
-            self._centroid_sq = tf.constant(np.sum(cen * cen, axis=1))
         self._encoder = _signature(self._encoder_model, bundle.ENCODER_DIR, version_dir)
         self._decoder = _signature(self._decoder_model, bundle.DECODER_DIR, version_dir)
 
@@ -201,14 +200,12 @@ class ModelRuntime:
                 self._traces += 1
             with tf.device(self.device):
                 embedding = self._encoder(**{bundle.ENCODER_INPUT: images})[bundle.ENCODER_OUTPUT]
-                # ||e - c||^2 = ||e||^2 - 2 e.c + ||c||^2, clamped at 0 against rounding,
-                # exactly as bundle.assign (the reference) computes it.
-                squared = (
-                    tf.reduce_sum(embedding * embedding, axis=1, keepdims=True)
-                    - 2.0 * tf.matmul(embedding, self._centroids, transpose_b=True)
-                    + self._centroid_sq[tf.newaxis, :]
-                )
-                squared = tf.maximum(squared, 0.0)
+                # Summed over the coordinate differences, as bundle.assign (the reference)
+                # does: the matmul expansion ||e||^2 - 2 e.c + ||c||^2 cancels, and its
+                # rounding changed with the padded batch size (up to 3e-5 in a distance).
+                # [N, K, D] is small beside the encoder's work.
+                diff = embedding[:, tf.newaxis, :] - self._centroids[tf.newaxis, :, :]
+                squared = tf.reduce_sum(diff * diff, axis=2)
                 cluster_id = tf.argmin(squared, axis=1, output_type=tf.int64)
                 distances = tf.sqrt(squared)
                 outputs = {

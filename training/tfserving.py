@@ -76,17 +76,13 @@ def write_tfserving_model(
         # Graph constants, not variables: nothing in the checkpoint can change them, and
         # they are the arrays centroids.joblib and the manifest were written from.
         centroid = tf.constant(cen)
-        centroid_sq = tf.constant(np.sum(cen * cen, axis=1))
         threshold = tf.constant(limits)
         embedding = encoder(images, training=False)
-        # The service's runtime (service/runtime.py), op for op: ||e||^2 - 2 e.c + ||c||^2,
-        # clamped at 0 against rounding, argmin, square root, then the chosen column.
-        squared = (
-            tf.reduce_sum(embedding * embedding, axis=1, keepdims=True)
-            - 2.0 * tf.matmul(embedding, centroid, transpose_b=True)
-            + centroid_sq[tf.newaxis, :]
-        )
-        squared = tf.maximum(squared, 0.0)
+        # The service's runtime (service/runtime.py), op for op: squared distances summed
+        # over the coordinate differences (not the cancelling matmul expansion, whose
+        # rounding changes with the batch size), argmin, square root, the chosen column.
+        diff = embedding[:, tf.newaxis, :] - centroid[tf.newaxis, :, :]
+        squared = tf.reduce_sum(diff * diff, axis=2)
         cluster_id = tf.argmin(squared, axis=1, output_type=tf.int64)
         distance = tf.gather(tf.sqrt(squared), cluster_id, axis=1, batch_dims=1)
         return {
