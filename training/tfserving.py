@@ -94,10 +94,17 @@ def write_tfserving_model(
             "reconstruction": decoder(embedding, training=False),
         }
 
+    def at_least_one(batch: tf.Tensor) -> tf.Tensor:
+        # An empty batch otherwise fails deep inside the encoder's convolutions with a
+        # message about filter depths.
+        return tf.debugging.assert_positive(
+            tf.shape(batch)[0], message="the batch is empty: send at least one image")
+
     def serve_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
         # The service refuses these with INVALID_ARGUMENT; TF Serving reports a failed
         # assertion as the same code, instead of clustering garbage.
         checks = [
+            at_least_one(images),
             tf.debugging.assert_all_finite(images, "images contain NaN or infinite values"),
             tf.debugging.assert_greater_equal(
                 images, 0.0, message="images must be scaled to [0, 1]: divide 8-bit pixels "
@@ -112,11 +119,12 @@ def write_tfserving_model(
     def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         # One image at a time (sizes differ), each through training's decode and convert,
         # which bring it to the model's fixed size.
-        images = tf.map_fn(
-            lambda data: convert(decode(data), target),
-            image_bytes,
-            fn_output_signature=tf.TensorSpec(image_shape, tf.float32),
-        )
+        with tf.control_dependencies([at_least_one(image_bytes)]):
+            images = tf.map_fn(
+                lambda data: convert(decode(data), target),
+                image_bytes,
+                fn_output_signature=tf.TensorSpec(image_shape, tf.float32),
+            )
         return cluster(images)
 
     archive.add_endpoint(

@@ -58,13 +58,15 @@ np.savez(work / "out.npz", **out)
 refused = {}
 bad = {"out_of_range": ("serving_default", {"images": tf.constant(images[:2] * 2.0)}),
        "nan": ("serving_default", {"images": tf.constant(np.full_like(images[:1], np.nan))}),
-       "not_an_image": ("predict_bytes", {"image_bytes": tf.constant([b"not an image"])})}
+       "no_images": ("serving_default", {"images": tf.constant(images[:0])}),
+       "not_an_image": ("predict_bytes", {"image_bytes": tf.constant([b"not an image"])}),
+       "no_bytes": ("predict_bytes", {"image_bytes": tf.constant([], tf.string)})}
 for case, (name, kwargs) in bad.items():
     try:
         loaded.signatures[name](**kwargs)
         refused[case] = None
     except tf.errors.InvalidArgumentError as exc:
-        refused[case] = "InvalidArgumentError"
+        refused[case] = exc.message
 ours = sorted(m for m in sys.modules if m.split(".")[0] in ("service", "training", "tests"))
 (work / "report.json").write_text(json.dumps(
     {"signatures": sorted(loaded.signatures), "refused": refused, "aecluster_modules": ours}))
@@ -164,9 +166,15 @@ def test_bad_inputs_are_refused_in_the_graph(stranger: tuple[dict[str, np.ndarra
     # TF Serving turns InvalidArgumentError into INVALID_ARGUMENT / HTTP 400, as the
     # service answers the same inputs.
     _, report = stranger
-    assert report["refused"] == {"out_of_range": "InvalidArgumentError",
-                                 "nan": "InvalidArgumentError",
-                                 "not_an_image": "InvalidArgumentError"}
+    expected = {"out_of_range": "images must be scaled to [0, 1]",
+                "nan": "images contain NaN or infinite values",
+                "no_images": "send at least one image",
+                "not_an_image": "Unknown image file format",
+                "no_bytes": "send at least one image"}
+    assert set(report["refused"]) == set(expected)
+    for case, words in expected.items():
+        message = report["refused"][case]
+        assert message is not None and words in message, (case, message)
 
 
 def _rows(outputs: dict[str, np.ndarray], prefix: str, rows: slice) -> dict[str, np.ndarray]:

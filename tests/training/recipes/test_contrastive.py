@@ -200,6 +200,24 @@ def test_exported_encoder_matches_the_trained_one(trained: TrainResult) -> None:
     np.testing.assert_array_equal(ids, trained.kmeans.estimator.predict(keras_z))
 
 
+def test_the_tfserving_model_carries_the_fitted_layers(graph_whitened: TrainResult) -> None:
+    # The version root's SavedModel (training/tfserving.py) for a recipe with custom layers
+    # (edge histograms, whitening, community head): it answers as the service's runtime.
+    version = graph_whitened.out
+    manifest = bundle.read_manifest(version)
+    runtime = ModelRuntime(version, manifest, bundle.load_centroids(version, manifest),
+                           device="/CPU:0", batch_sizes=(1, 8))
+    assert graph_whitened.data.heldout is not None
+    held, _ = to_numpy(graph_whitened.data.heldout)
+    served = runtime.run(held[:8], with_reconstruction=True)
+    answer = tf.saved_model.load(str(version)).signatures[bundle.SIGNATURE](
+        images=tf.constant(held[:8]))
+    np.testing.assert_array_equal(answer["cluster_id"].numpy(), served.cluster_id)
+    np.testing.assert_allclose(answer["distance"].numpy(), served.distance, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(answer["reconstruction"].numpy(), served.reconstruction,
+                               rtol=0, atol=1e-5)
+
+
 def test_service_serves_the_bundle(trained: TrainResult) -> None:
     manifest = bundle.read_manifest(trained.out)
     centroids = bundle.load_centroids(trained.out, manifest)
