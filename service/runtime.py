@@ -203,7 +203,7 @@ class ModelRuntime:
                 # Summed over the coordinate differences, as bundle.assign (the reference)
                 # does: the matmul expansion ||e||^2 - 2 e.c + ||c||^2 cancels, and its
                 # rounding changed with the padded batch size (up to 3e-5 in a distance).
-                # [N, K, D] is small beside the encoder's work.
+                # The same N*K*D multiply-adds as the matmul, through an [N, K, D] temporary.
                 diff = embedding[:, tf.newaxis, :] - self._centroids[tf.newaxis, :, :]
                 squared = tf.reduce_sum(diff * diff, axis=2)
                 cluster_id = tf.argmin(squared, axis=1, output_type=tf.int64)

@@ -7,8 +7,11 @@ looks), holds all of it, so ``--model_base_path=REPO/<name>`` serves every versi
 the same answers as aecluster's TF Serving API:
 
 * ``serving_default``: ``images`` float32 [N, H, W, C] in [0, 1] -> the outputs;
-* ``predict_bytes``: ``image_bytes`` string [N] (PNG, JPEG, GIF, BMP) -> decoded and
+* ``predict_bytes``: ``image_bytes`` string [N] (PNG, JPEG, GIF, BMP, WebP) -> decoded and
   converted by training's own functions (``training/data/pipeline.py``) -> the outputs.
+  Where the service's decoding departs from training's (the luminance of colour images
+  rounds one float32 step apart; 8-bit palette BMPs), this graph keeps training's:
+  docs/bundle.md gives the measured differences.
 
 Outputs: ``cluster_id`` int64 [N], ``distance`` float32 [N], ``is_outlier`` bool [N],
 ``embedding`` float32 [N, D], ``reconstruction`` float32 [N, H, W, C]. The centroids and
