@@ -327,6 +327,40 @@ def predict_grpc_request(model: str, images: np.ndarray, reconstruction: bool) -
     return bytes(request.SerializeToString())
 
 
+# The V2 outputs asked for: what MLServer's peer model returns on the matching path (it has
+# one model per reconstruction setting and its requests name no outputs; aecluster has one
+# model and is told which outputs to compute).
+V2_OUTPUTS = {True: ("cluster_id", "distance", "reconstruction"),
+              False: ("cluster_id", "distance")}
+
+
+def v2_grpc_request(model: str, images: np.ndarray, reconstruction: bool) -> bytes:
+    """An Open Inference Protocol ``ModelInferRequest``: the images as raw FP32 contents (as
+    in MLServer's peer request) and the outputs of ``V2_OUTPUTS`` requested."""
+    from service._generated.inference import grpc_predict_v2_pb2 as pb
+
+    array = np.ascontiguousarray(images, dtype="<f4")
+    request = pb.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add()
+    tensor.name = "images"
+    tensor.datatype = "FP32"
+    tensor.shape.extend(array.shape)
+    request.raw_input_contents.append(array.tobytes())
+    for name in V2_OUTPUTS[reconstruction]:
+        request.outputs.add(name=name)
+    return bytes(request.SerializeToString())
+
+
+def v2_json_body(images: np.ndarray, reconstruction: bool) -> bytes:
+    """The V2 REST JSON body: flat row-major data and the shape (as in MLServer's peer
+    request) and the outputs of ``V2_OUTPUTS``."""
+    return json.dumps({
+        "inputs": [{"name": "images", "datatype": "FP32", "shape": list(images.shape),
+                    "data": images.ravel().tolist()}],
+        "outputs": [{"name": name} for name in V2_OUTPUTS[reconstruction]],
+    }, separators=(",", ":")).encode()
+
+
 def check_native_grpc(target: str, message: bytes, images: int) -> None:
     """One real call through the generated stub: h2load counts a gRPC error (HTTP 200 with a
     grpc-status trailer) as a success, so the request is proven good first."""
@@ -397,7 +431,7 @@ class Plan:
 
 def bench_aecluster(plan: Plan, version_dir: Path, images: np.ndarray,
                     concurrencies: list[int]) -> None:
-    """The aecluster rows: native and TF Serving gRPC, native and TF Serving HTTP."""
+    """The aecluster rows: native, TF Serving and V2 gRPC; native, V2 and TF Serving HTTP."""
     repo, model = link_repository(version_dir, plan.workdir)
     one, batch = images[:1], images[:BATCH]
     with aecluster(repo, plan.workdir / "aecluster.log") as (_, http_port, grpc_port):
@@ -418,6 +452,18 @@ def bench_aecluster(plan: Plan, version_dir: Path, images: np.ndarray,
         for c in concurrencies:
             plan.grpc("aecluster", "grpc tf-serving Predict", grpc_port, PREDICT_METHOD,
                       message, reconstruction=True, images=1, concurrency=c)
+        for reconstruction in (True, False):
+            message = v2_grpc_request(model, one, reconstruction)
+            check_raw_grpc(f"127.0.0.1:{grpc_port}", V2_METHOD, message)
+            for c in concurrencies:
+                plan.grpc("aecluster", "grpc v2 ModelInfer", grpc_port, V2_METHOD, message,
+                          reconstruction=reconstruction, images=1, concurrency=c)
+        infer_url = f"{url}/v2/models/{model}/infer"
+        body = v2_json_body(one, True)
+        check_http(infer_url, body, "application/json")
+        for c in concurrencies:
+            plan.http("aecluster", "http v2 json", infer_url, body, "application/json",
+                      reconstruction=True, images=1, concurrency=c)
         cluster_url = f"{url}/v1/models/{model}:cluster"
         bodies = {
             "http native json floats": {"instances": one.tolist(),
@@ -508,6 +554,8 @@ def png_b64(image: np.ndarray) -> str:
 # aecluster's paths and the MLServer path that carries the same request over the same
 # protocol (Open Inference Protocol v2 is MLServer's only API).
 PEERS = {
+    "grpc v2 ModelInfer": "grpc v2 ModelInfer",  # the same protocol on both servers
+    "http v2 json": "http v2 json",
     "grpc native tensor": "grpc v2 ModelInfer",
     "grpc tf-serving Predict": "grpc v2 ModelInfer",
     "http native json floats": "http v2 json",
