@@ -30,6 +30,7 @@ from service.rest.clusters import clusters_router
 from service.rest.encoding import error_response, service_error_response
 from service.rest.middleware import AuthMiddleware, RequestContextMiddleware
 from service.rest.native import cluster_router
+from service.rest.oip import oip_router
 from service.rest.operations import health_router, operations_router
 from service.rest.page import add_page
 from service.rest.schemas import ClusterRequest, PredictRequest
@@ -50,6 +51,8 @@ reconstruction.
   with their sizes, labels and exemplar thumbnails
   (`GET /v1/models/{name}/versions/{v}/exemplars/{cluster}/{index}.png`);
 * **tensorflow-serving**: TensorFlow Serving's REST API (`:predict`, status, metadata);
+* **open-inference-protocol**: KServe's and Triton's V2 API (`/v2/models/{name}/infer`,
+  metadata, readiness) with the binary tensor data extension;
 * **operations**: `/healthz`, `/readyz`, `/metrics`.
 
 Errors are `{"error": "..."}` with the status of the error table (400 bad input, 401
@@ -138,7 +141,8 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics,
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     routers = [operations_router(dataplane, metrics), cluster_router(dataplane, settings),
-               clusters_router(dataplane), tfserving_router(dataplane)]
+               clusters_router(dataplane), tfserving_router(dataplane),
+               oip_router(dataplane, settings.max_images_per_request)]
     for router in routers:
         app.include_router(router)
     add_page(app)
