@@ -101,6 +101,12 @@ def dtype_of(datatype: Any, name: str) -> np.dtype[Any]:
     return dtype
 
 
+def checked_datatype(datatype: Any, name: str) -> str:
+    """``datatype`` if it names a V2 datatype, else InvalidInput."""
+    dtype_of(datatype, name)
+    return str(datatype)
+
+
 def datatype_of(array: np.ndarray) -> str:
     """The V2 datatype of an output array."""
     if array.dtype.kind in "OSU":

@@ -110,7 +110,7 @@ def infer_inputs(request: pb.ModelInferRequest, *, max_images: int) -> dict[str,
         name = tensor.name
         if name in inputs:
             raise InvalidInput(f"input {name!r} is sent twice")
-        oip.dtype_of(tensor.datatype, name)
+        oip.checked_datatype(tensor.datatype, name)
         shape = oip.check_shape(list(tensor.shape), name, max_images=max_images)
         if raw:
             if tensor.HasField("contents"):

@@ -68,8 +68,7 @@ def parse_request(body: bytes, header_length: str | None, *, max_images: int) ->
             raise InvalidInput(f'inputs[{i}].name must be a non-empty string')
         if name in inputs:
             raise InvalidInput(f"input {name!r} is sent twice")
-        datatype = tensor.get("datatype")
-        oip.dtype_of(datatype, name)
+        datatype = oip.checked_datatype(tensor.get("datatype"), name)
         shape = oip.check_shape(tensor.get("shape"), name, max_images=max_images)
         size = _parameters(tensor.get("parameters"), f"input {name!r}").get("binary_data_size")
         if size is not None:
