@@ -32,6 +32,15 @@ INFER_BODY: dict[str, Any] = {
         JSON_MEDIA_TYPE: {"schema": {"type": "object"}},
         BINARY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
     }},
+    "parameters": [
+        {"name": "Inference-Header-Content-Length", "in": "header", "required": False,
+         "schema": {"type": "integer", "minimum": 0},
+         "description": "Binary tensor data extension: the body's first N bytes are the JSON "
+                        "request, the rest the inputs' binary data."},
+        {"name": "X-Request-Timeout-Ms", "in": "header", "required": False,
+         "schema": {"type": "number", "exclusiveMinimum": 0},
+         "description": "Give up (504) if the images are still queued after this long."},
+    ],
 }
 
 
