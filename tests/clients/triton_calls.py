@@ -141,6 +141,26 @@ def _protocol_cases(proto: str, client: Any, module: Any, images: np.ndarray,
     return cases
 
 
+def run_auth(http: str, grpc_target: str, images: np.ndarray, token: str) -> dict[str, Any]:
+    """One inference per protocol without a token and with ``token`` (Authorization:
+    Bearer, as an HTTP header and as gRPC metadata)."""
+    cases: dict[str, Any] = {}
+    for proto, module, target in (("http", httpclient, http), ("grpc", grpcclient, grpc_target)):
+        client = module.InferenceServerClient(target)
+        tensor = _tensor(module, "images", images, "FP32", None)
+        as_json = {"as_json": True} if proto == "grpc" else {}
+
+        def infer(headers: dict[str, str] | None, client: Any = client, tensor: Any = tensor,
+                  as_json: dict[str, bool] = as_json) -> dict[str, Any]:
+            result = client.infer(MODEL, [tensor], headers=headers)
+            return _result(result, result.get_response(**as_json), ["cluster_id"])
+
+        cases[f"{proto}/auth/none"] = _record(lambda f=infer: f(None))
+        cases[f"{proto}/auth/token"] = _record(
+            lambda f=infer: f({"authorization": f"Bearer {token}"}))
+    return cases
+
+
 def _big_png() -> bytes:
     # A 200x200 PNG: 40,000 pixels, over the test server's AEC_MAX_IMAGE_PIXELS. Written by
     # hand because this venv has no Pillow.
@@ -162,10 +182,15 @@ def main() -> None:
     parser.add_argument("--grpc", required=True)
     parser.add_argument("--inputs", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--auth-token", help="only the token cases, with this token")
     args = parser.parse_args()
     images = np.load(args.inputs / "images.npy")
-    pngs = [(args.inputs / f"{i}.png").read_bytes() for i in range(len(images))]
-    args.out.write_text(json.dumps(run(args.http, args.grpc, images, pngs)))
+    if args.auth_token:
+        cases = run_auth(args.http, args.grpc, images, args.auth_token)
+    else:
+        pngs = [(args.inputs / f"{i}.png").read_bytes() for i in range(len(images))]
+        cases = run(args.http, args.grpc, images, pngs)
+    args.out.write_text(json.dumps(cases))
 
 
 if __name__ == "__main__":

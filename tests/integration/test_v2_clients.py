@@ -47,7 +47,8 @@ def server(tmp_path: Path, model_repo: Path, digits_bundle: Path) -> Iterator[Se
     started.proc.wait(timeout=60)
 
 
-def _run(python: Path, script: str, server: Server, tmp_path: Path) -> dict[str, Any]:
+def _run(python: Path, script: str, server: Server, tmp_path: Path,
+         *extra: str) -> dict[str, Any]:
     inputs = tmp_path / "inputs"
     inputs.mkdir(exist_ok=True)
     np.save(inputs / "images.npy", IMAGES)
@@ -56,7 +57,7 @@ def _run(python: Path, script: str, server: Server, tmp_path: Path) -> dict[str,
     out = tmp_path / f"{script}.json"
     done = subprocess.run(
         [str(python), str(CLIENTS / script), "--http", server.url.removeprefix("http://"),
-         "--grpc", server.grpc_target, "--inputs", str(inputs), "--out", str(out)],
+         "--grpc", server.grpc_target, "--inputs", str(inputs), "--out", str(out), *extra],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return dict(json.loads(out.read_text()))
@@ -145,6 +146,28 @@ def test_tritonclient_sees_the_error_table(client_python: Path, server: Server,
             assert error["status"] == statuses[column], (proto, case, error)
             assert error["message"], (proto, case)
     assert server.proc.poll() is None
+
+
+def test_tritonclient_without_a_token_is_unauthenticated(client_python: Path, tmp_path: Path,
+                                                          model_repo: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("v2-client-token\n")
+    server = start_server(sys.executable, model_repo, tmp_path, REPO_ROOT,
+                          auth_tokens_file=str(tokens))
+    try:
+        cases = _run(client_python, "triton_calls.py", server, tmp_path,
+                     "--auth-token", "v2-client-token")
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=60)
+    assert cases["http/auth/none"]["error"]["status"] == "401"
+    assert cases["grpc/auth/none"]["error"]["status"] == "StatusCode.UNAUTHENTICATED"
+    expected_ids = None
+    for proto in ("http", "grpc"):
+        ids = cases[f"{proto}/auth/token"]["outputs"]["cluster_id"][2]
+        assert len(ids) == N
+        expected_ids = expected_ids or ids
+        assert ids == expected_ids
 
 
 def test_kserve_clients(client_python: Path, server: Server, tmp_path: Path) -> None:
