@@ -32,11 +32,13 @@ class InferBody:
     id: str | None
     inputs: dict[str, np.ndarray]
     outputs: list[str] | None  # None: every output
-    binary_outputs: set[str] = field(default_factory=set)
-    binary_default: bool = False  # the request parameter binary_data_output
+    # An output's own binary_data parameter, where it has one; else the request parameter
+    # binary_data_output (what tritonclient sends when it names no outputs).
+    binary_outputs: dict[str, bool] = field(default_factory=dict)
+    binary_default: bool = False
 
     def is_binary(self, name: str) -> bool:
-        return name in self.binary_outputs or self.binary_default
+        return self.binary_outputs.get(name, self.binary_default)
 
 
 def parse_request(body: bytes, header_length: str | None, *, max_images: int) -> InferBody:
@@ -115,13 +117,13 @@ def _base64_elements(data: list[Any], name: str) -> list[bytes]:
         raise InvalidInput(f"input {name!r}: an element is not valid base64 ({exc})") from exc
 
 
-def _requested_outputs(value: Any) -> tuple[list[str] | None, set[str]]:
+def _requested_outputs(value: Any) -> tuple[list[str] | None, dict[str, bool]]:
     if value is None:
-        return None, set()
+        return None, {}
     if not isinstance(value, list):
         raise InvalidInput(f'"outputs" must be an array, got {json_type(value)}')
     names: list[str] = []
-    binary: set[str] = set()
+    binary: dict[str, bool] = {}
     for i, raw in enumerate(value):
         output = expect_object(raw, what=f"outputs[{i}]")
         name = output.get("name")
@@ -130,11 +132,11 @@ def _requested_outputs(value: Any) -> tuple[list[str] | None, set[str]]:
         parameters = _parameters(output.get("parameters"), f"output {name!r}")
         if "classification" in parameters:
             raise InvalidInput(f"output {name!r}: the classification extension is not served")
-        flag = parameters.get("binary_data", False)
-        if not isinstance(flag, bool):
-            raise InvalidInput(f"output {name!r}: binary_data must be a boolean")
-        if flag:
-            binary.add(name)
+        if "binary_data" in parameters:
+            flag = parameters["binary_data"]
+            if not isinstance(flag, bool):
+                raise InvalidInput(f"output {name!r}: binary_data must be a boolean")
+            binary[name] = flag
         names.append(name)
     return names or None, binary
 

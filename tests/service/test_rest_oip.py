@@ -182,6 +182,15 @@ async def test_binary_data_output_and_uint8_and_bytes(stack: Stack) -> None:
     assert b64.json()["outputs"][0]["data"] == expected["cluster_id"].tolist()
 
 
+async def test_an_outputs_own_binary_data_wins_over_binary_data_output(stack: Stack) -> None:
+    response = await stack.http.post(INFER, json={
+        "inputs": [_json_input(DIGITS)], "parameters": {"binary_data_output": True},
+        "outputs": [{"name": "cluster_id", "parameters": {"binary_data": False}},
+                    {"name": "distance"}]})
+    answer, binary = _split(response)
+    assert "data" in answer["outputs"][0] and set(binary) == {"distance"}
+
+
 def _recon_count(stack: Stack) -> float:
     return sum(sample.value for family in stack.metrics.registry.collect()
                if family.name == "aecluster_reconstruction_error"
