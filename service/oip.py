@@ -62,6 +62,7 @@ class ModelInfo:
 
 
 def server_version() -> str:
+    """The installed aecluster's version (what /docs and V2 server metadata report)."""
     try:
         return importlib.metadata.version("aecluster")
     except importlib.metadata.PackageNotFoundError:
