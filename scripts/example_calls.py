@@ -1,6 +1,7 @@
 """Print ready-to-paste calls for the models a repository holds (used by `make run`).
 
-Writes a few real held-out digits as PNG files under examples/ so the calls work as pasted.
+The calls send the digits committed under examples/ (written by scripts/example_images.py);
+docs/calling-native.md and docs/calling-tfserving.md have the same calls and more.
 """
 
 from __future__ import annotations
@@ -9,9 +10,6 @@ import argparse
 import base64
 import sys
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -22,18 +20,12 @@ from service import bundle  # noqa: E402
 # ruff: noqa: E501
 
 
-def _write_examples(out_dir: Path) -> list[Path]:
-    from sklearn.datasets import load_digits
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    digits = load_digits()
-    paths = []
-    for index in (0, 1, 7):
-        pixels = np.round(digits.images[-1 - index] / 16.0 * 255).astype(np.uint8)
-        path = out_dir / f"digit-{digits.target[-1 - index]}.png"
-        Image.fromarray(pixels, mode="L").save(path)
-        paths.append(path)
-    return paths
+def _examples() -> list[Path]:
+    images = sorted((REPO_ROOT / "examples").glob("digit-*.png"))
+    if not images:
+        raise SystemExit("examples/digit-*.png are missing: "
+                         "`.venv/bin/python scripts/example_images.py` writes them")
+    return images
 
 
 def main() -> int:
@@ -48,9 +40,9 @@ def main() -> int:
         print(f"no complete bundle under {args.model_repo}", file=sys.stderr)
         return 1
     model = "digits" if "digits" in models else models[0]
-    images = _write_examples(REPO_ROOT / "examples")
-    first = images[0].relative_to(REPO_ROOT)
-    b64 = base64.b64encode(images[0].read_bytes()).decode()
+    images = _examples()
+    first = (REPO_ROOT / "examples" / "digit-8.png").relative_to(REPO_ROOT)
+    b64 = base64.b64encode((REPO_ROOT / first).read_bytes()).decode()
     http = f"http://localhost:{args.http_port}"
     print(f"""
 Serving {', '.join(models)} from {args.model_repo}: HTTP {http}, gRPC localhost:{args.grpc_port}.

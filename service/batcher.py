@@ -254,16 +254,16 @@ class Batcher:
                 except Exception as exc:
                     output, failure = None, exc
                     self._unqueue_requests(batch)
-                loop.call_soon_threadsafe(self._deliver, batch, output, failure)
+                _post(loop, self._deliver, batch, output, failure)
         except Exception:
             # A bug here would leave every later caller waiting forever: fail loudly instead.
             logger.exception("batcher of %s failed; refusing further requests", self._name())
             with self._lock:
                 self._accepting = False
-            loop.call_soon_threadsafe(self._fail_queued, errors.InternalError(
+            _post(loop, self._fail_queued, errors.InternalError(
                 f"the batcher of {self._name()} failed"))
         finally:
-            loop.call_soon_threadsafe(_set_done, self._finished)
+            _post(loop, _set_done, self._finished)
 
     def _unqueue_requests(self, batch: list[_Part]) -> None:
         """After a failed call: take the other parts of the batch's requests out of the
@@ -407,6 +407,16 @@ class Batcher:
             for part in self._running:
                 _fail(part, errors.Unavailable(
                     f"{self._name()} stopped before this request's batch finished"))
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:
+    """Run ``callback(*args)`` on ``loop`` from the worker thread. A loop already closed (its
+    owner never stopped this batcher) has nobody left to answer: nothing to do then."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
 
 
 def _set_done(future: asyncio.Future[None] | None) -> None:

@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = ("cpu", "gpu")
 TRAINING_JOB = K8S / "training-job.yaml"
+# Custom resources' schemas, copied from their CRDs (k8s/schemas/README.md says from where).
+CRD_SCHEMAS = K8S / "schemas"
 # The oldest Kubernetes the manifests claim (native preStop sleep needs 1.30, the kubectl of
 # these machines is 1.32) and the newest kubernetes-validate ships schemas for; every object
 # must validate against both.
@@ -98,3 +100,57 @@ def validate(obj: Obj, version: str) -> str:
 
     wanted = kubernetes_validate.latest_version() if version == "latest" else version
     return str(kubernetes_validate.validate(obj, wanted, strict=True))
+
+
+def crd_schema_path(obj: Obj) -> Path:
+    """Where the copied CRD schema of ``obj``'s apiVersion and kind lives."""
+    group, _, version = obj["apiVersion"].rpartition("/")
+    return CRD_SCHEMAS / group / f"{obj['kind'].lower()}_{version}.json"
+
+
+def strict_schema(schema: Any) -> Any:
+    """A CRD's openAPIV3Schema as a strict JSON Schema, the conversion kubeconform makes
+    (``openapi2jsonschema.py --strict``): an object that lists its properties accepts no
+    others unless it says so (``additionalProperties`` or
+    ``x-kubernetes-preserve-unknown-fields``), and ``nullable`` admits null."""
+    if isinstance(schema, list):
+        return [strict_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: (value if key in ("enum", "default", "example", "required")
+                 else {name: strict_schema(sub) for name, sub in value.items()}
+                 if key == "properties" else strict_schema(value))
+           for key, value in schema.items()}
+    if ("properties" in out and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    if out.pop("nullable", False) and isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+def validate_custom(obj: Obj) -> None:
+    """Validate a custom resource against the strict form of its CRD's schema (jsonschema,
+    as kubernetes-validate validates the built-in kinds), plus what the API server checks
+    before the schema: its apiVersion and kind are the CRD's, and it has a name. Raises
+    ``jsonschema.ValidationError`` (the first error, with its path) or ``FileNotFoundError``
+    for a kind with no copied schema."""
+    import json
+
+    import jsonschema
+
+    path = crd_schema_path(obj)
+    schema = strict_schema(json.loads(path.read_text(encoding="utf-8")))
+    # The API server serves one apiVersion and kind per schema file, and `name` is required.
+    schema["properties"]["apiVersion"] = {"const": obj["apiVersion"]}
+    schema["properties"]["kind"] = {"const": obj["kind"]}
+    schema["properties"]["metadata"] = {
+        "type": "object", "required": ["name"],
+        "properties": {"name": {"type": "string", "minLength": 1,
+                                "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}}}
+    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind",
+                                 "metadata"})
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+    if error is not None:
+        raise error

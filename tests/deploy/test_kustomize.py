@@ -156,3 +156,88 @@ def test_signed_bundles_component_renders_and_validates(
     parsed = Settings.model_validate({**{k[4:].lower(): v for k, v in settings.items()},
                                       "trusted_keys": str(mounted)})
     assert parsed.signatures_required
+
+
+# Custom resources with no copied schema in k8s/schemas/: their own tests check their fields
+# (test_monitoring.py, test_tls.py).
+FIELD_CHECKED_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate"}
+
+
+def _kustomization_kind(directory: Path) -> str:
+    return str(manifests.load_yaml(directory / "kustomization.yaml")[0]["kind"])
+
+
+KUSTOMIZATIONS = sorted(p.parent.relative_to(manifests.K8S).as_posix()
+                        for p in manifests.K8S.rglob("kustomization.yaml")
+                        if _kustomization_kind(p.parent) == "Kustomization")
+COMPONENTS = sorted(p.parent.name
+                    for p in (manifests.K8S / "components").glob("*/kustomization.yaml"))
+
+
+def _assert_every_object_valid(objects: list[manifests.Obj], where: str) -> None:
+    """Built-in kinds against Kubernetes' schemas, custom resources against their CRD's
+    copied schema; a custom kind with neither fails, so nothing goes unchecked unnoticed."""
+    import jsonschema
+
+    for obj in objects:
+        if obj["kind"] in BUILTIN_KINDS:
+            for version in manifests.K8S_VERSIONS:
+                _assert_valid(obj, version, where)
+        elif manifests.crd_schema_path(obj).is_file():
+            try:
+                manifests.validate_custom(obj)
+            except jsonschema.ValidationError as exc:
+                path = ".".join(str(p) for p in exc.absolute_path)
+                raise AssertionError(
+                    f"{where}: {obj['kind']}/{obj['metadata'].get('name')} is invalid against "
+                    f"{manifests.crd_schema_path(obj).relative_to(manifests.ROOT)} at "
+                    f"{path or '(top)'}: {exc.message}") from None
+        else:
+            assert obj["kind"] in FIELD_CHECKED_KINDS, (
+                f"{where}: {obj['kind']} has no schema in k8s/schemas/ and no test of its own")
+
+
+def test_every_kustomization_is_listed() -> None:
+    assert {"overlays/cpu", "overlays/gpu", "monitoring", "kserve"} <= set(KUSTOMIZATIONS)
+    assert {"grpc-probes", "tls", "signed-bundles", "keda"} <= set(COMPONENTS)
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS)
+def test_every_kustomization_renders_and_every_object_validates(
+    kubectl: str, directory: str
+) -> None:
+    objects = manifests.kustomize(kubectl, manifests.K8S / directory)
+    assert objects, f"k8s/{directory} renders nothing"
+    _assert_every_object_valid(objects, f"k8s/{directory}")
+
+
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_every_component_renders_on_every_overlay_and_validates(
+    kubectl: str, tmp_path: Path, overlay: str, component: str
+) -> None:
+    objects = manifests.kustomize_with_components(kubectl, overlay, [component], tmp_path)
+    _assert_every_object_valid(objects, f"k8s/overlays/{overlay} + components/{component}")
+
+
+def test_a_broken_custom_resource_is_caught() -> None:
+    """The CRD schemas are applied strictly: a misspelt field, a missing required field, a
+    field at the wrong level and a wrong type each fail."""
+    import jsonschema
+
+    isvc: manifests.Obj = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+                            "metadata": {"name": "digits"},
+                            "spec": {"predictor": {"model": {
+                                "modelFormat": {"name": "aecluster"},
+                                "storageUri": "s3://b/p/"}}}}
+    manifests.validate_custom(isvc)
+    model = dict(isvc["spec"]["predictor"]["model"])
+    storage = model.pop("storageUri")
+    for broken, match in [({**model, "storageURI": storage}, "storageURI"),
+                          ({**model, "modelFormat": {"version": "1"}}, "'name' is a required"),
+                          ({**model, "minReplicas": 2}, "minReplicas")]:
+        isvc["spec"]["predictor"]["model"] = broken
+        with pytest.raises(jsonschema.ValidationError, match=match):
+            manifests.validate_custom(isvc)
+    with pytest.raises(jsonschema.ValidationError, match="'two' is not of type 'integer'"):
+        manifests.validate_custom({**isvc, "spec": {"predictor": {"minReplicas": "two"}}})
