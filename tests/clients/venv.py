@@ -28,26 +28,30 @@ class ClientVenvError(RuntimeError):
     """The client venv could not be built or does not import its clients."""
 
 
-def _digest() -> str:
-    return hashlib.sha256(LOCK.read_bytes()).hexdigest()
-
-
-def ensure_client_venv(python: str = sys.executable) -> Path:
+def ensure_client_venv(python: str = sys.executable, *, venv: Path = VENV,
+                       lock: Path = LOCK) -> Path:
     """The venv's python, building the venv first unless it matches the lock."""
-    if PYTHON.exists() and STAMP.is_file() and STAMP.read_text().strip() == _digest():
-        return PYTHON
-    shutil.rmtree(VENV, ignore_errors=True)
+    venv_python = venv / "bin" / "python"
+    stamp = venv / STAMP.name
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    if venv_python.exists() and stamp.is_file() and stamp.read_text().strip() == digest:
+        return venv_python
+    shutil.rmtree(venv, ignore_errors=True)
     steps = [
-        [python, "-m", "venv", str(VENV)],
-        [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-         "--quiet", "--require-hashes", "--no-deps", "-r", str(LOCK)],
-        *([str(PYTHON), "-c", statement] for statement in IMPORTS),
+        [python, "-m", "venv", str(venv)],
+        [str(venv_python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+         "--quiet", "--require-hashes", "--no-deps", "-r", str(lock)],
+        *([str(venv_python), "-c", statement] for statement in IMPORTS),
     ]
     for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True, timeout=900)
+        try:
+            done = subprocess.run(step, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ClientVenvError(f"the V2 client venv {venv} could not be built: "
+                                  f"`{' '.join(step)}` failed: {exc}") from exc
         if done.returncode != 0:
             raise ClientVenvError(
-                f"the V2 client venv {VENV} could not be built: `{' '.join(step)}` exited "
+                f"the V2 client venv {venv} could not be built: `{' '.join(step)}` exited "
                 f"{done.returncode}:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
-    STAMP.write_text(_digest() + "\n")
-    return PYTHON
+    stamp.write_text(digest + "\n")
+    return venv_python
