@@ -124,6 +124,8 @@ def oip_router(dataplane: DataPlane, max_images: int) -> APIRouter:
                                                                  max_images=max_images))
         info, outputs = await dataplane.infer(model, parsed.inputs, parsed.outputs,
                                               deadline=deadline)
+        # Rendering is CPU work on the event loop like parsing: off it past the same size
+        # (about 8 bytes of JSON per value).
         size = sum(array.size for array in outputs.values())
         content, json_length = await off_loop(size * 8, render_answer, info, outputs, parsed)
         if json_length is None:
