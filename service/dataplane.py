@@ -30,6 +30,8 @@ DEFAULT_SIGNATURE = bundle.SIGNATURE
 BYTES_SIGNATURE = bundle.BYTES_SIGNATURE
 PREDICT_METHOD = "tensorflow/serving/predict"
 OUTPUT_NAMES = bundle.OUTPUT_NAMES
+# Open Inference Protocol inputs -> the signature that reads them (one input per request).
+INFER_INPUTS = {"images": DEFAULT_SIGNATURE, "image_bytes": BYTES_SIGNATURE}
 PSNR_CAP_DB = 100.0
 # Decoding a few small images inline is cheaper than a thread hop; large payloads are
 # decoded on a worker thread so the event loop keeps serving other callers. Both the bytes
@@ -256,6 +258,50 @@ class DataPlane:
                                    if every[name] is not None}
         finally:
             self._leave()
+
+    async def infer(
+        self,
+        model: ModelRef,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> tuple[VersionInfo, dict[str, np.ndarray]]:
+        """Open Inference Protocol inference: one input, ``images`` (float32 in [0, 1] or
+        uint8 0..255, [N, H, W, C]) or ``image_bytes`` (encoded images, [N]); the outputs
+        asked for (None: all of them), in that order. The same path as :meth:`predict`: the
+        decoder runs only when ``reconstruction`` is asked for."""
+        if len(inputs) != 1 or not set(inputs) <= set(INFER_INPUTS):
+            raise InvalidInput(
+                "send one input: 'images' (FP32 in [0, 1] or UINT8, [N, H, W, C]) or "
+                f"'image_bytes' (BYTES, PNG/JPEG, [N]); got {sorted(inputs) or 'none'}"
+            )
+        ((name, array),) = inputs.items()
+        if name == "images":
+            if array.dtype == np.uint8:
+                array = array.astype(np.float32) / np.float32(255.0)
+            elif array.dtype != np.float32:
+                raise InvalidInput(f"input 'images' must be FP32 (0..1) or UINT8 (0..255), "
+                                   f"got {array.dtype}")
+        elif array.dtype.kind != "O":
+            raise InvalidInput(f"input 'image_bytes' must be BYTES, got {array.dtype}")
+        unknown = [output for output in outputs or () if output not in OUTPUT_NAMES]
+        if unknown:
+            raise InvalidInput(f"unknown outputs requested {unknown}; outputs: "
+                               f"{', '.join(OUTPUT_NAMES)}")
+        if outputs is not None and len(set(outputs)) != len(outputs):
+            raise InvalidInput(f"an output is requested twice: {list(outputs)}")
+        return await self.predict(model, INFER_INPUTS[name], {name: array},
+                                  list(outputs) if outputs else None, deadline=deadline)
+
+    def model_ready(self, model: ModelRef) -> bool:
+        """Whether ``model`` (its default version without one) answers now; NotFound for a
+        model or version that is not served here."""
+        try:
+            self._repo.get(_checked_name(model.name), model.version)
+        except Unavailable:
+            return False
+        return not self._draining
 
     def model_status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         bundle_name = _checked_name(name)

@@ -225,12 +225,23 @@ def test_every_imported_package_is_declared(folder: str) -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_only_the_mlserver_peer_is_an_environment_of_its_own() -> None:
-    # Code there imports what its own lock installs (mlserver), never the project's venv.
+# Folders with a venv of their own (requirements.in + hashed requirements.txt) -> the
+# packages only that venv installs: code elsewhere must never import them.
+OWN_ENVIRONMENTS = {
+    "bench/serve/mlserver": ("mlserver",),  # MLServer, the benchmark's peer
+    "tests/clients": ("tritonclient", "kserve"),  # the V2 clients: protobuf < 7
+}
+
+
+def test_only_the_listed_folders_are_environments_of_their_own() -> None:
     tracked = subprocess.run(["git", "ls-files", "--", "*requirements.in"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60, check=True)
-    assert [Path(p).parent.as_posix() for p in tracked.stdout.split()] == ["bench/serve/mlserver"]
-    assert not [m for m in _imports(ROOT / "bench") if m.split(".")[0] == "mlserver"]
+    assert sorted(Path(p).parent.as_posix() for p in tracked.stdout.split()) == sorted(
+        OWN_ENVIRONMENTS)
+    for top in ("bench", "tests"):
+        leaked = [m for m in _imports(ROOT / top)
+                  if any(m.split(".")[0] in names for names in OWN_ENVIRONMENTS.values())]
+        assert not leaked, f"{top}/ imports packages only a venv of its own installs: {leaked}"
 
 
 def test_the_import_check_catches_an_undeclared_package(tmp_path: Path) -> None:

@@ -52,6 +52,12 @@ METHODS: dict[str, str] = {
     "/tensorflow.serving.PredictionService/Predict": "predict",
     "/tensorflow.serving.PredictionService/GetModelMetadata": "model_metadata",
     "/tensorflow.serving.ModelService/GetModelStatus": "model_status",
+    "/inference.GRPCInferenceService/ServerLive": "v2_server_live",
+    "/inference.GRPCInferenceService/ServerReady": "v2_server_ready",
+    "/inference.GRPCInferenceService/ModelReady": "v2_model_ready",
+    "/inference.GRPCInferenceService/ServerMetadata": "v2_server_metadata",
+    "/inference.GRPCInferenceService/ModelMetadata": "v2_model_metadata",
+    "/inference.GRPCInferenceService/ModelInfer": "v2_infer",
 }
 
 # Answered without a token: the health service (Kubernetes' gRPC probes, load balancers).

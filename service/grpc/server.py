@@ -20,8 +20,11 @@ from tensorflow_serving.apis import (
 
 from service._generated.aecluster.v1 import cluster_service_pb2 as pb
 from service._generated.aecluster.v1 import cluster_service_pb2_grpc as pb_grpc
+from service._generated.inference import grpc_predict_v2_pb2 as v2_pb
+from service._generated.inference import grpc_predict_v2_pb2_grpc as v2_pb_grpc
 from service.dataplane import DataPlane
 from service.grpc.interceptor import ServiceInterceptor
+from service.grpc.oip import InferenceServicer
 from service.grpc.servicers import ClusterServicer, ModelServicer, PredictionServicer
 from service.metrics import Metrics
 from service.security import Security, ServerTls, TlsMaterial
@@ -36,7 +39,8 @@ CLUSTER_SERVICE = pb.DESCRIPTOR.services_by_name["ClusterService"].full_name
 PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name[
     "PredictionService"].full_name
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
-SERVICES = (CLUSTER_SERVICE, PREDICTION_SERVICE, MODEL_SERVICE)
+INFERENCE_SERVICE = v2_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SERVICES = (CLUSTER_SERVICE, PREDICTION_SERVICE, MODEL_SERVICE, INFERENCE_SERVICE)
 # Readiness can change without the server noticing (a model finishes loading, a drain
 # starts), so the health status follows DataPlane.is_ready() on this period.
 HEALTH_POLL_SECONDS = 0.5
@@ -162,7 +166,8 @@ async def start_grpc_server(dataplane: DataPlane, settings: Settings, metrics: M
     """Build, bind and start the gRPC server on ``settings.host:settings.grpc_port``.
 
     Serves ``aecluster.v1.ClusterService``, TensorFlow Serving's ``PredictionService`` and
-    ``ModelService``, ``grpc.health.v1.Health`` (following readiness) and server reflection;
+    ``ModelService``, the Open Inference Protocol's ``inference.GRPCInferenceService``,
+    ``grpc.health.v1.Health`` (following readiness) and server reflection;
     over TLS and with the token check when ``security`` (by default: loaded from the
     settings) says so.
     """
@@ -184,6 +189,8 @@ async def start_grpc_server(dataplane: DataPlane, settings: Settings, metrics: M
         PredictionServicer(dataplane, max_message_bytes=limit,
                            max_images=settings.max_images_per_request), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(dataplane), server)
+    v2_pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(dataplane, max_images=settings.max_images_per_request), server)
     health = CurrentHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

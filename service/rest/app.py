@@ -8,7 +8,6 @@ traceback and answered 500 with a generic message (see :mod:`service.rest.middle
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -26,10 +25,12 @@ from starlette.routing import Match
 from service.dataplane import DataPlane
 from service.errors import InternalError, ServiceError
 from service.metrics import Metrics
+from service.oip import server_version
 from service.rest.clusters import clusters_router
 from service.rest.encoding import error_response, service_error_response
 from service.rest.middleware import AuthMiddleware, RequestContextMiddleware
 from service.rest.native import cluster_router
+from service.rest.oip import oip_router
 from service.rest.operations import health_router, operations_router
 from service.rest.page import add_page
 from service.rest.schemas import ClusterRequest, PredictRequest
@@ -50,6 +51,8 @@ reconstruction.
   with their sizes, labels and exemplar thumbnails
   (`GET /v1/models/{name}/versions/{v}/exemplars/{cluster}/{index}.png`);
 * **tensorflow-serving**: TensorFlow Serving's REST API (`:predict`, status, metadata);
+* **open-inference-protocol**: KServe's and Triton's V2 API (`/v2/models/{name}/infer`,
+  metadata, readiness) with the binary tensor data extension;
 * **operations**: `/healthz`, `/readyz`, `/metrics`.
 
 Errors are `{"error": "..."}` with the status of the error table (400 bad input, 401
@@ -65,13 +68,6 @@ MODEL_ENDPOINTS = (
     "GET /v1/models/{name}[/versions/{v}] (status), GET .../metadata, GET .../clusters, "
     "GET /v1/models/{name}/versions/{v}/exemplars/{cluster}/{index}.png"
 )
-
-
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("aecluster")
-    except importlib.metadata.PackageNotFoundError:
-        return "0.0.0"
 
 
 class ServiceApp(FastAPI):
@@ -122,7 +118,7 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics,
         security = Security.from_settings(settings)
     # Swagger UI from the swagger-ui-bundle package instead of FastAPI's default CDN:
     # clusters without internet access still get working /docs.
-    app = ServiceApp(title="aecluster", version=_package_version(), description=DESCRIPTION,
+    app = ServiceApp(title="aecluster", version=server_version(), description=DESCRIPTION,
                      docs_url=None, redoc_url=None)
     _add_offline_docs(app)
     # app.state.traffic: when the last request came, for the server's drain (server.py).
@@ -138,7 +134,8 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics,
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     routers = [operations_router(dataplane, metrics), cluster_router(dataplane, settings),
-               clusters_router(dataplane), tfserving_router(dataplane)]
+               clusters_router(dataplane), tfserving_router(dataplane),
+               oip_router(dataplane, settings.max_images_per_request)]
     for router in routers:
         app.include_router(router)
     add_page(app)
@@ -156,7 +153,7 @@ def create_operations_app(dataplane: DataPlane, metrics: Metrics) -> FastAPI:
     """The app of ``operations_port``: ``/healthz``, ``/readyz`` and ``/metrics`` only, in
     plain HTTP and without tokens, for kubelet probes and Prometheus when the main port
     requires client certificates (they have none to present)."""
-    app = FastAPI(title="aecluster operations", version=_package_version(),
+    app = FastAPI(title="aecluster operations", version=server_version(),
                   openapi_url=None, docs_url=None, redoc_url=None)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=1024)
     app.add_exception_handler(StarletteHTTPException, _http_error)

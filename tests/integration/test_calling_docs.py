@@ -1,6 +1,8 @@
-"""Every `sh` and `python` block of docs/calling-native.md and docs/calling-tfserving.md runs
-as pasted against a real server (`python -m service` on the digits bundle), from a folder
-that holds what the repository's root holds for them: the committed examples/ and .venv/.
+"""Every `sh` and `python` block of docs/calling-native.md, docs/calling-tfserving.md and
+docs/calling-v2.md runs as pasted against a real server (`python -m service` on the digits
+bundle), from a folder that holds what the repository's root holds for them: the committed
+examples/ and .venv/. calling-v2.md's Python blocks use tritonclient, which cannot live in
+the project's venv (protobuf < 7): they run with the V2 clients' venv (tests/clients/).
 
 Only the addresses change: `make run`'s localhost:8501 and localhost:8500 become the test
 server's free ports. grpcurl is not installed (nor in Debian): a stand-in of the same name,
@@ -20,11 +22,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients.venv import ensure_client_venv
 from tests.integration.server import Server, start_server
 from tests.service.bundles import clone_version
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = ("calling-native.md", "calling-tfserving.md")
+PAGES = ("calling-native.md", "calling-tfserving.md", "calling-v2.md")
+# The Python client each page's examples use; calling-v2.md's run in the client venv.
+PYTHON_CLIENTS = {"calling-native.md": "grpc.insecure_channel",
+                  "calling-tfserving.md": "grpc.insecure_channel",
+                  "calling-v2.md": "tritonclient"}
+CLIENT_VENV_PAGES = ("calling-v2.md",)
 BLOCK = re.compile(r"^```(sh|python)\n(.*?)^```$", re.M | re.S)
 # A JSON error body, as the REST API writes it.
 ERROR_BODY = re.compile(r'\{\s*"error"\s*:')
@@ -44,7 +52,7 @@ def test_the_pages_have_examples_of_every_kind() -> None:
     for page in PAGES:
         code = "\n".join(c for _, c in blocks(page))
         assert {lang for lang, _ in blocks(page)} == {"sh", "python"}, page
-        for tool in ("curl -s", "grpcurl -plaintext", "grpc.insecure_channel"):
+        for tool in ("curl -s", "grpcurl -plaintext", PYTHON_CLIENTS[page]):
             assert tool in code, (page, tool)
         # The images are the committed ones, and exist.
         images = set(re.findall(r"examples/[\w.-]+\.png", code))
@@ -94,7 +102,8 @@ def test_example_runs_against_the_server(server: Server, workdir: Path,
     else:
         script = workdir / f"example-{page}-{index}.py"
         script.write_text(code, encoding="utf-8")
-        command = [sys.executable, str(script)]
+        python = ensure_client_venv() if page in CLIENT_VENV_PAGES else Path(sys.executable)
+        command = [str(python), str(script)]
     result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True,
                             timeout=240, check=False)
     where = f"docs/{page}, block {index}:\n{code}\nstdout:\n{result.stdout}\n" \

@@ -171,6 +171,49 @@ async def test_bad_predict_requests(plane: DataPlane, signature: str | None,
         await plane.predict(DIGITS, signature, inputs, filt)
 
 
+async def test_infer_is_predict_by_input_name(plane: DataPlane,
+                                             digit_images: np.ndarray) -> None:
+    info, every = await plane.infer(DIGITS, {"images": digit_images})
+    _, expected = await plane.predict(DIGITS, None, {"images": digit_images})
+    assert info.version == 1 and list(every) == list(expected)
+    np.testing.assert_array_equal(every["cluster_id"], expected["cluster_id"])
+    uint8 = np.round(digit_images * 255).astype(np.uint8)
+    _, from_uint8 = await plane.infer(DIGITS, {"images": uint8}, ["distance", "cluster_id"])
+    _, scaled = await plane.predict(DIGITS, None, {"images": uint8.astype(np.float32) / 255})
+    assert list(from_uint8) == ["distance", "cluster_id"]
+    np.testing.assert_array_equal(from_uint8["distance"], scaled["distance"])
+    pngs = np.array([_png(img) for img in digit_images[:3]], dtype=object)
+    _, from_bytes = await plane.infer(DIGITS, {"image_bytes": pngs}, ["cluster_id"])
+    assert from_bytes["cluster_id"].shape == (3,)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "message"),
+    [
+        ({}, None, "send one input"),
+        ({"pixels": np.zeros((1, 8, 8, 1), np.float32)}, None, "send one input"),
+        ({"images": np.zeros((1, 8, 8, 1), np.float32),
+          "image_bytes": np.array([b"x"], dtype=object)}, None, "send one input"),
+        ({"images": np.zeros((1, 8, 8, 1), np.float64)}, None, "FP32 .* or UINT8"),
+        ({"image_bytes": np.zeros(1, np.float32)}, None, "must be BYTES"),
+        ({"images": np.zeros((1, 8, 8, 1), np.float32)}, ["logits"], "unknown outputs"),
+        ({"images": np.zeros((1, 8, 8, 1), np.float32)}, ["distance", "distance"], "twice"),
+    ],
+)
+async def test_bad_infer_requests(plane: DataPlane, inputs: dict[str, np.ndarray],
+                                  outputs: list[str] | None, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        await plane.infer(DIGITS, inputs, outputs)
+
+
+async def test_model_ready(plane: DataPlane) -> None:
+    assert plane.model_ready(DIGITS) and plane.model_ready(ModelRef("digits", 1))
+    with pytest.raises(NotFound):
+        plane.model_ready(ModelRef("nope"))
+    with pytest.raises(NotFound):
+        plane.model_ready(ModelRef("digits", 4))
+
+
 async def test_metadata_status_and_listing(plane: DataPlane) -> None:
     meta = plane.model_metadata(DIGITS)
     assert set(meta.signatures) == {"serving_default", "predict_bytes"}

@@ -390,15 +390,18 @@ async def test_reflection_lists_and_describes_every_service(stack: Stack) -> Non
                 reflection_pb2.ServerReflectionRequest(
                     file_containing_symbol="tensorflow.serving.PredictionService"),
                 reflection_pb2.ServerReflectionRequest(
-                    file_containing_symbol="tensorflow.serving.ModelService")]
+                    file_containing_symbol="tensorflow.serving.ModelService"),
+                reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol="inference.GRPCInferenceService")]
     responses = [r async for r in stub.ServerReflectionInfo(iter(requests))]
     names = {s.name for s in responses[0].list_services_response.service}
     assert names == {"aecluster.v1.ClusterService", "tensorflow.serving.PredictionService",
-                     "tensorflow.serving.ModelService", "grpc.health.v1.Health",
-                     "grpc.reflection.v1alpha.ServerReflection"}
+                     "tensorflow.serving.ModelService", "inference.GRPCInferenceService",
+                     "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
     expected_files = ("aecluster/v1/cluster_service.proto",
                       "tensorflow_serving/apis/prediction_service.proto",
-                      "tensorflow_serving/apis/model_service.proto")
+                      "tensorflow_serving/apis/model_service.proto",
+                      "inference/grpc_predict_v2.proto")
     for response, filename in zip(responses[1:], expected_files, strict=True):
         files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
                  for raw in response.file_descriptor_response.file_descriptor_proto]

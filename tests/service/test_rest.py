@@ -197,11 +197,11 @@ def test_openapi_documents_the_native_endpoint(client: httpx.Client) -> None:
     versions = [p["schema"] for path, ops in schema["paths"].items() if "{version}" in path
                 for op in ops.values() for p in op.get("parameters", [])
                 if p["name"] == "version"]
-    assert len(versions) == 6
+    assert len(versions) == 9  # native 2, TF Serving 4, V2 3 (metadata, ready, infer)
     assert all(v["type"] == "integer" and v["minimum"] == 1 for v in versions), versions
     assert "PredictRequest" in components
     for path in ("/v1/models/{name}:predict", "/v1/models/{name}/metadata", "/healthz",
-                 "/readyz", "/metrics"):
+                 "/readyz", "/metrics", "/v2", "/v2/models/{name}/versions/{version}/infer"):
         assert path in schema["paths"], path
     # Every $ref points at a component that exists (the injected body schemas included).
     refs = set(re.findall(r'"\$ref": ?"#/components/schemas/([^"]+)"', json.dumps(schema)))

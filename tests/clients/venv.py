@@ -1,0 +1,57 @@
+"""The V2 clients' own venv (tests/clients/.venv) from the hashed lock requirements.txt.
+
+Built like bench/serve/mlserver's: ``python -m venv``, then ``pip install --require-hashes
+--no-deps``; a stamp holds the lock's SHA-256, so a current venv is reused and a changed
+lock rebuilds it. A venv that cannot be built raises :class:`ClientVenvError` with pip's
+output: the tests that need it fail with that message, they never skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LOCK = HERE / "requirements.txt"
+VENV = HERE / ".venv"
+PYTHON = VENV / "bin" / "python"
+STAMP = VENV / ".aecluster-lock.sha256"
+# Two processes: tritonclient.grpc and kserve both register the `inference.*` protobuf
+# messages (from files of different names), so one process cannot import both.
+IMPORTS = ("import tritonclient.http, tritonclient.grpc, numpy", "import kserve, numpy")
+
+
+class ClientVenvError(RuntimeError):
+    """The client venv could not be built or does not import its clients."""
+
+
+def ensure_client_venv(python: str = sys.executable, *, venv: Path = VENV,
+                       lock: Path = LOCK) -> Path:
+    """The venv's python, building the venv first unless it matches the lock."""
+    venv_python = venv / "bin" / "python"
+    stamp = venv / STAMP.name
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    if venv_python.exists() and stamp.is_file() and stamp.read_text().strip() == digest:
+        return venv_python
+    shutil.rmtree(venv, ignore_errors=True)
+    steps = [
+        [python, "-m", "venv", str(venv)],
+        [str(venv_python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+         "--quiet", "--require-hashes", "--no-deps", "-r", str(lock)],
+        *([str(venv_python), "-c", statement] for statement in IMPORTS),
+    ]
+    for step in steps:
+        try:
+            done = subprocess.run(step, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ClientVenvError(f"the V2 client venv {venv} could not be built: "
+                                  f"`{' '.join(step)}` failed: {exc}") from exc
+        if done.returncode != 0:
+            raise ClientVenvError(
+                f"the V2 client venv {venv} could not be built: `{' '.join(step)}` exited "
+                f"{done.returncode}:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
+    stamp.write_text(digest + "\n")
+    return venv_python
