@@ -87,3 +87,21 @@ def test_the_mlserver_peer_reads_the_bundle_contract_as_the_service_does() -> No
                and hasattr(bundle, target.id)}
     assert {"MANIFEST_FILE", "CENTROIDS_FILE", "SIGNATURE", "ENCODER_OUTPUT"} <= set(spelled)
     assert spelled == {name: getattr(bundle, name) for name in spelled}
+
+
+def test_the_v2_requests_carry_the_images_and_the_peer_outputs() -> None:
+    import json as json_module
+
+    import numpy as np
+
+    from service._generated.inference import grpc_predict_v2_pb2 as pb
+
+    images = np.random.default_rng(0).random((1, 4, 4, 1), dtype=np.float32)
+    request = pb.ModelInferRequest.FromString(run.v2_grpc_request("m", images, False))
+    assert request.model_name == "m" and list(request.inputs[0].shape) == [1, 4, 4, 1]
+    assert np.array_equal(np.frombuffer(request.raw_input_contents[0], "<f4"), images.ravel())
+    assert [o.name for o in request.outputs] == ["cluster_id", "distance"]
+    body = json_module.loads(run.v2_json_body(images, True))
+    assert body["inputs"][0]["shape"] == [1, 4, 4, 1]
+    assert np.allclose(body["inputs"][0]["data"], images.ravel())
+    assert [o["name"] for o in body["outputs"]] == ["cluster_id", "distance", "reconstruction"]
