@@ -29,7 +29,26 @@ from service.rest.params import VersionSegment
 
 INFER_BODY: dict[str, Any] = {
     "requestBody": {"required": True, "content": {
-        JSON_MEDIA_TYPE: {"schema": {"type": "object"}},
+        JSON_MEDIA_TYPE: {"schema": {
+            "type": "object", "required": ["inputs"],
+            "properties": {
+                "id": {"type": "string"},
+                "inputs": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "required": ["name", "datatype", "shape"],
+                    "properties": {
+                        "name": {"type": "string", "enum": ["images", "image_bytes"]},
+                        "datatype": {"type": "string"},
+                        "shape": {"type": "array", "items": {"type": "integer",
+                                                             "minimum": 0}},
+                        "data": {},
+                        "parameters": {"type": "object"},
+                    }}},
+                "outputs": {"type": "array", "items": {
+                    "type": "object", "required": ["name"],
+                    "properties": {"name": {"type": "string"},
+                                   "parameters": {"type": "object"}}}},
+                "parameters": {"type": "object"},
+            }}},
         BINARY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
     }},
     "parameters": [
