@@ -215,16 +215,7 @@ class Batcher:
         Their futures get ``error``, or are cancelled when there is none (the caller is
         gone, nobody awaits them).
         """
-        removed = 0
-        with self._lock:
-            for part in parts:
-                if part.queued:
-                    part.queued = False
-                    self._queue.remove(part)
-                    removed += part.size
-            if removed:
-                self._queued -= removed
-                self._queue_depth.set(self._queued)
+        removed = self._unqueue(parts)
         for part in parts:
             if error is not None:
                 _fail(part, error)
@@ -269,17 +260,22 @@ class Batcher:
         """After a failed call: take the other parts of the batch's requests out of the
         queue before the next batch is formed (their callers get the error; computing
         them would be wasted). The loop fails their futures in ``_deliver``."""
+        self._unqueue([sibling for part in batch for sibling in part.request])
+
+    def _unqueue(self, parts: list[_Part]) -> int:
+        """Take those of ``parts`` still queued out of the queue; return their image count.
+        Called on the loop and on the worker, hence the lock."""
+        removed = 0
         with self._lock:
-            removed = 0
-            for part in batch:
-                for sibling in part.request:
-                    if sibling.queued:
-                        sibling.queued = False
-                        self._queue.remove(sibling)
-                        removed += sibling.size
+            for part in parts:
+                if part.queued:
+                    part.queued = False
+                    self._queue.remove(part)
+                    removed += part.size
             if removed:
                 self._queued -= removed
                 self._queue_depth.set(self._queued)
+        return removed
 
     def _next_batch(self) -> list[_Part] | None:
         """Wait until a batch is due and take it; None once stopped with nothing queued."""

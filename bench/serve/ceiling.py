@@ -202,16 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     workdir = run.WORK / "ceiling"
     workdir.mkdir(parents=True, exist_ok=True)
     image = run.sample_images(version_dir, 1)
+    repo, name = run.link_repository(version_dir, workdir)
     rows = []
     for server in SERVERS:
         for recon in (True, False):
             if server == "bare" and not recon:
                 continue  # the canned answer is the same either way
-            message = run.native_grpc_request("fashion", image, recon)
+            message = run.native_grpc_request(name, image, recon)
             run.log(f"ceiling: {server}, reconstruction {recon}")
             if server == "aecluster":
-                repo, name = run.link_repository(version_dir, workdir)
-                message = run.native_grpc_request(name, image, recon)
                 with run.aecluster(repo, workdir / "aecluster.log") as (_, _, grpc_port):
                     run.check_native_grpc(f"127.0.0.1:{grpc_port}", message, 1)
                     c1 = measure(grpc_port, message, 1, args.seconds, workdir)
