@@ -19,6 +19,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.exposition import choose_encoder
 
 from service.types import BatchOutput
 
@@ -43,6 +44,7 @@ RECONSTRUCTION_ERROR_BUCKETS: tuple[float, ...] = (
 )
 
 MODEL_LABELS: tuple[str, ...] = ("model", "version")
+OPENMETRICS = "application/openmetrics-text"
 
 
 class Metrics:
@@ -108,8 +110,16 @@ class Metrics:
             ("model",), registry=reg,
         )
 
-    def render(self) -> tuple[bytes, str]:
-        """The exposition text of every metric and the content type to send it with."""
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition text of every metric and the content type to send it with.
+
+        OpenMetrics when ``accept`` (the scrape's Accept header) asks for it: only that
+        format carries the latency histogram's exemplars (trace ids, with tracing on).
+        Anything else gets Prometheus' text format, as before.
+        """
+        if accept is not None and OPENMETRICS in accept:
+            encoder, content_type = choose_encoder(accept)
+            return encoder(self.registry), content_type
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
