@@ -90,7 +90,8 @@ class BodyLimit:
 
 
 class RequestContextMiddleware:
-    """Request id in/out, body limit, ``aecluster_requests_total`` and latency, access log.
+    """Request id in/out, body limit, ``aecluster_requests_total`` and latency (with the
+    trace as exemplar when tracing is on), access log, and the request's span.
 
     While ``draining()`` is true every answer carries ``Connection: close``: a keep-alive
     caller closes its connection after this answer and opens the next one elsewhere,

@@ -58,7 +58,7 @@ CALLER_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
 CHILDREN = ["decode", "preprocess", "queue wait", "model", "encode"]
 # A batch window long enough that requests sent together on one loop share a model call.
-BATCH_DELAY_MS = 100
+BATCH_DELAY_MS = 200
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -276,7 +276,7 @@ async def test_requests_computed_together_each_get_the_model_call(
     for model in models:
         assert model.parent is not None and model.parent.span_id in roots
         assert _ids(model)[0] == _ids(roots[model.parent.span_id])[0]
-    # One model call for the three (the batch window is 100 ms): the same times, size 6.
+    # One model call for the three (the batch window is 200 ms): the same times, size 6.
     assert len({(model.start_time, model.end_time) for model in models}) == 1
     attributes = [dict(model.attributes or {}) for model in models]
     assert len({a["aecluster.batch.number"] for a in attributes}) == 1
