@@ -13,20 +13,14 @@ import io
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import httpx
 import numpy as np
 import pytest
 from opentelemetry.context import Context
-from opentelemetry.proto.collector.trace.v1 import (
-    trace_service_pb2,
-    trace_service_pb2_grpc,
-)
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -48,6 +42,7 @@ from service.repository import ModelRepository
 from service.rest import create_app
 from service.runtime import runtime_factory
 from service.settings import ConfigError, Settings
+from tests.otlp_receiver import Collector, running_collector
 
 pytestmark = pytest.mark.anyio
 
@@ -473,36 +468,18 @@ def test_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert tracing.enabled is False
 
 
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP/gRPC receiver: what an OpenTelemetry Collector listens with on 4317."""
-
-    def __init__(self) -> None:
-        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
-
-    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest,
-               context: Any) -> trace_service_pb2.ExportTraceServiceResponse:
-        self.requests.append(request)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
 @pytest.fixture
-def collector() -> Iterator[tuple[Collector, int]]:
-    receiver = Collector()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield receiver, port
-    server.stop(0)
+def collector() -> Iterator[Collector]:
+    with running_collector() as receiver:
+        yield receiver
 
 
 @pytest.mark.parametrize("service_name", [None, "clusters-eu"])
 async def test_otlp_from_the_environment_reaches_a_collector(
-        stack: Stack, collector: tuple[Collector, int], monkeypatch: pytest.MonkeyPatch,
+        stack: Stack, collector: Collector, monkeypatch: pytest.MonkeyPatch,
         service_name: str | None) -> None:
-    receiver, port = collector
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.port}")
     monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
     for name in ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
                  "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_RESOURCE_ATTRIBUTES",
@@ -518,12 +495,8 @@ async def test_otlp_from_the_environment_reaches_a_collector(
     finally:
         await asyncio.to_thread(tracing.shutdown)  # the batch processor exports now
     assert tracing.enabled is False
-    exported = [span for request in receiver.requests for resource in request.resource_spans
-                for scope in resource.scope_spans for span in scope.spans]
+    exported = collector.spans()
     assert sorted(span.name for span in exported) == sorted(
         ["aecluster.v1.ClusterService/Cluster", *CHILDREN])
     assert {span.trace_id.hex() for span in exported} == {CALLER_TRACE}
-    (resource,) = {attribute.value.string_value for request in receiver.requests
-                   for spans in request.resource_spans
-                   for attribute in spans.resource.attributes if attribute.key == "service.name"}
-    assert resource == (service_name or "aecluster")
+    assert collector.service_names() == {service_name or "aecluster"}
