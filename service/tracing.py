@@ -135,8 +135,10 @@ def configure_from_environment(environ: Mapping[str, str] | None = None) -> bool
 def install(provider: TracerProvider) -> None:
     """Trace requests into ``provider`` (what the environment's set-up and tests call).
 
-    The provider stays this module's own: the SDK's global provider can be set only once
-    per process, and nothing here needs it.
+    The provider stays this module's own, never the API's global one: the global can be
+    set only once per process, and FastAPI's built-in telemetry (``fastapi.telemetry``)
+    turns itself on once the global provider is configured, which would trace every HTTP
+    request a second time, with spans of its own.
     """
     global enabled, _tracer, _provider
     _provider = provider

@@ -20,6 +20,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -495,6 +496,8 @@ async def test_otlp_from_the_environment_reaches_a_collector(
     finally:
         await asyncio.to_thread(tracing.shutdown)  # the batch processor exports now
     assert tracing.enabled is False
+    # The global provider was never set: FastAPI's own telemetry stayed off.
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
     exported = collector.spans()
     assert sorted(span.name for span in exported) == sorted(
         ["aecluster.v1.ClusterService/Cluster", *CHILDREN])
