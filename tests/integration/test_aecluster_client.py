@@ -163,6 +163,9 @@ def test_an_overloaded_server_answers_every_call_after_retries(seen: dict[str, A
     assert load["stream"]["ids"] == flat
     for name in ("grpc", "http", "stream"):
         retries = load[name]["retries"]
+        print(f"overloaded {name}: {len(retries)} retries, waits "
+              f"{[round(e['wait'], 3) for e in retries]} s after retry_after "
+              f"{sorted({e['retry_after'] for e in retries})} s")
         assert retries, f"{name}: four callers at a queue of two, and no call was retried"
         for event in retries:
             assert event["code"] == "RESOURCE_EXHAUSTED", event
