@@ -22,10 +22,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aecluster_client
 import httpx
 import numpy as np
-
-import aecluster_client
 from aecluster_client import (
     AsyncGrpcClient,
     AsyncHttpClient,

@@ -27,9 +27,9 @@ Metadata = Sequence[tuple[str, str]]
 
 def _error(exc: grpc.RpcError) -> ClusterError:
     """The status of a failed call as a :class:`ClusterError`, retryable per the policy."""
-    code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
+    code: grpc.StatusCode = exc.code()
     pushback = request_id = None
-    for key, value in exc.trailing_metadata() or ():  # type: ignore[attr-defined]
+    for key, value in exc.trailing_metadata() or ():
         if key == PUSHBACK_KEY:
             try:
                 pushback = int(value) / 1000
@@ -43,7 +43,7 @@ def _error(exc: grpc.RpcError) -> ClusterError:
     # grpc's limit): the same request would be refused again.
     retryable = code == grpc.StatusCode.UNAVAILABLE or (
         code == grpc.StatusCode.RESOURCE_EXHAUSTED and pushback is not None)
-    return ClusterError(code.name, exc.details() or "",  # type: ignore[attr-defined]
+    return ClusterError(code.name, exc.details() or "",
                         retry_after=pushback, retryable=retryable, request_id=request_id)
 
 
@@ -68,14 +68,14 @@ async def _abatches(images: Iterable[ImageInput] | AsyncIterable[ImageInput],
         return
     if size < 1:
         raise ValueError(f"batch_size must be >= 1, got {size}")
-    batch: list[ImageInput] = []
+    pending: list[ImageInput] = []
     async for image in images:
-        batch.append(image)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        pending.append(image)
+        if len(pending) == size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
 
 
 class _Base:
