@@ -176,6 +176,26 @@ def overloaded(http: str, target: str, images: list[Any]) -> dict[str, Any]:
         streamed = _ids(list(client.cluster_stream(iter(images), batch_size=1)))
         filler.result()
     seen["stream"] = {"ids": streamed, "retries": stream_retries.events}
+
+    # The same for the asyncio stream, fed by an async iterator.
+    async def async_stream(recorder: Recorder) -> list[int]:
+        async def source() -> AsyncIterator[Any]:
+            for image in images:
+                yield image
+
+        async with AsyncGrpcClient(target, model=MODEL, retry_policy=PATIENT,
+                                   on_retry=recorder) as client:
+            return [p.cluster_id async for p in client.cluster_stream(source())]
+
+    async_retries = Recorder()
+    with GrpcClient(target, model=MODEL) as plain:
+        filler = pb_grpc.ClusterServiceStub(plain._channel).Cluster.future(pb.ClusterRequest(
+            model=MODEL, images=[pb.Image(encoded=images[0]), pb.Image(encoded=images[1])]),
+            timeout=30)
+        time.sleep(0.05)
+        streamed = asyncio.run(async_stream(async_retries))
+        filler.result()
+    seen["stream_async"] = {"ids": streamed, "retries": async_retries.events}
     return seen
 
 

@@ -159,9 +159,9 @@ def test_an_overloaded_server_answers_every_call_after_retries(seen: dict[str, A
     expected = [flat[i % len(flat)] for i in range(4)]
     load = seen["overloaded"]
     assert load["grpc"]["ids"] == expected and load["http"]["ids"] == expected
-    # The stream met a full queue and was reopened; every image answered once, in order.
-    assert load["stream"]["ids"] == flat
-    for name in ("grpc", "http", "stream"):
+    # The streams met a full queue and were reopened; every image answered once, in order.
+    assert load["stream"]["ids"] == flat and load["stream_async"]["ids"] == flat
+    for name in ("grpc", "http", "stream", "stream_async"):
         retries = load[name]["retries"]
         print(f"overloaded {name}: {len(retries)} retries, waits "
               f"{[round(e['wait'], 3) for e in retries]} s after retry_after "
@@ -181,6 +181,7 @@ def test_the_server_refused_exactly_the_attempts_that_were_retried(seen: dict[st
     grpc_refused = _count(after, "grpc", "RESOURCE_EXHAUSTED") - _count(before, "grpc",
                                                                         "RESOURCE_EXHAUSTED")
     http_refused = _count(after, "http", "503") - _count(before, "http", "503")
-    assert grpc_refused == len(load["grpc"]["retries"]) + len(load["stream"]["retries"])
+    assert grpc_refused == sum(len(load[name]["retries"])
+                               for name in ("grpc", "stream", "stream_async"))
     assert http_refused == len(load["http"]["retries"])
     assert _count(after, "grpc", "INVALID_ARGUMENT") == _count(before, "grpc", "INVALID_ARGUMENT")
