@@ -772,11 +772,12 @@ def test_request_metrics_use_api_methods(client: httpx.Client, digits_u8: np.nda
     client.get("/v1/models/never/heard/of/it")
     text = client.get("/metrics").text
     # Requests refused before a model is resolved (and routes of no model) count under
-    # model="_none"; the others under the loaded version that answered.
+    # model="_none"; the others under the loaded version that answered (the unknown
+    # signature is looked up in the resolved model's metadata).
     digits, none = ("digits", "1"), ("_none", "_none")
     for method, code, (model, version) in (
             ("cluster", "200", digits), ("cluster", "400", none), ("cluster", "413", none),
-            ("predict", "200", digits), ("predict", "404", none), ("model_status", "200", none),
+            ("predict", "200", digits), ("predict", "404", digits), ("model_status", "200", none),
             ("model_metadata", "200", digits), ("unknown", "404", none)):
         line = (f'aecluster_requests_total{{code="{code}",method="{method}",model="{model}",'
                 f'protocol="http",version="{version}"}}')
