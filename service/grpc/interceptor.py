@@ -12,7 +12,8 @@ It does, once for all servicers, what each handler would otherwise repeat:
   in the initial metadata took one more batch operation and event-loop wake-up per call,
   and cost 12 % of the throughput at c = 32; grpc.aio sends initial metadata on its own
   only empty);
-* counts ``requests_total`` and times ``request_duration_seconds`` with protocol "grpc";
+* counts ``requests_total`` and times ``request_duration_seconds`` with protocol "grpc" and
+  the model the data plane resolved (``service.metrics.resolved``);
 * when the server requires tokens, refuses every call but the health service's without an
   accepted ``authorization: Bearer <token>`` or ``x-api-key`` metadata value as
   UNAUTHENTICATED, before the request is parsed (``service/security.py``).
@@ -31,7 +32,7 @@ from google.protobuf.message import DecodeError
 
 from service import logs
 from service.errors import InvalidInput, QueueFull, ServiceError, Unauthenticated
-from service.metrics import Metrics
+from service.metrics import Metrics, RequestMetrics, RequestModel, request_model
 from service.security import API_KEY, AUTHORIZATION, TokenFile
 from service.traffic import Traffic
 
@@ -73,7 +74,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics, methods: dict[str, str] | None = None,
                  tokens: TokenFile | None = None, traffic: Traffic | None = None) -> None:
         self.traffic = traffic if traffic is not None else Traffic()
-        self._metrics = _CallMetrics(metrics)
+        self._metrics = RequestMetrics(metrics, PROTOCOL)
         self._methods = dict(METHODS if methods is None else methods)
         self._tokens = tokens
         # The wrapped handler of each method, built on its first call: the servicers'
@@ -171,33 +172,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return handle
 
 
-class _CallMetrics:
-    """``requests_total`` and ``request_duration_seconds`` children, looked up once each."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-        self._counts: dict[tuple[str, str], Any] = {}
-        self._durations: dict[str, Any] = {}
-
-    def record(self, method: str, code: str, seconds: float) -> None:
-        count = self._counts.get((method, code))
-        if count is None:
-            count = self._metrics.requests_total.labels(protocol=PROTOCOL, method=method,
-                                                        code=code)
-            self._counts[(method, code)] = count
-        duration = self._durations.get(method)
-        if duration is None:
-            duration = self._metrics.request_duration_seconds.labels(protocol=PROTOCOL,
-                                                                     method=method)
-            self._durations[method] = duration
-        count.inc()
-        duration.observe(seconds)
-
-
 class _Call:
     """Bookkeeping of one RPC: request id, status code, duration."""
 
-    def __init__(self, metrics: _CallMetrics, label: str,
+    def __init__(self, metrics: RequestMetrics, label: str,
                  context: grpc.aio.ServicerContext) -> None:
         self.metrics = metrics
         self.label = label
@@ -206,6 +184,7 @@ class _Call:
         self.start = time.perf_counter()
         self.request_id = ""
         self.ended = False
+        self.model = RequestModel()  # the data plane writes the resolved model here
 
     def begin(self) -> None:
         for key, value in self.context.invocation_metadata() or ():
@@ -214,6 +193,8 @@ class _Call:
         if not self.request_id:
             self.request_id = logs.new_request_id()
         logs.request_id.set(self.request_id)
+        # Like the request id, not reset: grpc.aio runs each RPC in a task of its own.
+        request_model.set(self.model)
         self.context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
 
     async def fail(self, exc: BaseException) -> None:
@@ -248,7 +229,8 @@ class _Call:
         if self.ended:
             return
         self.ended = True
-        self.metrics.record(self.label, self.code, time.perf_counter() - self.start)
+        self.metrics.record(self.label, self.code, self.model.labels,
+                            time.perf_counter() - self.start)
 
 
 def _authenticate(tokens: TokenFile, metadata: Any) -> None:

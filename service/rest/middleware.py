@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs
 from service.errors import PayloadTooLarge, Unauthenticated
-from service.metrics import Metrics
+from service.metrics import Metrics, RequestMetrics, RequestModel, request_model
 from service.rest.encoding import dumps, service_error_response
 from service.rest.operations import OPEN_PATHS
 from service.security import API_KEY, AUTHORIZATION, TokenFile
@@ -105,6 +105,7 @@ class RequestContextMiddleware:
         self.max_body_bytes = max_body_bytes
         self.draining = draining
         self.traffic = traffic if traffic is not None else Traffic()
+        self._requests = RequestMetrics(metrics, "http")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,6 +116,8 @@ class RequestContextMiddleware:
         headers = Headers(scope=scope)
         rid = incoming_request_id(headers.get(REQUEST_ID_HEADER))
         token = logs.request_id.set(rid)
+        model = RequestModel()  # the data plane writes the resolved model here
+        model_token = request_model.set(model)
         state: dict[str, Any] = {"status": 500, "started": False}
 
         async def send_with_id(message: Message) -> None:
@@ -138,13 +141,15 @@ class RequestContextMiddleware:
                 await _send_internal_error(send_with_id, rid)
             state["status"] = 500
         finally:
-            self._record(scope, rid, int(state["status"]), time.perf_counter() - started)
+            self._record(scope, rid, int(state["status"]), model.labels,
+                         time.perf_counter() - started)
+            request_model.reset(model_token)
             logs.request_id.reset(token)
 
-    def _record(self, scope: Scope, rid: str, status: int, seconds: float) -> None:
+    def _record(self, scope: Scope, rid: str, status: int, model: tuple[str, str],
+                seconds: float) -> None:
         method = method_label(scope)
-        self.metrics.requests_total.labels("http", method, str(status)).inc()
-        self.metrics.request_duration_seconds.labels("http", method).observe(seconds)
+        self._requests.record(method, status, model, seconds)
         access_logger.info(
             "%s %s %d", scope["method"], scope["path"], status,
             # request_id explicitly too: handlers other than ours (tests' caplog) see it.
