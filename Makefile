@@ -63,8 +63,8 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check training service tests bench scripts
-	$(PY) -m mypy training service
+	$(PY) -m ruff check training service tests bench scripts clients
+	$(PY) -m mypy training service clients/python/aecluster_client
 
 ## make bench: the serving benchmark, against the in-process model and MLServer, with h2load
 ## and wrk (installed from Debian if absent); bench/results/serve.{json,md}. The first run

@@ -12,6 +12,11 @@ nothing is resolved at install time, so every machine and image gets the same pa
 ``dev`` is compiled first and every other lock is constrained by it, so that a package shared
 by two locks has the same version in both: the service a developer tests is the service the
 image runs.
+
+The installable client (clients/python, ``aecluster-client``) has a lock of its own,
+clients/python/requirements.txt, compiled from its pyproject.toml and constrained by ``dev``
+too: the client the tests install in a venv of its own runs the grpcio, protobuf, httpx and
+numpy the server was tested with.
 """
 
 from __future__ import annotations
@@ -54,6 +59,25 @@ LOCKS = (
 )
 
 
+CLIENT_DIR = ROOT / "clients" / "python"
+CLIENT_LOCK = CLIENT_DIR / "requirements.txt"
+CLIENT_PURPOSE = "the installable client alone (aecluster-client): its test venv"
+
+
+def client_compile_command(uv: str, out: Path, upgrade: bool) -> list[str]:
+    """The `uv pip compile` call that writes the client's lock to ``out``."""
+    command = [
+        uv, "pip", "compile", str(CLIENT_DIR.relative_to(ROOT) / "pyproject.toml"),
+        "--output-file", str(out), "--generate-hashes", "--python-version", PYTHON_VERSION,
+        "--python-platform", PLATFORM, "--quiet", "--custom-compile-command", "make lock",
+        "--no-emit-package", "aecluster-client",
+        "--constraint", str(LOCKS[0].path.relative_to(ROOT)),
+    ]
+    if upgrade:
+        command.append("--upgrade")
+    return command
+
+
 def compile_command(uv: str, lock: Lock, out: Path, upgrade: bool) -> list[str]:
     """The `uv pip compile` call that writes ``lock`` to ``out``."""
     command = [
@@ -94,26 +118,30 @@ def main(argv: list[str] | None = None) -> int:
     LOCK_DIR.mkdir(exist_ok=True)
     stale = []
     with tempfile.TemporaryDirectory() as scratch:
-        for lock in LOCKS:
+        jobs = [(lock.path, lock.purpose, compile_command(uv, lock, Path(scratch) / lock.path.name,
+                                                          args.upgrade)) for lock in LOCKS]
+        jobs.append((CLIENT_LOCK, CLIENT_PURPOSE, client_compile_command(
+            uv, Path(scratch) / "client-requirements.txt", args.upgrade)))
+        for path, purpose, command in jobs:
             # Compile into a scratch copy and move it in whole: an interrupted or failed
             # compile never leaves a half-written lock.
-            out = Path(scratch) / lock.path.name
-            if lock.path.exists():
-                shutil.copyfile(lock.path, out)  # uv keeps the pins it finds there
-            print(f"lock: {lock.path.relative_to(ROOT)} ({lock.purpose})", flush=True)
-            done = subprocess.run(compile_command(uv, lock, out, args.upgrade), cwd=ROOT,
+            out = Path(command[command.index("--output-file") + 1])
+            if path.exists():
+                shutil.copyfile(path, out)  # uv keeps the pins it finds there
+            print(f"lock: {path.relative_to(ROOT)} ({purpose})", flush=True)
+            done = subprocess.run(command, cwd=ROOT,
                                   check=False, env={**os.environ, "UV_NO_PROGRESS": "1"})
             if done.returncode != 0:  # uv has printed why (an unsatisfiable pin, say)
-                print(f"lock: {lock.path.name} did not resolve; nothing was written to it",
+                print(f"lock: {path.name} did not resolve; nothing was written to it",
                       file=sys.stderr)
                 return 1
             if args.check:
-                if not lock.path.exists() or lock.path.read_text() != out.read_text():
-                    stale.append(lock.path.name)
+                if not path.exists() or path.read_text() != out.read_text():
+                    stale.append(str(path.relative_to(ROOT)))
             else:
-                shutil.move(out, lock.path)
+                shutil.move(out, path)
     if stale:
-        print(f"stale: {', '.join(stale)}: run `make lock` and commit requirements/",
+        print(f"stale: {', '.join(stale)}: run `make lock` and commit the locks",
               file=sys.stderr)
         return 1
     return 0

@@ -12,6 +12,11 @@ stderr and exit code 1; a usage mistake is exit code 2.
 
 The client needs only httpx: it sends files as they are, ``{"b64": ...}`` per image,
 and leaves decoding, resizing and colour conversion to the server.
+
+This is the project's command line, kept for the docs' and operators' one-liners (status,
+health, saving reconstructions). Programs that call the service install the separate
+``aecluster-client`` distribution (clients/python, docs/client.md): gRPC and HTTP, asyncio,
+deadlines and retries, without this package.
 """
 
 from __future__ import annotations

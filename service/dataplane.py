@@ -18,7 +18,7 @@ import numpy as np
 
 from service import bundle, imagecodec, tracing
 from service.errors import InvalidInput, NotFound, PayloadTooLarge, Unavailable
-from service.metrics import Metrics
+from service.metrics import Metrics, resolved
 from service.repository import LoadedVersion, ModelRepository, VersionStatus
 from service.settings import Settings
 from service.types import BatchOutput, ClusterOptions, ClusterResult, ImageInput, ModelRef
@@ -150,6 +150,7 @@ class DataPlane:
         self._enter()
         try:
             with self._repo.acquire(model.name, model.version) as lv:
+                resolved(lv.labels)
                 with tracing.span("preprocess"):
                     batch = await self._prepare(images, lv.manifest.input)
                 want_recon = options.return_reconstruction != "none"
@@ -237,6 +238,7 @@ class DataPlane:
         self._enter()
         try:
             with self._repo.acquire(model.name, model.version) as lv:
+                resolved(lv.labels)
                 with tracing.span("preprocess"):
                     if signature == DEFAULT_SIGNATURE:
                         batch = _check_float_images(inputs, lv.manifest.input)
@@ -300,7 +302,7 @@ class DataPlane:
         """Whether ``model`` (its default version without one) answers now; NotFound for a
         model or version that is not served here."""
         try:
-            self._repo.get(_checked_name(model.name), model.version)
+            resolved(self._repo.get(_checked_name(model.name), model.version).labels)
         except Unavailable:
             return False
         return not self._draining
@@ -311,6 +313,7 @@ class DataPlane:
 
     def model_metadata(self, model: ModelRef) -> ModelMetadata:
         lv = self._repo.get(_checked_name(model.name), model.version)
+        resolved(lv.labels)
         spec = lv.manifest.input
         image = TensorInfo("float32", (-1, spec.height, spec.width, spec.channels))
         outputs = {
@@ -339,6 +342,7 @@ class DataPlane:
     def clusters(self, model: ModelRef) -> tuple[VersionInfo, list[ClusterInfo]]:
         """Every cluster of a loaded version with its size, label, distances and exemplars."""
         lv = self._repo.get(_checked_name(model.name), model.version)
+        resolved(lv.labels)
         manifest = lv.manifest
         return _info(lv), [
             ClusterInfo(
@@ -360,6 +364,7 @@ class DataPlane:
         the version directory may have changed since it was verified at load.
         """
         with self._repo.acquire(_checked_name(model.name), model.version) as lv:
+            resolved(lv.labels)
             manifest = lv.manifest
             where = f"model {lv.name!r} version {lv.version}"
             if not 0 <= cluster < manifest.n_clusters:

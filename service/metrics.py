@@ -3,12 +3,22 @@
 One :class:`Metrics` is built per process and handed to every constructor that records
 something; nothing registers on prometheus_client's global registry, so tests (and several
 servers in one process) never collide. Every metric is a counter, gauge or histogram
-(not a summary): histograms aggregate across replicas.
+(not a summary): histograms aggregate across replicas. The registry also carries
+prometheus_client's process, platform and GC collectors (``process_*``, ``python_info``,
+``python_gc_*``), which operators' usual memory, CPU and GC panels read.
+
+Request metrics carry the model and version a request resolved to. The transports count
+requests but do not know the model, so the data plane tells them through a slot
+(:class:`RequestModel`) that the transport puts in a context variable before the handler runs
+and reads after it: :func:`resolved` fills it with the labels of a *loaded* version, so label
+values only ever come from loaded models. A request that resolves none (health, metrics,
+an unknown model or version, a 404 route) counts under :data:`NO_MODEL`.
 """
 
 from __future__ import annotations
 
 import threading
+from contextvars import ContextVar
 
 import numpy as np
 from prometheus_client import (
@@ -16,18 +26,25 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.exposition import choose_encoder
 
 from service.types import BatchOutput
 
-# Sub-millisecond (a cached tiny model on a GPU) up to tens of seconds (a queue under
-# overload): the range a request or a model call can take.
+# Measured on a 2-core CPU host with the digits bundle (docs/serving.md, "Metrics"): one
+# HTTP cluster request takes 1.6 ms at the server at c = 1 (p1 1.05, p99 2.1 ms), 2.3 ms
+# at c = 8 (p99 8 ms) and 3.3 ms at c = 32 (p99 14 ms, max 60 ms); a model call of a small
+# batch 0.4 to 2.5 ms (mean 0.87 ms). So the buckets are fine (steps of 1.3 to 2x) from
+# 0.25 ms to 100 ms, where quantiles of those figures must be told apart, and coarse
+# beyond: a queue under overload or a large model up to the 30 s a caller might wait.
 LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0,
+    0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01,
+    0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
 # Batch sizes are padded to powers of two, so power-of-two buckets show the real sizes.
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (
@@ -45,6 +62,34 @@ RECONSTRUCTION_ERROR_BUCKETS: tuple[float, ...] = (
 
 MODEL_LABELS: tuple[str, ...] = ("model", "version")
 OPENMETRICS = "application/openmetrics-text"
+# The model and version labels of a request that resolved no loaded model. Model names
+# start with a letter or digit (bundle.MODEL_NAME_PATTERN), so no model can be called this.
+NO_MODEL: tuple[str, str] = ("_none", "_none")
+
+
+class RequestModel:
+    """The (model, version) labels of the loaded version one request resolved to.
+
+    Mutable on purpose: the transport keeps a reference and reads it after the handler,
+    which also sees what a handler running in a copied context (a task, a thread) wrote.
+    """
+
+    __slots__ = ("labels",)
+
+    def __init__(self) -> None:
+        self.labels = NO_MODEL
+
+
+request_model: ContextVar[RequestModel | None] = ContextVar("aecluster_request_model",
+                                                            default=None)
+
+
+def resolved(labels: tuple[str, str]) -> None:
+    """Called by the data plane with a loaded version's ``(model, version)``: the request
+    being served counts under them (no-op outside a transport's request)."""
+    slot = request_model.get()
+    if slot is not None:
+        slot.labels = labels
 
 
 class Metrics:
@@ -53,16 +98,22 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         reg = self.registry
+        # Collectors of our own (the module's instances sit on the global registry). They
+        # read /proc/self and the interpreter at scrape time, so several registries in one
+        # process (tests) each report the same process, as they should.
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
         self.requests_total = Counter(
             "aecluster_requests_total",
-            "Requests answered, by protocol (http, grpc), method and status code "
-            "(HTTP status or gRPC code name).",
-            ("protocol", "method", "code"), registry=reg,
+            "Requests answered, by protocol (http, grpc), method, status code (HTTP status "
+            "or gRPC code name) and the model and version they resolved to (_none: none).",
+            ("protocol", "method", "code", *MODEL_LABELS), registry=reg,
         )
         self.request_duration_seconds = Histogram(
             "aecluster_request_duration_seconds",
             "Time from receiving a request to sending its answer.",
-            ("protocol", "method"), buckets=LATENCY_BUCKETS, registry=reg,
+            ("protocol", "method", *MODEL_LABELS), buckets=LATENCY_BUCKETS, registry=reg,
         )
         self.queue_depth = Gauge(
             "aecluster_queue_depth",
@@ -121,6 +172,34 @@ class Metrics:
             encoder, content_type = choose_encoder(accept)
             return encoder(self.registry), content_type
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class RequestMetrics:
+    """``requests_total`` and ``request_duration_seconds`` of one transport.
+
+    The label children are kept in a dict keyed by the label tuple: ``labels()`` costs
+    microseconds (it validates and joins the values), a dict lookup a fraction of one. The
+    keys are bounded: methods are a fixed set, codes are few, and models are loaded ones.
+    """
+
+    def __init__(self, metrics: Metrics, protocol: str) -> None:
+        self._metrics = metrics
+        self._protocol = protocol
+        self._children: dict[tuple[str, object, tuple[str, str]], tuple[Counter, Histogram]] = {}
+
+    def record(self, method: str, code: object, model: tuple[str, str],
+               seconds: float, exemplar: dict[str, str] | None = None) -> None:
+        """One answered request; ``code`` is an HTTP status (int) or gRPC code name;
+        ``exemplar``: its trace's ids when tracing is on (``service/tracing.py``)."""
+        key = (method, code, model)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self._metrics.requests_total.labels(self._protocol, method, str(code), *model),
+                self._metrics.request_duration_seconds.labels(self._protocol, method, *model),
+            )
+        children[0].inc()
+        children[1].observe(seconds, exemplar)
 
 
 class VersionMetrics:

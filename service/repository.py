@@ -72,9 +72,12 @@ class LoadedVersion:
     state: State = "AVAILABLE"
     active: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # (model, version) as metric labels, built once: requests are counted under them.
+    labels: tuple[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.idle.set()
+        self.labels = (self.name, str(self.version))
 
 
 # A failed version is retried when its files change, but no sooner than this after its

@@ -13,13 +13,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def modules(*packages: str) -> dict[str, Path]:
+def modules(*packages: str, root: Path = ROOT) -> dict[str, Path]:
     """Dotted name -> file of every module and package under ``packages`` (generated code
-    left out)."""
+    left out), the packages being folders of ``root``."""
     found = {}
     for package in packages:
-        for path in (ROOT / package).rglob("*.py"):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        for path in (root / package).rglob("*.py"):
+            parts = list(path.relative_to(root).with_suffix("").parts)
             if "_generated" in parts:
                 continue
             if parts[-1] == "__init__":

@@ -29,6 +29,9 @@ TRAINING = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
 QUALITY = (ROOT / "docs" / "quality.md").read_text(encoding="utf-8")
 ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
 PACKAGES = ("training", "service")
+# The installable client (clients/python): a package of its own, held to its rules too.
+CLIENT_ROOT = ROOT / "clients" / "python"
+CLIENT_PACKAGE = "aecluster_client"
 
 
 def _section(text: str, heading: str) -> str:
@@ -80,9 +83,11 @@ def _page(name: str) -> str:
 @METRICS_SECTIONS
 def test_the_metrics_listed_are_the_ones_exported(page: str, heading: str) -> None:
     listed = set(re.findall(r"`(aecluster_\w+)(?:\{[\w,]*\})?`", _section(_page(page), heading)))
-    # prometheus_client names a counter's family without the _total its samples carry.
+    # prometheus_client names a counter's family without the _total its samples carry. The
+    # process, platform and GC collectors' series are prometheus_client's, named in prose.
     exported = {family.name + ("_total" if family.type == "counter" else "")
-                for family in Metrics().registry.collect()}
+                for family in Metrics().registry.collect()
+                if family.name.startswith("aecluster_")}
     assert listed == exported
 
 
@@ -230,9 +235,15 @@ def _within(name: str, prefixes: list[str]) -> bool:
     return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
 
 
+def _known() -> dict[str, Path]:
+    """Every module of the packages and of the installable client."""
+    return {**modules(*PACKAGES), **modules(CLIENT_PACKAGE, root=CLIENT_ROOT)}
+
+
 def _import_graph() -> dict[str, set[str]]:
-    """Every module of the packages -> every name it imports, wherever in the file."""
-    known = modules(*PACKAGES)
+    """Every module of the packages and the client -> every name it imports, wherever in
+    the file."""
+    known = _known()
     return {name: imports(path, known) for name, path in known.items()}
 
 
@@ -253,11 +264,11 @@ def test_the_dependency_rules_hold() -> None:
 
 def test_the_dependency_rules_name_what_exists() -> None:
     # A rule about a module that was renamed away would hold for nothing.
-    known = modules(*PACKAGES)
+    known = _known()
     for subjects, forbidden, allowed in _rules():
         assert subjects and forbidden, (subjects, forbidden)
         for name in subjects + forbidden + allowed:
-            if name.split(".")[0] in PACKAGES:
+            if name.split(".")[0] in (*PACKAGES, CLIENT_PACKAGE):
                 assert name in known, f"{name}: no such module"
             else:
                 assert importlib.util.find_spec(name) is not None, f"{name}: not installed"
@@ -269,6 +280,9 @@ def test_a_broken_rule_is_reported() -> None:
         (["training.job"], ["training.recipes"], []), graph)
     assert _breaches((["training.job"], ["training.recipes"], ["training.recipes"]), graph) == []
     assert _breaches((["training"], ["tensorflow"], []), graph)  # external names too
+    # The client is in the graph: its imports are seen (and it does import grpc).
+    assert "aecluster_client._grpc imports grpc" in _breaches(
+        (["aecluster_client"], ["grpc"], []), graph)
 
 
 def _loaded_on_import(module: str) -> set[str]:

@@ -12,7 +12,8 @@ It does, once for all servicers, what each handler would otherwise repeat:
   in the initial metadata took one more batch operation and event-loop wake-up per call,
   and cost 12 % of the throughput at c = 32; grpc.aio sends initial metadata on its own
   only empty);
-* counts ``requests_total`` and times ``request_duration_seconds`` with protocol "grpc";
+* counts ``requests_total`` and times ``request_duration_seconds`` with protocol "grpc" and
+  the model the data plane resolved (``service.metrics.resolved``);
 * when tracing is on (``service/tracing.py``), makes the call's span, child of the
   ``traceparent`` metadata when there is one, and puts its trace id on the latency
   histogram as an exemplar;
@@ -34,7 +35,7 @@ from google.protobuf.message import DecodeError
 
 from service import logs, tracing
 from service.errors import InvalidInput, QueueFull, ServiceError, Unauthenticated
-from service.metrics import Metrics
+from service.metrics import Metrics, RequestMetrics, RequestModel, request_model
 from service.security import API_KEY, AUTHORIZATION, TokenFile
 from service.traffic import Traffic
 
@@ -76,7 +77,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics, methods: dict[str, str] | None = None,
                  tokens: TokenFile | None = None, traffic: Traffic | None = None) -> None:
         self.traffic = traffic if traffic is not None else Traffic()
-        self._metrics = _CallMetrics(metrics)
+        self._metrics = RequestMetrics(metrics, PROTOCOL)
         self._methods = dict(METHODS if methods is None else methods)
         self._tokens = tokens
         # The wrapped handler of each method, built on its first call: the servicers'
@@ -176,35 +177,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return handle
 
 
-class _CallMetrics:
-    """``requests_total`` and ``request_duration_seconds`` children, looked up once each."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-        self._counts: dict[tuple[str, str], Any] = {}
-        self._durations: dict[str, Any] = {}
-
-    def record(self, method: str, code: str, seconds: float,
-               exemplar: dict[str, str] | None = None) -> None:
-        count = self._counts.get((method, code))
-        if count is None:
-            count = self._metrics.requests_total.labels(protocol=PROTOCOL, method=method,
-                                                        code=code)
-            self._counts[(method, code)] = count
-        duration = self._durations.get(method)
-        if duration is None:
-            duration = self._metrics.request_duration_seconds.labels(protocol=PROTOCOL,
-                                                                     method=method)
-            self._durations[method] = duration
-        count.inc()
-        duration.observe(seconds, exemplar)
-
-
 class _Call:
     """Bookkeeping of one RPC: request id, status code, duration, and its span when tracing
     is on."""
 
-    def __init__(self, metrics: _CallMetrics, label: str,
+    def __init__(self, metrics: RequestMetrics, label: str,
                  context: grpc.aio.ServicerContext, method: str) -> None:
         self.metrics = metrics
         self.label = label
@@ -214,6 +191,7 @@ class _Call:
         self.start = time.perf_counter()
         self.request_id = ""
         self.ended = False
+        self.model = RequestModel()  # the data plane writes the resolved model here
         self.span: tracing.RequestSpan | None = None
 
     def begin(self) -> None:
@@ -224,6 +202,8 @@ class _Call:
         if not self.request_id:
             self.request_id = logs.new_request_id()
         logs.request_id.set(self.request_id)
+        # Like the request id, not reset: grpc.aio runs each RPC in a task of its own.
+        request_model.set(self.model)
         self.context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
         if tracing.enabled:
             # Attached here, in the handler's task: the servicer, the data plane and the
@@ -264,10 +244,11 @@ class _Call:
         self.ended = True
         span = self.span
         if span is None:
-            self.metrics.record(self.label, self.code, time.perf_counter() - self.start)
+            self.metrics.record(self.label, self.code, self.model.labels,
+                                time.perf_counter() - self.start)
             return
-        self.metrics.record(self.label, self.code, time.perf_counter() - self.start,
-                            span.exemplar())
+        self.metrics.record(self.label, self.code, self.model.labels,
+                            time.perf_counter() - self.start, span.exemplar())
         tracing.end_grpc_request(span, self.code, grpc.StatusCode[self.code].value[0])
 
 

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs, tracing
 from service.errors import PayloadTooLarge, Unauthenticated
-from service.metrics import Metrics
+from service.metrics import Metrics, RequestMetrics, RequestModel, request_model
 from service.rest.encoding import dumps, service_error_response
 from service.rest.operations import OPEN_PATHS
 from service.security import API_KEY, AUTHORIZATION, TokenFile
@@ -107,6 +107,7 @@ class RequestContextMiddleware:
         self.max_body_bytes = max_body_bytes
         self.draining = draining
         self.traffic = traffic if traffic is not None else Traffic()
+        self._requests = RequestMetrics(metrics, "http")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,6 +118,8 @@ class RequestContextMiddleware:
         headers = Headers(scope=scope)
         rid = incoming_request_id(headers.get(REQUEST_ID_HEADER))
         token = logs.request_id.set(rid)
+        model = RequestModel()  # the data plane writes the resolved model here
+        model_token = request_model.set(model)
         # Probes and scrapes (OPEN_PATHS) are not traced: they would bury the requests.
         span = tracing.http_request(scope, headers, rid) \
             if tracing.enabled and scope["path"] not in OPEN_PATHS else None
@@ -145,17 +148,17 @@ class RequestContextMiddleware:
         finally:
             status = int(state["status"])
             # Recorded while the span is current: the access log line carries its trace id.
-            self._record(scope, rid, status, time.perf_counter() - started,
+            self._record(scope, rid, status, model.labels, time.perf_counter() - started,
                          None if span is None else span.exemplar())
             if span is not None:
                 tracing.end_http_request(span, scope, status)
+            request_model.reset(model_token)
             logs.request_id.reset(token)
 
-    def _record(self, scope: Scope, rid: str, status: int, seconds: float,
-                exemplar: dict[str, str] | None = None) -> None:
+    def _record(self, scope: Scope, rid: str, status: int, model: tuple[str, str],
+                seconds: float, exemplar: dict[str, str] | None = None) -> None:
         method = method_label(scope)
-        self.metrics.requests_total.labels("http", method, str(status)).inc()
-        self.metrics.request_duration_seconds.labels("http", method).observe(seconds, exemplar)
+        self._requests.record(method, status, model, seconds, exemplar)
         access_logger.info(
             "%s %s %d", scope["method"], scope["path"], status,
             # request_id explicitly too: handlers other than ours (tests' caplog) see it.

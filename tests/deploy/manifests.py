@@ -25,6 +25,9 @@ CRD_SCHEMAS = K8S / "schemas"
 # these machines is 1.32) and the newest kubernetes-validate ships schemas for; every object
 # must validate against both.
 K8S_VERSIONS = ("1.32.0", "latest")
+# Labels Prometheus adds to every series scraped through a ServiceMonitor (not in /metrics).
+TARGET_LABELS = frozenset({"namespace", "job", "pod", "service", "instance", "endpoint",
+                           "container"})
 
 Obj = dict[str, Any]
 

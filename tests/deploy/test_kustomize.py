@@ -61,12 +61,17 @@ def test_training_job_validates(training_job: manifests.Obj, version: str) -> No
     _assert_valid(training_job, version, "k8s/training-job.yaml")
 
 
-def test_monitoring_renders_only_the_two_custom_resources(
+def test_monitoring_renders_two_custom_resources_and_the_dashboard(
     monitoring: list[manifests.Obj],
 ) -> None:
-    assert sorted(manifests.kinds(monitoring)) == ["PrometheusRule", "ServiceMonitor"]
+    assert sorted(manifests.kinds(monitoring)) == ["ConfigMap", "PrometheusRule",
+                                                   "ServiceMonitor"]
     assert {obj["metadata"]["namespace"] for obj in monitoring} == {"aecluster"}
     for obj in monitoring:
+        if obj["kind"] == "ConfigMap":  # the Grafana dashboard: a built-in kind, validated
+            for version in manifests.K8S_VERSIONS:
+                manifests.validate(obj, version)
+            continue
         # Sanity check that these really are outside the built-in schemas (so that
         # test_monitoring.py's own checks are the ones that count).
         with pytest.raises(kubernetes_validate.SchemaNotFoundError):

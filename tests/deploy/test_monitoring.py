@@ -13,8 +13,7 @@ from service.metrics import Metrics
 from tests.deploy import manifests
 
 Rendered = dict[str, list[manifests.Obj]]
-# Labels Prometheus adds to every series scraped through a ServiceMonitor.
-TARGET_LABELS = {"namespace", "job", "pod", "service", "instance", "endpoint", "container"}
+TARGET_LABELS = manifests.TARGET_LABELS
 # prometheus-operator's pattern for durations (PrometheusRule `for`, scrape intervals).
 DURATION = re.compile(
     r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?"

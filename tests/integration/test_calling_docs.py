@@ -3,6 +3,8 @@ docs/calling-v2.md runs as pasted against a real server (`python -m service` on 
 bundle), from a folder that holds what the repository's root holds for them: the committed
 examples/ and .venv/. calling-v2.md's Python blocks use tritonclient, which cannot live in
 the project's venv (protobuf < 7): they run with the V2 clients' venv (tests/clients/).
+calling-native.md's use the installable client (clients/python): they run in its own venv,
+which holds the client and its four dependencies only, as a caller's would.
 
 Only the addresses change: `make run`'s localhost:8501 and localhost:8500 become the test
 server's free ports. grpcurl is not installed (nor in Debian): a stand-in of the same name,
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients.aecluster_venv import ensure_aecluster_client_venv
 from tests.clients.venv import ensure_client_venv
 from tests.integration.server import Server, start_server
 from tests.service.bundles import clone_version
@@ -29,10 +32,12 @@ from tests.service.bundles import clone_version
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = ("calling-native.md", "calling-tfserving.md", "calling-v2.md")
 # The Python client each page's examples use; calling-v2.md's run in the client venv.
-PYTHON_CLIENTS = {"calling-native.md": "grpc.insecure_channel",
+PYTHON_CLIENTS = {"calling-native.md": "from aecluster_client import",
                   "calling-tfserving.md": "grpc.insecure_channel",
                   "calling-v2.md": "tritonclient"}
-CLIENT_VENV_PAGES = ("calling-v2.md",)
+# Pages whose Python blocks run in a venv of their own: the builder of each venv.
+CLIENT_VENV_PAGES = {"calling-v2.md": ensure_client_venv,
+                     "calling-native.md": ensure_aecluster_client_venv}
 BLOCK = re.compile(r"^```(sh|python)\n(.*?)^```$", re.M | re.S)
 # A JSON error body, as the REST API writes it.
 ERROR_BODY = re.compile(r'\{\s*"error"\s*:')
@@ -102,7 +107,8 @@ def test_example_runs_against_the_server(server: Server, workdir: Path,
     else:
         script = workdir / f"example-{page}-{index}.py"
         script.write_text(code, encoding="utf-8")
-        python = ensure_client_venv() if page in CLIENT_VENV_PAGES else Path(sys.executable)
+        python = CLIENT_VENV_PAGES[page]() if page in CLIENT_VENV_PAGES \
+            else Path(sys.executable)
         command = [str(python), str(script)]
     result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True,
                             timeout=240, check=False)

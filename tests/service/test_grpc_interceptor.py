@@ -20,7 +20,7 @@ from service._generated.aecluster.v1 import cluster_service_pb2 as pb
 from service._generated.aecluster.v1 import cluster_service_pb2_grpc as pb_grpc
 from service.grpc.interceptor import INTERNAL_MESSAGE, PUSHBACK_KEY, ServiceInterceptor
 from service.grpc.servicers import deadline_of
-from service.metrics import Metrics
+from service.metrics import Metrics, resolved
 
 pytestmark = pytest.mark.anyio
 
@@ -48,6 +48,9 @@ class RaisingServicer(pb_grpc.ClusterServiceServicer):
                 ) -> pb.ClusterResponse:
         if request.model == "ok":
             return pb.ClusterResponse(model="ok")
+        if request.model == "resolved":  # what the data plane does with a loaded version
+            resolved(("digits", "3"))
+            return pb.ClusterResponse(model="digits", version=3)
         if request.model == "deadline":
             deadline = deadline_of(context)
             if deadline is None:
@@ -83,7 +86,8 @@ async def served() -> AsyncIterator[Served]:
 
 def _count(metrics: Metrics, method: str, code: str) -> float:
     value = metrics.registry.get_sample_value(
-        "aecluster_requests_total", {"protocol": "grpc", "method": method, "code": code})
+        "aecluster_requests_total", {"protocol": "grpc", "method": method, "code": code,
+                                     "model": "_none", "version": "_none"})
     return value or 0.0
 
 
@@ -178,8 +182,26 @@ async def test_metrics_count_and_time_every_call(served: Served) -> None:
         await served.stub.Cluster(pb.ClusterRequest(model="ok"))
     assert _count(served.metrics, "cluster", "OK") == 3
     count = served.metrics.registry.get_sample_value(
-        "aecluster_request_duration_seconds_count", {"protocol": "grpc", "method": "cluster"})
+        "aecluster_request_duration_seconds_count",
+        {"protocol": "grpc", "method": "cluster", "model": "_none", "version": "_none"})
     assert count == 3
+
+
+async def test_calls_count_under_the_model_the_handler_resolved(served: Served) -> None:
+    await served.stub.Cluster(pb.ClusterRequest(model="resolved"))
+    await served.stub.Cluster(pb.ClusterRequest(model="ok"))
+    answers = [a async for a in served.stub.ClusterStream(
+        iter([pb.ClusterRequest(model="resolved"), pb.ClusterRequest(model="ok")]))]
+    assert len(answers) == 2
+    sample = served.metrics.registry.get_sample_value
+    digits = {"protocol": "grpc", "code": "OK", "model": "digits", "version": "3"}
+    assert sample("aecluster_requests_total", {**digits, "method": "cluster"}) == 1
+    assert sample("aecluster_requests_total", {**digits, "method": "cluster_stream"}) == 1
+    assert _count(served.metrics, "cluster", "OK") == 1  # "ok" resolved none: _none
+    # The next call on the same server starts from _none again.
+    assert sample("aecluster_request_duration_seconds_count",
+                  {"protocol": "grpc", "method": "cluster", "model": "digits",
+                   "version": "3"}) == 1
 
 
 async def test_grpc_deadline_reaches_the_handler(served: Served) -> None:

@@ -424,12 +424,14 @@ async def test_request_metrics_use_protocol_grpc(stack: Stack) -> None:
         await stack.native.Cluster(pb.ClusterRequest(model="nope",
                                                      images=[_tensor_image(DIGITS[0])]))
     sample = stack.metrics.registry.get_sample_value
+    # Neither resolves a loaded version (status reads any name; "nope" is not loaded).
+    none = {"model": "_none", "version": "_none"}
     assert sample("aecluster_requests_total",
-                  {"protocol": "grpc", "method": "model_status", "code": "OK"}) == 1
+                  {"protocol": "grpc", "method": "model_status", "code": "OK", **none}) == 1
     assert sample("aecluster_requests_total",
-                  {"protocol": "grpc", "method": "cluster", "code": "NOT_FOUND"}) == 1
+                  {"protocol": "grpc", "method": "cluster", "code": "NOT_FOUND", **none}) == 1
     assert sample("aecluster_request_duration_seconds_count",
-                  {"protocol": "grpc", "method": "model_status"}) == 1
+                  {"protocol": "grpc", "method": "model_status", **none}) == 1
 
 
 # ---- errors: each reaches the client with its code, and the server keeps serving --------

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import types
-from service.metrics import LATENCY_BUCKETS, Metrics, VersionMetrics
+from service.metrics import (
+    LATENCY_BUCKETS,
+    NO_MODEL,
+    Metrics,
+    RequestMetrics,
+    RequestModel,
+    VersionMetrics,
+    request_model,
+    resolved,
+)
 
 # name in the exposition (family name as the parser reports it) -> type
 EXPECTED = {
@@ -27,9 +38,12 @@ EXPECTED = {
 
 
 def _record_one_of_each(metrics: Metrics) -> None:
-    metrics.requests_total.labels(protocol="http", method="cluster", code="200").inc()
-    metrics.requests_total.labels(protocol="grpc", method="predict", code="OK").inc(2)
-    metrics.request_duration_seconds.labels(protocol="http", method="cluster").observe(0.0004)
+    metrics.requests_total.labels(protocol="http", method="cluster", code="200",
+                                  model="digits", version="1").inc()
+    metrics.requests_total.labels(protocol="grpc", method="predict", code="OK",
+                                  model="digits", version="1").inc(2)
+    metrics.request_duration_seconds.labels(protocol="http", method="cluster",
+                                            model="digits", version="1").observe(0.0004)
     metrics.queue_depth.labels(model="digits", version="1").set(7)
     metrics.batch_size.labels(model="digits", version="1").observe(12)
     metrics.inference_duration_seconds.labels(model="digits", version="1").observe(0.003)
@@ -59,7 +73,8 @@ def test_exposition_parses_and_names_every_metric() -> None:
         for f in families.values() for s in f.samples
     }
     assert samples[("aecluster_requests_total",
-                    (("code", "OK"), ("method", "predict"), ("protocol", "grpc")))] == 2.0
+                    (("code", "OK"), ("method", "predict"), ("model", "digits"),
+                     ("protocol", "grpc"), ("version", "1")))] == 2.0
     assert samples[("aecluster_cluster_assignments_total",
                     (("cluster", "4"), ("model", "digits"), ("version", "1")))] == 3.0
     assert samples[("aecluster_queue_depth", (("model", "digits"), ("version", "1")))] == 7.0
@@ -69,18 +84,63 @@ def test_exposition_parses_and_names_every_metric() -> None:
     assert info[0].labels["model_kind"] == "conv" and info[0].value == 1.0
 
 
-def test_latency_buckets_cover_sub_millisecond_to_seconds() -> None:
+def test_latency_buckets_resolve_the_measured_range() -> None:
     metrics = Metrics()
-    metrics.request_duration_seconds.labels(protocol="http", method="cluster").observe(0.0002)
+    metrics.request_duration_seconds.labels(protocol="http", method="cluster", model="digits",
+                                            version="1").observe(0.0016)
     body, _ = metrics.render()
     family = next(f for f in text_string_to_metric_families(body.decode())
                   if f.name == "aecluster_request_duration_seconds")
     bounds = [float(s.labels["le"]) for s in family.samples if s.name.endswith("_bucket")]
-    assert min(LATENCY_BUCKETS) < 0.001 and max(LATENCY_BUCKETS) >= 10
     assert bounds[:-1] == list(LATENCY_BUCKETS) and bounds[-1] == float("inf")
-    # The 0.2 ms observation falls in the 0.25 ms bucket, not the 0.1 ms one.
+    # docs/serving.md: 1 to 60 ms at the server from c = 1 to 32 on CPU, model calls from
+    # 0.4 ms: no step over 2x between 0.25 ms and 100 ms, and a tail to 30 s for overload.
+    fine = [b for b in LATENCY_BUCKETS if 0.00025 <= b <= 0.1]
+    assert fine[0] == 0.00025 and fine[-1] == 0.1
+    assert all(high / low <= 2.0 for low, high in itertools.pairwise(fine))
+    assert max(LATENCY_BUCKETS) >= 30
+    # The c = 1 median, 1.6 ms, falls in the 2 ms bucket, not the 1.5 ms one.
     counts = {float(s.labels["le"]): s.value for s in family.samples if s.name.endswith("_bucket")}
-    assert counts[0.0001] == 0 and counts[0.00025] == 1
+    assert counts[0.0015] == 0 and counts[0.002] == 1
+
+
+def test_process_platform_and_gc_collectors_are_on_the_private_registry() -> None:
+    first, second = Metrics(), Metrics()
+    for metrics in (first, second):  # each server in a process has its own, both work
+        families = {f.name for f in text_string_to_metric_families(metrics.render()[0].decode())}
+        assert {"process_resident_memory_bytes", "process_cpu_seconds",
+                "process_open_fds", "python_info", "python_gc_collections"} <= families
+        assert metrics.registry.get_sample_value("process_resident_memory_bytes")
+
+
+def test_request_metrics_reuse_their_children() -> None:
+    metrics = Metrics()
+    requests = RequestMetrics(metrics, "http")
+    for _ in range(3):
+        requests.record("cluster", 200, ("digits", "1"), 0.002)
+    requests.record("cluster", 503, NO_MODEL, 0.0001)
+    sample = metrics.registry.get_sample_value
+    assert sample("aecluster_requests_total", {"protocol": "http", "method": "cluster",
+                  "code": "200", "model": "digits", "version": "1"}) == 3
+    assert sample("aecluster_requests_total", {"protocol": "http", "method": "cluster",
+                  "code": "503", "model": "_none", "version": "_none"}) == 1
+    assert sample("aecluster_request_duration_seconds_sum", {
+        "protocol": "http", "method": "cluster", "model": "digits", "version": "1"}) \
+        == pytest.approx(0.006)
+    assert len(requests._children) == 2
+
+
+def test_resolved_fills_the_slot_of_the_current_request_only() -> None:
+    resolved(("digits", "1"))  # outside a request: nothing to fill, no error
+    slot = RequestModel()
+    assert slot.labels == NO_MODEL
+    token = request_model.set(slot)
+    try:
+        resolved(("digits", "2"))
+    finally:
+        request_model.reset(token)
+    assert slot.labels == ("digits", "2")
+    assert request_model.get() is None
 
 
 def test_registries_are_private() -> None:

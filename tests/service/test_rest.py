@@ -771,13 +771,19 @@ def test_request_metrics_use_api_methods(client: httpx.Client, digits_u8: np.nda
     client.get("/v1/models/digits/metadata")
     client.get("/v1/models/never/heard/of/it")
     text = client.get("/metrics").text
-    for method, code in (("cluster", "200"), ("cluster", "400"), ("cluster", "413"),
-                         ("predict", "200"), ("predict", "404"), ("model_status", "200"),
-                         ("model_metadata", "200"), ("unknown", "404")):
-        line = f'aecluster_requests_total{{code="{code}",method="{method}",protocol="http"}}'
+    # Requests refused before a model is resolved (and routes of no model) count under
+    # model="_none"; the others under the loaded version that answered (the unknown
+    # signature is looked up in the resolved model's metadata).
+    digits, none = ("digits", "1"), ("_none", "_none")
+    for method, code, (model, version) in (
+            ("cluster", "200", digits), ("cluster", "400", none), ("cluster", "413", none),
+            ("predict", "200", digits), ("predict", "404", digits), ("model_status", "200", none),
+            ("model_metadata", "200", digits), ("unknown", "404", none)):
+        line = (f'aecluster_requests_total{{code="{code}",method="{method}",model="{model}",'
+                f'protocol="http",version="{version}"}}')
         assert line in text, line
     assert 'aecluster_request_duration_seconds_bucket{le="0.005",method="cluster",' \
-           'protocol="http"}' in text
+           'model="digits",protocol="http",version="1"}' in text
     methods = set(re.findall(r'aecluster_requests_total\{[^}]*method="([^"]+)"', text))
     assert not any("/" in m for m in methods), methods
 

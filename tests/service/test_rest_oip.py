@@ -246,5 +246,6 @@ async def test_unknown_model_version_and_method(stack: Stack) -> None:
 
 async def test_requests_are_counted_under_their_v2_route(stack: Stack) -> None:
     await stack.http.post(INFER, json={"inputs": [_json_input(DIGITS[:1])]})
-    counted = stack.metrics.requests_total.labels("http", "v2_infer", "200")._value.get()
+    counted = stack.metrics.requests_total.labels("http", "v2_infer", "200", "digits",
+                                                  "1")._value.get()
     assert counted == 1
