@@ -14,6 +14,14 @@ req/s and lowered c = 1 by 0.1 ms (docs/serving.md).
 
 The queue is bounded in images, not requests: a full queue refuses a request at once with
 :class:`~service.errors.QueueFull` instead of letting memory and latency grow.
+
+With tracing on, every request gets a ``queue wait`` span and a ``model`` span of its own,
+under its request span, although one model call serves the whole batch: the worker only
+stamps the batch's times (no tracer call on that thread), and each caller records its two
+spans from them once its rows are back. So each trace holds its request's whole time line
+with the model call in it, which a single batch span linked to N traces would give to one
+of them only; the ``model`` span says how many images and requests shared the call and a
+batch number they have in common.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from service import errors, types
+from service import errors, tracing, types
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -39,6 +47,18 @@ ObserveFn = Callable[[types.BatchOutput], None]
 
 # Weight of the newest model-call time in the running average behind Retry-After.
 _EMA_WEIGHT = 0.2
+
+
+@dataclasses.dataclass
+class _Stamp:
+    """When the worker took a batch and when its call returned (wall-clock ns, the spans'
+    time base), written on the worker thread for the callers' spans; only with tracing on."""
+
+    number: int  # counts the batches of this batcher: requests computed together share it
+    images: int
+    requests: int
+    taken_ns: int
+    returned_ns: int = 0
 
 
 @dataclasses.dataclass(eq=False)  # identity equality: deque.remove must find *this* part
@@ -51,6 +71,7 @@ class _Part:
     future: asyncio.Future[types.BatchOutput]
     request: list[_Part] = dataclasses.field(default_factory=list)  # all parts, this one too
     queued: bool = True
+    stamp: _Stamp | None = None  # the batch it was computed in (tracing on only)
 
     @property
     def size(self) -> int:
@@ -110,6 +131,7 @@ class Batcher:
         self._finished: asyncio.Future[None] | None = None  # set when the worker returns
         self._running: list[_Part] = []  # the batch being computed (read on the loop)
         self._call_seconds: float | None = None  # running average of one model call
+        self._batches = 0  # batches stamped for tracing (numbers them)
 
     @property
     def queued_images(self) -> int:
@@ -167,6 +189,7 @@ class Batcher:
                 retry_after=retry_after,
             )
         now = time.monotonic()
+        enqueued_ns = tracing.now_ns() if tracing.enabled else 0
         size = self.max_batch_size
         parts = [_Part(images[i:i + size], with_reconstruction, now, loop.create_future())
                  for i in range(0, n, size)]
@@ -197,7 +220,28 @@ class Batcher:
             self._withdraw(parts)
             _retrieve(parts)
             raise
+        finally:
+            if enqueued_ns:
+                self._trace(parts, enqueued_ns)
         return outputs[0] if len(outputs) == 1 else types.BatchOutput.concat(outputs)
+
+    def _trace(self, parts: list[_Part], enqueued_ns: int) -> None:
+        """On the loop, under the request's span: ``queue wait`` and ``model`` of each part
+        (a part never taken waited until now; one still computing has no ``model``)."""
+        now = tracing.now_ns()
+        for part in parts:
+            stamp = part.stamp
+            taken = now if stamp is None else stamp.taken_ns
+            tracing.record("queue wait", enqueued_ns, taken, {"aecluster.images": part.size})
+            if stamp is not None and stamp.returned_ns:
+                tracing.record("model", taken, stamp.returned_ns, {
+                    "aecluster.model": self.model,
+                    "aecluster.model_version": self.version,
+                    "aecluster.batch.size": stamp.images,
+                    "aecluster.batch.requests": stamp.requests,
+                    "aecluster.batch.number": stamp.number,
+                    "aecluster.images": part.size,
+                })
 
     @staticmethod
     def _count(images: np.ndarray) -> int:
@@ -236,6 +280,7 @@ class Batcher:
         assert loop is not None
         try:
             while (batch := self._next_batch()) is not None:
+                stamp = self._stamp(batch) if tracing.enabled else None
                 flag = any(part.with_reconstruction for part in batch)
                 self._batch_size.observe(sum(part.size for part in batch))
                 try:
@@ -245,6 +290,8 @@ class Batcher:
                 except Exception as exc:
                     output, failure = None, exc
                     self._unqueue_requests(batch)
+                if stamp is not None:
+                    stamp.returned_ns = tracing.now_ns()
                 _post(loop, self._deliver, batch, output, failure)
         except Exception:
             # A bug here would leave every later caller waiting forever: fail loudly instead.
@@ -255,6 +302,15 @@ class Batcher:
                 f"the batcher of {self._name()} failed"))
         finally:
             _post(loop, _set_done, self._finished)
+
+    def _stamp(self, batch: list[_Part]) -> _Stamp:
+        """On the worker, tracing on: the batch's taking time, on each of its parts."""
+        self._batches += 1
+        stamp = _Stamp(self._batches, sum(part.size for part in batch), len(batch),
+                       tracing.now_ns())
+        for part in batch:
+            part.stamp = stamp
+        return stamp
 
     def _unqueue_requests(self, batch: list[_Part]) -> None:
         """After a failed call: take the other parts of the batch's requests out of the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import types
@@ -86,18 +87,30 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     settings = load_settings(argv)
+    from service import tracing
     from service.security import Security
 
     try:
         # Before TensorFlow is imported: a bad certificate or token file fails at once.
         security = Security.from_settings(settings)
+        # The OTEL_* variables, not settings: the SDK reads them itself (docs/tracing.md).
+        # An exporter that is not installed fails here too, not after the model loads.
+        traced = tracing.configure_from_environment()
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
     from service.logs import configure_logging
     from service.server import serve
 
     configure_logging(settings.log_level, json_format=settings.log_json)
-    return asyncio.run(serve(settings, security))
+    if traced:
+        logging.getLogger(__name__).info("tracing on", extra={
+            "exporters": os.environ.get("OTEL_TRACES_EXPORTER", ""),
+            "endpoint": os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4317"})
+    try:
+        return asyncio.run(serve(settings, security))
+    finally:
+        tracing.shutdown()  # exports the spans still buffered
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service import bundle, imagecodec
+from service import bundle, imagecodec, tracing
 from service.errors import InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from service.metrics import Metrics, resolved
 from service.repository import LoadedVersion, ModelRepository, VersionStatus
@@ -151,7 +151,8 @@ class DataPlane:
         try:
             with self._repo.acquire(model.name, model.version) as lv:
                 resolved(lv.labels)
-                batch = await self._prepare(images, lv.manifest.input)
+                with tracing.span("preprocess"):
+                    batch = await self._prepare(images, lv.manifest.input)
                 want_recon = options.return_reconstruction != "none"
                 out = await lv.batcher.submit(batch, with_reconstruction=want_recon,
                                               deadline=deadline)
@@ -238,13 +239,14 @@ class DataPlane:
         try:
             with self._repo.acquire(model.name, model.version) as lv:
                 resolved(lv.labels)
-                if signature == DEFAULT_SIGNATURE:
-                    batch = _check_float_images(inputs, lv.manifest.input)
-                    self._check_count(len(batch))
-                else:
-                    images = _bytes_inputs(inputs)
-                    self._check_count(len(images))
-                    batch = await self._prepare(images, lv.manifest.input)
+                with tracing.span("preprocess"):
+                    if signature == DEFAULT_SIGNATURE:
+                        batch = _check_float_images(inputs, lv.manifest.input)
+                        self._check_count(len(batch))
+                    else:
+                        images = _bytes_inputs(inputs)
+                        self._check_count(len(images))
+                        batch = await self._prepare(images, lv.manifest.input)
                 want_recon = "reconstruction" in wanted
                 out = await lv.batcher.submit(batch, with_reconstruction=want_recon,
                                               deadline=deadline)

@@ -2,7 +2,8 @@
 
 Each transport sets :data:`request_id` for the duration of a request, so every line logged
 while serving it - by the transport, the data plane or the batcher - names the request it
-belongs to. ``extra=`` fields given to a logging call become keys of the JSON object.
+belongs to. With tracing on, a line logged inside a span also carries ``trace_id`` and
+``span_id``. ``extra=`` fields given to a logging call become keys of the JSON object.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import re
 import sys
 import uuid
 from typing import Any
+
+from service import tracing
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 """The id of the request being served ("" outside a request)."""
@@ -50,15 +53,21 @@ def new_request_id() -> str:
 
 
 class RequestIdFilter(logging.Filter):
-    """Copies the current request id onto each record (unless ``extra=`` already set one).
+    """Copies the current request id onto each record (unless ``extra=`` already set one),
+    and with tracing on the current span's ``trace_id`` and ``span_id`` (hex, as trace
+    backends show them) when the record is logged inside one.
 
-    Done in a filter rather than in the formatter so the id is captured in the task that
+    Done in a filter rather than in the formatter so the ids are captured in the task that
     logged, even if a handler formats the record later or elsewhere.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "request_id", ""):
             record.request_id = request_id.get()
+        if tracing.enabled and not hasattr(record, "trace_id"):
+            ids = tracing.current_ids()
+            if ids is not None:
+                record.trace_id, record.span_id = ids
         return True
 
 

@@ -32,6 +32,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.exposition import choose_encoder
 
 from service.types import BatchOutput
 
@@ -60,6 +61,7 @@ RECONSTRUCTION_ERROR_BUCKETS: tuple[float, ...] = (
 )
 
 MODEL_LABELS: tuple[str, ...] = ("model", "version")
+OPENMETRICS = "application/openmetrics-text"
 # The model and version labels of a request that resolved no loaded model. Model names
 # start with a letter or digit (bundle.MODEL_NAME_PATTERN), so no model can be called this.
 NO_MODEL: tuple[str, str] = ("_none", "_none")
@@ -159,8 +161,16 @@ class Metrics:
             ("model",), registry=reg,
         )
 
-    def render(self) -> tuple[bytes, str]:
-        """The exposition text of every metric and the content type to send it with."""
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition text of every metric and the content type to send it with.
+
+        OpenMetrics when ``accept`` (the scrape's Accept header) asks for it: only that
+        format carries the latency histogram's exemplars (trace ids, with tracing on).
+        Anything else gets Prometheus' text format, as before.
+        """
+        if accept is not None and OPENMETRICS in accept:
+            encoder, content_type = choose_encoder(accept)
+            return encoder(self.registry), content_type
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
@@ -178,8 +188,9 @@ class RequestMetrics:
         self._children: dict[tuple[str, object, tuple[str, str]], tuple[Counter, Histogram]] = {}
 
     def record(self, method: str, code: object, model: tuple[str, str],
-               seconds: float) -> None:
-        """One answered request; ``code`` is an HTTP status (int) or gRPC code name."""
+               seconds: float, exemplar: dict[str, str] | None = None) -> None:
+        """One answered request; ``code`` is an HTTP status (int) or gRPC code name;
+        ``exemplar``: its trace's ids when tracing is on (``service/tracing.py``)."""
         key = (method, code, model)
         children = self._children.get(key)
         if children is None:
@@ -188,7 +199,7 @@ class RequestMetrics:
                 self._metrics.request_duration_seconds.labels(self._protocol, method, *model),
             )
         children[0].inc()
-        children[1].observe(seconds)
+        children[1].observe(seconds, exemplar)
 
 
 class VersionMetrics:

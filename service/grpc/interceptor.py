@@ -14,6 +14,9 @@ It does, once for all servicers, what each handler would otherwise repeat:
   only empty);
 * counts ``requests_total`` and times ``request_duration_seconds`` with protocol "grpc" and
   the model the data plane resolved (``service.metrics.resolved``);
+* when tracing is on (``service/tracing.py``), makes the call's span, child of the
+  ``traceparent`` metadata when there is one, and puts its trace id on the latency
+  histogram as an exemplar;
 * when the server requires tokens, refuses every call but the health service's without an
   accepted ``authorization: Bearer <token>`` or ``x-api-key`` metadata value as
   UNAUTHENTICATED, before the request is parsed (``service/security.py``).
@@ -30,7 +33,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from service import logs
+from service import logs, tracing
 from service.errors import InvalidInput, QueueFull, ServiceError, Unauthenticated
 from service.metrics import Metrics, RequestMetrics, RequestModel, request_model
 from service.security import API_KEY, AUTHORIZATION, TokenFile
@@ -111,12 +114,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return handler._replace(
                 request_deserializer=None,
-                unary_unary=self._unary(handler.unary_unary, parse, label),
+                unary_unary=self._unary(handler.unary_unary, parse, label, method),
             )
         if handler.stream_stream is not None:
             return handler._replace(
                 request_deserializer=None,
-                stream_stream=self._stream(handler.stream_stream, parse, label),
+                stream_stream=self._stream(handler.stream_stream, parse, label, method),
             )
         return handler  # no unary-stream or stream-unary methods in METHODS
 
@@ -130,7 +133,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 logger.info("grpc %s refused: %s", method, exc.message)
                 await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)
             else:
-                call = _Call(self._metrics, label, context)
+                call = _Call(self._metrics, label, context, method)
                 call.begin()
                 await call.fail(exc)
 
@@ -139,9 +142,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return handler._replace(request_deserializer=None, **{kind: refuse})
 
     def _unary(self, behavior: Callable[..., Awaitable[Any]], parse: Callable[[bytes], Any],
-               label: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+               label: str, method: str,
+               ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-            call = _Call(self._metrics, label, context)
+            call = _Call(self._metrics, label, context, method)
             try:
                 call.begin()
                 return await behavior(parse(raw), context)
@@ -154,11 +158,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return handle
 
     def _stream(self, behavior: Callable[..., AsyncIterator[Any]], parse: Callable[[bytes], Any],
-                label: str) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext],
-                                        AsyncIterator[Any]]:
+                label: str, method: str,
+                ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext],
+                              AsyncIterator[Any]]:
         async def handle(raw: AsyncIterator[bytes],
                          context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = _Call(self._metrics, label, context)
+            call = _Call(self._metrics, label, context, method)
             try:
                 call.begin()
                 async for response in behavior(_parsed(raw, parse), context):
@@ -173,21 +178,25 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
 
 class _Call:
-    """Bookkeeping of one RPC: request id, status code, duration."""
+    """Bookkeeping of one RPC: request id, status code, duration, and its span when tracing
+    is on."""
 
     def __init__(self, metrics: RequestMetrics, label: str,
-                 context: grpc.aio.ServicerContext) -> None:
+                 context: grpc.aio.ServicerContext, method: str) -> None:
         self.metrics = metrics
         self.label = label
         self.context = context
+        self.method = method
         self.code = "OK"
         self.start = time.perf_counter()
         self.request_id = ""
         self.ended = False
         self.model = RequestModel()  # the data plane writes the resolved model here
+        self.span: tracing.RequestSpan | None = None
 
     def begin(self) -> None:
-        for key, value in self.context.invocation_metadata() or ():
+        metadata = self.context.invocation_metadata()
+        for key, value in metadata or ():
             if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID.match(value):
                 self.request_id = value
         if not self.request_id:
@@ -196,6 +205,10 @@ class _Call:
         # Like the request id, not reset: grpc.aio runs each RPC in a task of its own.
         request_model.set(self.model)
         self.context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
+        if tracing.enabled:
+            # Attached here, in the handler's task: the servicer, the data plane and the
+            # batcher start their spans under it.
+            self.span = tracing.grpc_request(self.method, metadata, self.request_id)
 
     async def fail(self, exc: BaseException) -> None:
         """Turn ``exc`` into the RPC's status; raises grpc's AbortError for the server."""
@@ -225,12 +238,18 @@ class _Call:
                                  trailing_metadata=trailers)
 
     def end(self) -> None:
-        """Count and time the call, once."""
+        """Count and time the call, once; end its span."""
         if self.ended:
             return
         self.ended = True
+        span = self.span
+        if span is None:
+            self.metrics.record(self.label, self.code, self.model.labels,
+                                time.perf_counter() - self.start)
+            return
         self.metrics.record(self.label, self.code, self.model.labels,
-                            time.perf_counter() - self.start)
+                            time.perf_counter() - self.start, span.exemplar())
+        tracing.end_grpc_request(span, self.code, grpc.StatusCode[self.code].value[0])
 
 
 def _authenticate(tokens: TokenFile, metadata: Any) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service import oip
+from service import oip, tracing
 from service._generated.inference import grpc_predict_v2_pb2 as pb
 from service._generated.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.dataplane import DataPlane
@@ -71,7 +71,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         model = _model_ref(request.model_name, request.model_version)
-        inputs = infer_inputs(request, max_images=self._max_images)
+        with tracing.span("decode"):
+            inputs = infer_inputs(request, max_images=self._max_images)
         for output in request.outputs:
             if "classification" in output.parameters:
                 raise InvalidInput(f"output {output.name!r}: the classification extension is "
@@ -79,18 +80,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         wanted = [output.name for output in request.outputs] or None
         info, outputs = await self._dataplane.infer(model, inputs, wanted,
                                                     deadline=deadline_of(context))
-        response = pb.ModelInferResponse(model_name=info.name, model_version=str(info.version),
-                                         id=request.id)
-        raw = bool(request.raw_input_contents)
-        for name, array in outputs.items():
-            tensor = response.outputs.add(name=name, datatype=oip.datatype_of(array),
-                                          shape=list(array.shape))
-            if raw:
-                response.raw_output_contents.append(oip.to_raw(array))
-            else:
-                getattr(tensor.contents, _CONTENTS_FIELD[tensor.datatype]).extend(
-                    array.ravel().tolist())
-        return response
+        with tracing.span("encode"):
+            return _infer_response(request, info.name, info.version, outputs)
+
+
+def _infer_response(request: pb.ModelInferRequest, name: str, version: int,
+                    outputs: dict[str, np.ndarray]) -> pb.ModelInferResponse:
+    """Raw outputs for a request with raw inputs (what tritonclient reads), else typed."""
+    response = pb.ModelInferResponse(model_name=name, model_version=str(version), id=request.id)
+    raw = bool(request.raw_input_contents)
+    for output, array in outputs.items():
+        tensor = response.outputs.add(name=output, datatype=oip.datatype_of(array),
+                                      shape=list(array.shape))
+        if raw:
+            response.raw_output_contents.append(oip.to_raw(array))
+        else:
+            getattr(tensor.contents, _CONTENTS_FIELD[tensor.datatype]).extend(
+                array.ravel().tolist())
+    return response
 
 
 def _model_ref(name: str, version: str) -> ModelRef:

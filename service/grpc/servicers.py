@@ -20,6 +20,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from service import tracing
 from service._generated.aecluster.v1 import cluster_service_pb2 as pb
 from service._generated.aecluster.v1 import cluster_service_pb2_grpc as pb_grpc
 from service.dataplane import DEFAULT_SIGNATURE, DataPlane, deadline_from_timeout
@@ -86,9 +87,11 @@ class ClusterServicer(pb_grpc.ClusterServiceServicer):
 
     async def _cluster(self, request: pb.ClusterRequest,
                        deadline: float | None) -> pb.ClusterResponse:
-        model, images, options = converters.cluster_args(request)
+        with tracing.span("decode"):
+            model, images, options = converters.cluster_args(request)
         info, results = await self._dataplane.cluster(model, images, options, deadline=deadline)
-        return converters.cluster_response(info, results, options)
+        with tracing.span("encode"):
+            return converters.cluster_response(info, results, options)
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -105,21 +108,23 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     ) -> predict_pb2.PredictResponse:
         """TF Serving's Predict over the ``serving_default`` and ``predict_bytes`` signatures."""
         model = converters.model_ref(request.model_spec)
-        inputs = {
-            name: converters.tensor_proto_to_array(proto, name, max_bytes=self._max_bytes,
-                                                   max_images=self._max_images)
-            for name, proto in request.inputs.items()
-        }
+        with tracing.span("decode"):
+            inputs = {
+                name: converters.tensor_proto_to_array(proto, name, max_bytes=self._max_bytes,
+                                                       max_images=self._max_images)
+                for name, proto in request.inputs.items()
+            }
         signature = request.model_spec.signature_name or None
         info, outputs = await self._dataplane.predict(
             model, signature, inputs, list(request.output_filter) or None,
             deadline=deadline_of(context),
         )
-        response = predict_pb2.PredictResponse()
-        converters.fill_model_spec(response.model_spec, info,
-                                   signature or DEFAULT_SIGNATURE)
-        for name, array in outputs.items():
-            response.outputs[name].CopyFrom(converters.array_to_tensor_proto(array))
+        with tracing.span("encode"):
+            response = predict_pb2.PredictResponse()
+            converters.fill_model_spec(response.model_spec, info,
+                                       signature or DEFAULT_SIGNATURE)
+            for name, array in outputs.items():
+                response.outputs[name].CopyFrom(converters.array_to_tensor_proto(array))
         return response
 
     async def GetModelMetadata(

@@ -1,6 +1,7 @@
 """Per-request plumbing around every route: request id, body limit, metrics, access log,
-and ``Connection: close`` on every answer once the server drains, and the token check
-when the server requires tokens.
+the request's span when tracing is on (``service/tracing.py``), and ``Connection: close``
+on every answer once the server drains, and the token check when the server requires
+tokens.
 
 A plain ASGI middleware (not Starlette's BaseHTTPMiddleware) so that it can wrap
 ``receive`` - the body limit is enforced while the body streams in - and so that an
@@ -19,7 +20,7 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import logs
+from service import logs, tracing
 from service.errors import PayloadTooLarge, Unauthenticated
 from service.metrics import Metrics, RequestMetrics, RequestModel, request_model
 from service.rest.encoding import dumps, service_error_response
@@ -89,7 +90,8 @@ class BodyLimit:
 
 
 class RequestContextMiddleware:
-    """Request id in/out, body limit, ``aecluster_requests_total`` and latency, access log.
+    """Request id in/out, body limit, ``aecluster_requests_total`` and latency (with the
+    trace as exemplar when tracing is on), access log, and the request's span.
 
     While ``draining()`` is true every answer carries ``Connection: close``: a keep-alive
     caller closes its connection after this answer and opens the next one elsewhere,
@@ -118,6 +120,9 @@ class RequestContextMiddleware:
         token = logs.request_id.set(rid)
         model = RequestModel()  # the data plane writes the resolved model here
         model_token = request_model.set(model)
+        # Probes and scrapes (OPEN_PATHS) are not traced: they would bury the requests.
+        span = tracing.http_request(scope, headers, rid) \
+            if tracing.enabled and scope["path"] not in OPEN_PATHS else None
         state: dict[str, Any] = {"status": 500, "started": False}
 
         async def send_with_id(message: Message) -> None:
@@ -141,15 +146,19 @@ class RequestContextMiddleware:
                 await _send_internal_error(send_with_id, rid)
             state["status"] = 500
         finally:
-            self._record(scope, rid, int(state["status"]), model.labels,
-                         time.perf_counter() - started)
+            status = int(state["status"])
+            # Recorded while the span is current: the access log line carries its trace id.
+            self._record(scope, rid, status, model.labels, time.perf_counter() - started,
+                         None if span is None else span.exemplar())
+            if span is not None:
+                tracing.end_http_request(span, scope, status)
             request_model.reset(model_token)
             logs.request_id.reset(token)
 
     def _record(self, scope: Scope, rid: str, status: int, model: tuple[str, str],
-                seconds: float) -> None:
+                seconds: float, exemplar: dict[str, str] | None = None) -> None:
         method = method_label(scope)
-        self._requests.record(method, status, model, seconds)
+        self._requests.record(method, status, model, seconds, exemplar)
         access_logger.info(
             "%s %s %d", scope["method"], scope["path"], status,
             # request_id explicitly too: handlers other than ours (tests' caplog) see it.

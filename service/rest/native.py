@@ -23,6 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import Response
 
+from service import tracing
 from service.dataplane import DataPlane, VersionInfo
 from service.errors import InvalidInput, PayloadTooLarge
 from service.imagecodec import encode_png
@@ -105,9 +106,11 @@ def cluster_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
     async def handle(request: Request, name: str, version: str | None) -> Response:
         model = params.model_ref(name, version)
         deadline = params.deadline(request)
-        images, options = await read_cluster_request(request, settings)
+        with tracing.span("decode"):
+            images, options = await read_cluster_request(request, settings)
         info, results = await dataplane.cluster(model, images, options, deadline=deadline)
-        return await render_cluster_answer(info, results, options)
+        with tracing.span("encode"):
+            return await render_cluster_answer(info, results, options)
 
     @router.post(
         "/v1/models/{name}:cluster", name="cluster", response_model=ClusterResponse,

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service import oip
+from service import oip, tracing
 from service.dataplane import DataPlane
 from service.errors import Unavailable, UnsupportedMediaType
 from service.rest import params
@@ -138,15 +138,18 @@ def oip_router(dataplane: DataPlane, max_images: int) -> APIRouter:
             check_json_media_type(media_type(request.headers.get("content-type")),
                                   endpoint="/infer", alternatives="JSON and binary tensors "
                                   "with Inference-Header-Content-Length")
-        body = await request.body()
-        parsed = await off_loop(len(body), lambda: parse_request(body, header_length,
-                                                                 max_images=max_images))
+        with tracing.span("decode"):
+            body = await request.body()
+            parsed = await off_loop(len(body), lambda: parse_request(body, header_length,
+                                                                     max_images=max_images))
         info, outputs = await dataplane.infer(model, parsed.inputs, parsed.outputs,
                                               deadline=deadline)
         # Rendering is CPU work on the event loop like parsing: off it past the same size
         # (about 8 bytes of JSON per value).
         size = sum(array.size for array in outputs.values())
-        content, json_length = await off_loop(size * 8, render_answer, info, outputs, parsed)
+        with tracing.span("encode"):
+            content, json_length = await off_loop(size * 8, render_answer, info, outputs,
+                                                  parsed)
         if json_length is None:
             return Response(content, media_type=JSON_MEDIA_TYPE)
         return Response(content, media_type=BINARY_MEDIA_TYPE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.dataplane import DataPlane
@@ -43,9 +43,11 @@ def health_router(dataplane: DataPlane, metrics: Metrics) -> APIRouter:
 
     @router.get("/metrics", name="metrics", summary="Prometheus metrics",
                 response_class=Response)
-    async def prometheus() -> Response:
-        """Every ``aecluster_*`` metric in Prometheus' text exposition format."""
-        body, content_type = metrics.render()
+    async def prometheus(request: Request) -> Response:
+        """Every ``aecluster_*`` metric in Prometheus' text exposition format, or in
+        OpenMetrics (with exemplars) when ``Accept`` asks for
+        ``application/openmetrics-text``."""
+        body, content_type = metrics.render(request.headers.get("accept"))
         return Response(body, media_type=content_type)
 
     return router

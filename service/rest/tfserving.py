@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from service import tracing
 from service.dataplane import DEFAULT_SIGNATURE, DataPlane, SignatureInfo
 from service.errors import InvalidInput, NotFound
 from service.rest import params, tfjson
@@ -53,19 +54,21 @@ def tfserving_router(dataplane: DataPlane) -> APIRouter:
         deadline = params.deadline(request)
         check_json_media_type(media_type(request.headers.get("content-type")),
                               endpoint=":predict")
-        body = await request.body()
-        document = await off_loop(len(body), _json_object, body)
-        signature_name, signature = _signature(dataplane, model, document)
-        inputs, row = await off_loop(len(body), _predict_inputs, document, signature_name,
-                                     signature)
-        output_filter = _output_filter(document.get("output_filter"))
+        with tracing.span("decode"):
+            body = await request.body()
+            document = await off_loop(len(body), _json_object, body)
+            signature_name, signature = _signature(dataplane, model, document)
+            inputs, row = await off_loop(len(body), _predict_inputs, document, signature_name,
+                                         signature)
+            output_filter = _output_filter(document.get("output_filter"))
         _, outputs = await dataplane.predict(model, signature_name, inputs, output_filter,
                                              deadline=deadline)
         render = tfjson.row_answer if row else tfjson.columnar_answer
-        if sum(array.size for array in outputs.values()) > INLINE_RENDER_VALUES:
-            body = await asyncio.to_thread(lambda: dumps(render(outputs)))
-        else:
-            body = dumps(render(outputs))
+        with tracing.span("encode"):
+            if sum(array.size for array in outputs.values()) > INLINE_RENDER_VALUES:
+                body = await asyncio.to_thread(lambda: dumps(render(outputs)))
+            else:
+                body = dumps(render(outputs))
         return Response(body, media_type=JSON_MEDIA_TYPE)
 
     @router.post("/v1/models/{name}:predict", name="predict", responses=ERROR_RESPONSES,

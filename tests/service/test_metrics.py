@@ -191,3 +191,34 @@ def test_version_metrics_record_a_batch_and_create_series_on_first_use() -> None
     assert get("aecluster_cluster_assignments_total", cluster="1") == 1
     assert get("aecluster_reconstruction_error_count") == 1
     assert get("aecluster_reconstruction_error_sum") == 0.25
+
+
+@pytest.mark.parametrize(("accept", "openmetrics"), [
+    (None, False),
+    ("text/plain", False),
+    ("*/*", False),
+    ("application/openmetrics-text", True),
+    # what Prometheus sends with exemplar storage on
+    ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+     "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", True),
+])
+def test_openmetrics_when_the_scrape_asks_for_it(accept: str | None, openmetrics: bool) -> None:
+    """Exemplars exist only in OpenMetrics; every other scrape gets the text format."""
+    metrics = Metrics()
+    metrics.request_duration_seconds.labels(
+        protocol="http", method="cluster", model="digits", version="1",
+    ).observe(0.0004, {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+                       "span_id": "00f067aa0ba902b7"})
+    body, content_type = metrics.render(accept)
+    text = body.decode()
+    assert content_type.startswith("application/openmetrics-text" if openmetrics
+                                   else "text/plain")
+    assert text.endswith("# EOF\n") is openmetrics
+    # The observation's own bucket carries it: 1 observation, then the exemplar.
+    exemplar = (' 1.0 # {span_id="00f067aa0ba902b7",'
+                'trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.0004 ')
+    lines = [line for line in text.splitlines()
+             if line.startswith("aecluster_request_duration_seconds_bucket{")
+             and 'le="0.0005"' in line and exemplar in line]
+    assert len(lines) == (1 if openmetrics else 0)
+    assert "trace_id" not in text or openmetrics
