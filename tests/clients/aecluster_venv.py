@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from tests.clients.venv import ClientVenvError
+from tests.clients.venv import ClientVenvError, run_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "clients" / "python"
@@ -72,15 +71,6 @@ def ensure_aecluster_client_venv(python: str = sys.executable, *, venv: Path = V
              str(wheels), "aecluster-client"],
             [*pip, "check"],
         ]
-        for step in steps:
-            try:
-                done = subprocess.run(step, capture_output=True, text=True, timeout=900)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise ClientVenvError(f"the aecluster-client venv {venv} could not be built: "
-                                      f"`{' '.join(step)}` failed: {exc}") from exc
-            if done.returncode != 0:
-                raise ClientVenvError(
-                    f"the aecluster-client venv {venv} could not be built: `{' '.join(step)}` "
-                    f"exited {done.returncode}:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
+        run_steps(steps, f"the aecluster-client venv {venv}")
     stamp.write_text(digest + "\n")
     return venv_python

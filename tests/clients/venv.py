@@ -43,15 +43,20 @@ def ensure_client_venv(python: str = sys.executable, *, venv: Path = VENV,
          "--quiet", "--require-hashes", "--no-deps", "-r", str(lock)],
         *([str(venv_python), "-c", statement] for statement in IMPORTS),
     ]
+    run_steps(steps, f"the V2 client venv {venv}")
+    stamp.write_text(digest + "\n")
+    return venv_python
+
+
+def run_steps(steps: list[list[str]], what: str) -> None:
+    """Run each build command in turn; ClientVenvError with its output at the first failure."""
     for step in steps:
         try:
             done = subprocess.run(step, capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ClientVenvError(f"the V2 client venv {venv} could not be built: "
-                                  f"`{' '.join(step)}` failed: {exc}") from exc
+            raise ClientVenvError(f"{what} could not be built: `{' '.join(step)}` failed: "
+                                  f"{exc}") from exc
         if done.returncode != 0:
             raise ClientVenvError(
-                f"the V2 client venv {venv} could not be built: `{' '.join(step)}` exited "
-                f"{done.returncode}:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
-    stamp.write_text(digest + "\n")
-    return venv_python
+                f"{what} could not be built: `{' '.join(step)}` exited {done.returncode}:\n"
+                f"{done.stdout[-4000:]}{done.stderr[-4000:]}")

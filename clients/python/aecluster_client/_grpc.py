@@ -7,12 +7,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
-from types import TracebackType
 from typing import Any
 
 import grpc
 
 from aecluster_client import _convert, retry
+from aecluster_client._api import AsyncAPI, SyncAPI
 from aecluster_client.errors import ClusterError
 from aecluster_client.proto import cluster_service_pb2 as pb
 from aecluster_client.proto import cluster_service_pb2_grpc as pb_grpc
@@ -98,7 +98,7 @@ class _Base:
         return retry.Deadline(self.timeout if timeout is None else timeout)
 
 
-class GrpcClient(_Base):
+class GrpcClient(_Base, SyncAPI):
     """Blocking client of ``aecluster.v1.ClusterService`` on one channel, reused by every
     call. ``timeout`` is each call's deadline, retries and waits included (None: none);
     ``metadata`` is sent with every call (``authorization: Bearer ...``, say).
@@ -116,23 +116,9 @@ class GrpcClient(_Base):
                          else grpc.secure_channel(target, credentials))
         self._stub = pb_grpc.ClusterServiceStub(self._channel)
 
-    def __enter__(self) -> GrpcClient:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.close()
-
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()
-
-    def cluster(self, image: ImageInput, *, reconstruction: Reconstruction = "none",
-                embedding: bool = False, top_k: int = 0,
-                timeout: float | None = None) -> Prediction:
-        """Cluster one image."""
-        return self.cluster_batch([image], reconstruction=reconstruction, embedding=embedding,
-                                  top_k=top_k, timeout=timeout)[0]
 
     def cluster_batch(self, images: Sequence[ImageInput], *,
                       reconstruction: Reconstruction = "none", embedding: bool = False,
@@ -210,7 +196,7 @@ class GrpcClient(_Base):
             time.sleep(wait)
 
 
-class AsyncGrpcClient(_Base):
+class AsyncGrpcClient(_Base, AsyncAPI):
     """:class:`GrpcClient` for asyncio, on one ``grpc.aio`` channel. Create it inside the
     event loop that uses it; ``async with`` closes it."""
 
@@ -224,24 +210,9 @@ class AsyncGrpcClient(_Base):
                          else grpc.aio.secure_channel(target, credentials))
         self._stub = pb_grpc.ClusterServiceStub(self._channel)
 
-    async def __aenter__(self) -> AsyncGrpcClient:
-        return self
-
-    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                        traceback: TracebackType | None) -> None:
-        await self.close()
-
     async def close(self) -> None:
         """Close the channel."""
         await self._channel.close()
-
-    async def cluster(self, image: ImageInput, *, reconstruction: Reconstruction = "none",
-                      embedding: bool = False, top_k: int = 0,
-                      timeout: float | None = None) -> Prediction:
-        """Cluster one image."""
-        return (await self.cluster_batch([image], reconstruction=reconstruction,
-                                         embedding=embedding, top_k=top_k,
-                                         timeout=timeout))[0]
 
     async def cluster_batch(self, images: Sequence[ImageInput], *,
                             reconstruction: Reconstruction = "none", embedding: bool = False,

@@ -6,13 +6,13 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from aecluster_client import _convert, retry
+from aecluster_client._api import AsyncAPI, SyncAPI
 from aecluster_client._grpc import _abatches, _batches
 from aecluster_client.errors import HTTP_TO_GRPC, ClusterError
 from aecluster_client.types import ImageInput, Prediction, Reconstruction
@@ -94,7 +94,7 @@ class _Base:
         return {**self.headers, TIMEOUT_HEADER: f"{max(1, round(remaining * 1000))}"}
 
 
-class HttpClient(_Base):
+class HttpClient(_Base, SyncAPI):
     """Blocking client of ``POST /v1/models/{model}[/versions/{v}]:cluster``; one
     ``httpx.Client`` (a pool of kept-alive connections) reused by every call. ``timeout`` is
     each call's deadline, retries and waits included, and is sent to the server as
@@ -108,23 +108,9 @@ class HttpClient(_Base):
         super().__init__(url, model, version, timeout, retry_policy, headers or {}, on_retry)
         self._http = httpx.Client(transport=transport)
 
-    def __enter__(self) -> HttpClient:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.close()
-
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()
-
-    def cluster(self, image: ImageInput, *, reconstruction: Reconstruction = "none",
-                embedding: bool = False, top_k: int = 0,
-                timeout: float | None = None) -> Prediction:
-        """Cluster one image."""
-        return self.cluster_batch([image], reconstruction=reconstruction, embedding=embedding,
-                                  top_k=top_k, timeout=timeout)[0]
 
     def cluster_batch(self, images: Sequence[ImageInput], *,
                       reconstruction: Reconstruction = "none", embedding: bool = False,
@@ -158,7 +144,7 @@ class HttpClient(_Base):
         return retry.call(attempt, self.retry_policy, deadline, self.on_retry)
 
 
-class AsyncHttpClient(_Base):
+class AsyncHttpClient(_Base, AsyncAPI):
     """:class:`HttpClient` for asyncio, on one ``httpx.AsyncClient``; ``async with``
     closes it."""
 
@@ -170,24 +156,9 @@ class AsyncHttpClient(_Base):
         super().__init__(url, model, version, timeout, retry_policy, headers or {}, on_retry)
         self._http = httpx.AsyncClient(transport=transport)
 
-    async def __aenter__(self) -> AsyncHttpClient:
-        return self
-
-    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                        traceback: TracebackType | None) -> None:
-        await self.close()
-
     async def close(self) -> None:
         """Close the connection pool."""
         await self._http.aclose()
-
-    async def cluster(self, image: ImageInput, *, reconstruction: Reconstruction = "none",
-                      embedding: bool = False, top_k: int = 0,
-                      timeout: float | None = None) -> Prediction:
-        """Cluster one image."""
-        return (await self.cluster_batch([image], reconstruction=reconstruction,
-                                         embedding=embedding, top_k=top_k,
-                                         timeout=timeout))[0]
 
     async def cluster_batch(self, images: Sequence[ImageInput], *,
                             reconstruction: Reconstruction = "none", embedding: bool = False,
