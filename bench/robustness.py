@@ -108,17 +108,26 @@ def run_variant(dataset: str, variant: str, seed: int, work: Path) -> dict[str, 
             "acc": round(scores["hungarian_accuracy"], 4), "nmi": round(scores["nmi"], 4),
             "raw_kmeans_acc": round(raw, 4), "view_flip": options.get("view_flip"),
             "mirror_ratio": options.get("mirror_ratio"), "epochs": options.get("epochs"),
+            "invert": options.get("invert"),
+            "light_border_share": options.get("light_border_share"),
             "seconds": round(seconds, 1)}
+
+
+def _known(value: Any) -> str:
+    """A recorded decision, or a dash for rows run before the recipe made it."""
+    return "-" if value is None else str(value)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| dataset | variant | seed | ACC (default) | NMI | ACC (raw-pixel k-means) | "
-             "mirrored | mirror ratio | epochs | time |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "mirrored | mirror ratio | inverted | light border | epochs | time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['variant']} | {r['seed']} | {r['acc']:.3f} | "
                      f"{r['nmi']:.3f} | {r['raw_kmeans_acc']:.3f} | {r['view_flip']} | "
-                     f"{r['mirror_ratio']} | {r['epochs']} | {r['seconds']:.0f} s |")
+                     f"{r['mirror_ratio']} | {_known(r.get('invert'))} | "
+                     f"{_known(r.get('light_border_share'))} | {r['epochs']} | "
+                     f"{r['seconds']:.0f} s |")
     return "\n".join(lines) + "\n"
 
 

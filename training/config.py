@@ -135,6 +135,9 @@ class BackboneConfig(Options):
     view_flip: bool | None = option(None, "mirror the views at random; auto: when mirror "
                                     "images look like training images (garments, scenes), not "
                                     "where a mirror is something else (digits, text)")
+    invert: bool | None = option(None, "train on inverted images (1 - x), and serve them "
+                                 "inverted the same way; auto: when the images' border is "
+                                 "light (dark things on a light background)")
     view_relight: bool = option(False, "a second, milder brightness/contrast change on each "
                                 "view (wider light invariance)")
     epochs: Int | None = option(None, "backbone epochs; auto: 15, or as many as make 1,000 "

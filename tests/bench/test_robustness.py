@@ -49,5 +49,9 @@ def test_the_table_has_a_row_per_result() -> None:
     row = {"dataset": "digits", "variant": "inverted", "seed": 0, "acc": 0.97, "nmi": 0.96,
            "raw_kmeans_acc": 0.8, "view_flip": False, "mirror_ratio": 1.86, "epochs": 143,
            "seconds": 90.0}
-    text = robustness.markdown([row, {**row, "variant": "plain"}])
+    text = robustness.markdown([{**row, "invert": True, "light_border_share": 0.8414},
+                                {**row, "variant": "plain"}])
     assert text.count("\n") == 4 and "| digits | inverted | 0 | 0.970 |" in text
+    assert "| 1.86 | True | 0.8414 | 143 |" in text
+    # Rows from before the recipe decided inversion say so with a dash.
+    assert "| 1.86 | - | - | 143 |" in text

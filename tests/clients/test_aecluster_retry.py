@@ -31,6 +31,7 @@ from aecluster_client import (
     HttpClient,
     RetryEvent,
     RetryPolicy,
+    _grpc,
     _http,
     retry,
 )
@@ -193,3 +194,23 @@ def test_http_429_is_retried_after_retry_after(
     assert 0 < int(seen[1]["timeout"]) < int(seen[0]["timeout"]) <= 10_000
     assert (prediction.model, prediction.version, prediction.cluster_id, prediction.label) == (
         "digits", 3, 4, "8")
+
+
+# ---- grpc.aio's lost stream status (grpc/grpc#36066) ----------------------------------------
+
+def _aio_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+def test_a_stream_status_lost_by_grpc_aio_is_retried_like_unavailable() -> None:
+    # The fresh-clone CI met it once: the server refused a stream (full queue) while the
+    # client wrote its next request, and grpc.aio reported this INTERNAL instead.
+    lost = _aio_error(grpc.StatusCode.INTERNAL, _grpc.LOST_STATUS_DETAILS)
+    error = _grpc._error(lost, stream=True)
+    assert (error.code, error.retryable) == ("UNAVAILABLE", True)
+    assert "grpc/grpc#36066" in error.reason
+    # Only there: a unary call gets its status whole, and the server's own INTERNAL (its
+    # message names the request id in the log) is never retried.
+    assert _grpc._error(lost).code == "INTERNAL" and not _grpc._error(lost).retryable
+    server_side = _aio_error(grpc.StatusCode.INTERNAL, "internal error; the server logged it")
+    assert not _grpc._error(server_side, stream=True).retryable

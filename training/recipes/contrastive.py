@@ -84,6 +84,19 @@ def fit_contrastive(config: ContrastiveConfig, data: LoadedData, *,
                     "are" if flip else "are not", mirror.ratio, choices.MIRROR_RATIO_LIMIT,
                     mirror.sample)
 
+    invert = backbone_config.invert
+    if invert is None:
+        background = choices.background_check(images, seed=seed)
+        invert = decided["invert"] = background.invert
+        decided["light_border_share"] = background.light_share
+        logger.info("images are %sinverted: %.2f of their border is light (limit %.2f, %d "
+                    "sampled)", "" if invert else "not ", background.light_share,
+                    choices.LIGHT_BORDER_SHARE, background.sample)
+    given = images  # as callers will send them: what the exported encoder takes
+    if invert:
+        # Everything below fits on 1 - x; the exported networks invert on the way in and out.
+        images = 1.0 - images
+
     # Stage 1: augmentation-invariant backbone.
     with strategy.scope():
         contrastive = build_contrastive(
@@ -95,6 +108,8 @@ def fit_contrastive(config: ContrastiveConfig, data: LoadedData, *,
                      augment_flip=config.augment_flip)
              .filter(lambda x, y: tf.shape(x)[0] >= 2)
              .apply(tf.data.experimental.assert_cardinality(n_batches)))
+    if invert:
+        train = train.map(lambda x, y: (1.0 - x, y))
     history = fit_model(contrastive, train, None,
                         epochs=epochs, label="contrastive", image_shape=shape,
                         learning_rate=config.learning_rate, tensorboard_dir=tensorboard_dir)
@@ -158,8 +173,9 @@ def fit_contrastive(config: ContrastiveConfig, data: LoadedData, *,
             learning_rate=config.learning_rate, max_points=graph_config.max_points), seed=seed)
 
     inputs = keras.Input(shape, name="images")
-    backbone_out = backbone(inputs)
-    embedding = head(graph_features(inputs, backbone_out))
+    seen = _inversion("invert_images")(inputs) if invert else inputs
+    backbone_out = backbone(seen)
+    embedding = head(graph_features(seen, backbone_out))
     if config.head.joint_embedding and not graph_config.communities:
         embedding = _joint(backbone_out, embedding, contrastive.projector,
                            head.predict(features[sample], batch_size=4096, verbose=0))
@@ -171,10 +187,19 @@ def fit_contrastive(config: ContrastiveConfig, data: LoadedData, *,
                                                latent_dim=int(encoder.output_shape[-1]),
                                                conv_filters=config.decoder.filters),
                              shape).decoder
-    z = encoder.predict(images, batch_size=1024, verbose=0)
+    z = encoder.predict(given, batch_size=1024, verbose=0)
     history["decoder_loss"] = _fit_decoder(decoder, z, images, config, seed=seed)
+    if invert:
+        latent = keras.Input(decoder.input_shape[1:], name="embedding")
+        decoder = keras.Model(latent, _inversion("invert_reconstruction")(decoder(latent)),
+                              name="decoder")
     return FittedNetworks(encoder=encoder, decoder=decoder, history=history,
                           communities=partition, decided=decided)
+
+
+def _inversion(name: str) -> keras.layers.Layer:
+    """1 - x, as a layer of the exported networks (Keras' own, so the bundle loads anywhere)."""
+    return keras.layers.Rescaling(-1.0, offset=1.0, name=name)
 
 
 def _fit_community_head(features: np.ndarray, indices: np.ndarray, config: ContrastiveConfig,

@@ -25,9 +25,24 @@ REQUEST_ID_KEY = "x-request-id"
 Metadata = Sequence[tuple[str, str]]
 
 
-def _error(exc: grpc.RpcError) -> ClusterError:
-    """The status of a failed call as a :class:`ClusterError`, retryable per the policy."""
+# What grpc.aio reports when the server ends a stream while a request is being written: the
+# failed write replaces the status the server sent (grpc/grpc#36066, open in the locked
+# grpcio). The server's own INTERNAL errors carry another message.
+LOST_STATUS_DETAILS = "Internal error from Core"
+
+
+def _error(exc: grpc.RpcError, *, stream: bool = False) -> ClusterError:
+    """The status of a failed call as a :class:`ClusterError`, retryable per the policy.
+
+    ``stream``: the call was an asyncio stream, where grpc.aio can lose the server's status
+    (:data:`LOST_STATUS_DETAILS`). Seen against a full queue, whose RESOURCE_EXHAUSTED it
+    hid. A reopened stream resends only what was not answered, so the loss is retried like
+    UNAVAILABLE, within the same attempt limit.
+    """
     code: grpc.StatusCode = exc.code()
+    if stream and code == grpc.StatusCode.INTERNAL and exc.details() == LOST_STATUS_DETAILS:
+        return ClusterError("UNAVAILABLE", f"the stream ended and grpc.aio lost the server's "
+                            f"status ({LOST_STATUS_DETAILS}, grpc/grpc#36066)", retryable=True)
     pushback = request_id = None
     for key, value in exc.trailing_metadata() or ():
         if key == PUSHBACK_KEY:
@@ -279,7 +294,7 @@ class AsyncGrpcClient(_Base, AsyncAPI):
                         yield prediction
                 return
             except grpc.RpcError as exc:
-                error = _error(exc)
+                error = _error(exc, stream=True)
             except BaseException:
                 call.cancel()
                 raise

@@ -8,9 +8,11 @@ from sklearn.datasets import load_digits
 
 from training.recipes.choices import (
     DEFAULT_BACKBONE_EPOCHS,
+    LIGHT_BORDER_SHARE,
     MIN_BACKBONE_STEPS,
     MIRROR_RATIO_LIMIT,
     backbone_epochs,
+    background_check,
     mirror_check,
 )
 
@@ -54,3 +56,25 @@ def test_the_check_is_seeded_and_samples(digits: np.ndarray) -> None:
 ])
 def test_backbone_epochs_reach_the_minimum_steps(steps: int, epochs: int) -> None:
     assert backbone_epochs(steps) == epochs
+
+
+def test_dark_things_on_light_backgrounds_are_inverted(digits: np.ndarray) -> None:
+    # White digits on black: their ink reaches the border in places (0.15 of it), no more.
+    plain = background_check(digits, seed=0)
+    assert plain.light_share == pytest.approx(0.1477, abs=1e-4) and not plain.invert
+    assert plain.sample == len(digits)
+    inverted = background_check(1.0 - digits, seed=0)
+    assert inverted.light_share > LIGHT_BORDER_SHARE and inverted.invert
+    # Colour channels are averaged: a light border in RGB is light too.
+    assert background_check(np.repeat(1.0 - digits, 3, axis=-1), seed=0).invert
+
+
+def test_no_one_light_background_is_left_as_it_is() -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.random((300, 16, 16, 3), dtype=np.float32)  # half the border is light
+    check = background_check(noise, seed=0)
+    assert 0.45 < check.light_share < 0.55 and not check.invert
+    assert not background_check(np.zeros((0, 8, 8, 1), np.float32), seed=0).invert
+    # Seeded sample: the same images and seed measure the same.
+    sampled = background_check(noise, seed=1, sample=50)
+    assert sampled.sample == 50 and sampled == background_check(noise, seed=1, sample=50)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
+from sklearn.datasets import load_digits
 
 from service import bundle
 from service.runtime import ModelRuntime
@@ -141,6 +142,49 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     job = TrainJob(dataset="digits", out=out, data=DataOptions(val_fraction=0.1, seed=0),
                    model=_config(), clusters=10, seed=0)
     return run_training(job)
+
+
+@pytest.fixture(scope="module")
+def inverted(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """The small recipe on the digits inverted (1 - x: dark digits on white), seed 0."""
+    digits = load_digits()
+    archive = tmp_path_factory.mktemp("inverted") / "digits.npz"
+    np.savez(archive, x=(1.0 - digits.images / 16.0).astype(np.float32)[..., None],
+             y=digits.target)
+    out = tmp_path_factory.mktemp("repo") / "inverted" / "1"
+    job = TrainJob(dataset=f"npz:{archive}", out=out,
+                   data=DataOptions(val_fraction=0.1, seed=0), model=_config(), clusters=10,
+                   seed=0)
+    return run_training(job)
+
+
+def test_light_backgrounds_are_inverted_inside_the_bundle(trained: TrainResult,
+                                                          inverted: TrainResult) -> None:
+    options = bundle.read_manifest(inverted.out).training.hyperparameters
+    assert options["invert"] is True and options["light_border_share"] > 2 / 3
+    plain = bundle.read_manifest(trained.out).training.hyperparameters
+    assert plain["invert"] is False and plain["light_border_share"] < 0.2
+    # 1 - k/16 is exact in float32, so fitted on 1 - (1 - x) the recipe saw exactly what it
+    # saw on the digits: the same model, which inverts what callers send and what it returns.
+    assert trained.data.heldout is not None
+    images, _ = to_numpy(trained.data.heldout)
+    ours, theirs = load_bundle(inverted.out), load_bundle(trained.out)
+    z = np.asarray(theirs.encode(tf.constant(images)))
+    z_inverted = np.asarray(ours.encode(tf.constant(1.0 - images)))
+    np.testing.assert_allclose(z_inverted, z, atol=1e-5)
+    np.testing.assert_array_equal(bundle.assign(z_inverted, ours.centroids)[0],
+                                  bundle.assign(z, theirs.centroids)[0])
+    reconstruction = np.asarray(ours.decode(tf.constant(z_inverted)))
+    np.testing.assert_allclose(reconstruction, 1.0 - np.asarray(theirs.decode(tf.constant(z))),
+                               atol=1e-5)
+    # The same scores: clusters exactly, reconstruction up to the rounding of 1 - (1 - y).
+    ours_scores, theirs_scores = inverted.manifest.evaluation, trained.manifest.evaluation
+    assert ours_scores.keys() == theirs_scores.keys()
+    for name, value in theirs_scores.items():
+        if name.startswith("reconstruction_"):
+            assert ours_scores[name] == pytest.approx(value, rel=1e-6), name
+        else:
+            assert ours_scores[name] == value, name
 
 
 def test_bundle_records_the_recipe(trained: TrainResult) -> None:
@@ -448,6 +492,8 @@ def test_graph_whitening_is_fitted_on_the_training_images_and_served_as_trained(
                            load_bundle(graph_whitened.out).centroids, atol=1e-3)
 
 
+# Slow (about 30-40 s): an option of the K = 20 preset, not the default path; `make test-slow`.
+@pytest.mark.slow
 def test_hog_weight_feeds_the_neighbourhood_head_too(tmp_path: Path) -> None:
     job = TrainJob(dataset="digits", out=tmp_path / "hog" / "1",
                    data=DataOptions(val_fraction=0.1, seed=0),
@@ -666,6 +712,8 @@ def test_preset_sets_defaults_and_explicit_options_win(
     assert "invalid choice: 'best'" in capsys.readouterr().err
 
 
+# Slow (about 30-40 s): an option of the K = 20 preset, not the default path; `make test-slow`.
+@pytest.mark.slow
 def test_preset_trains_its_recipe_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                              caplog: pytest.LogCaptureFixture) -> None:
     preset = "contrastive-graph20-consensus"
@@ -736,6 +784,8 @@ def test_backbone_and_community_options_reach_the_recipe_and_the_manifest(
     assert len(report["sizes"]) == 12 and sum(report["sizes"]) == 1617
 
 
+# Slow (about 30-40 s): an option of the K = 20 preset, not the default path; `make test-slow`.
+@pytest.mark.slow
 def test_several_searches_rerun_the_whole_partition_step_on_their_consensus(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:

@@ -21,7 +21,7 @@ from sklearn.datasets import load_digits
 from service import bundle
 from training.cli import main
 from training.data import DataOptions, load_dataset, to_numpy
-from training.recipes.choices import backbone_epochs, mirror_check
+from training.recipes.choices import backbone_epochs, background_check, mirror_check
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -70,6 +70,9 @@ def test_the_rules_decide_for_every_source(source: str, tmp_path: Path) -> None:
     images, _ = to_numpy(data.train)
     check = mirror_check(images, seed=0)
     assert check.flip is False and check.ratio > 1.3  # digits, in whatever format
+    # White on black in every format: kept as they are; black on white would be inverted.
+    assert not background_check(images, seed=0).invert
+    assert background_check(1.0 - images, seed=0).invert
     assert backbone_epochs(max(1, len(images) // 256)) >= 15
 
 
@@ -80,6 +83,7 @@ def test_fashion_mnist_keeps_its_mirrored_views_and_15_epochs() -> None:
     images, _ = to_numpy(data.train)
     assert mirror_check(images, seed=0).flip is True
     assert backbone_epochs(235) == 15
+    assert not background_check(images, seed=0).invert  # black background: as before
 
 
 @pytest.mark.slow
@@ -97,4 +101,5 @@ def test_the_default_trains_on_every_source_without_flags(
     assert manifest.training.model_kind == "contrastive"
     assert options["view_flip"] is False and options["mirror_ratio"] > 1.3
     assert options["epochs"] >= 15
+    assert options["invert"] is False
     assert json.loads(captured.out)["evaluation"]["hungarian_accuracy"] > 0.5  # chance: 0.1
