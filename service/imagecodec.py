@@ -35,6 +35,12 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 
 # tf.image.rgb_to_grayscale's weights, as float32 like the tensordot it does.
 _GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)
+# TensorFlow copies a NumPy array into a tensor while holding the GIL: one 4000x4000 image
+# (64 MB as float32) held it for 100-160 ms on a loaded 2-core machine, and the event loop,
+# waiting for the GIL, answered nothing meanwhile (py-spy --gil; tests/integration/
+# test_hostile_inputs.py). Converted in row slices of at most this size, the interpreter
+# hands the GIL to the loop between slices.
+_CONVERT_SLICE_BYTES = 4 << 20
 _INV_255 = np.float32(1.0 / 255.0)  # convert_image_dtype multiplies by 1/max, in float32
 
 # Pillow warns (DecompressionBombWarning) before it raises for images over its own limit,
@@ -350,7 +356,7 @@ def _resize(colored: list[np.ndarray], spec: bundle.InputSpec) -> np.ndarray:
         else:
             groups.setdefault(size, []).append(index)
     for indices in groups.values():
-        stack = np.stack([colored[i] for i in indices])
+        stack = _to_tensor(np.stack([colored[i] for i in indices]))
         if spec.preserve_aspect_ratio:
             resized = tf.image.resize_with_pad(stack, spec.height, spec.width, method=spec.resize)
         else:
@@ -358,6 +364,16 @@ def _resize(colored: list[np.ndarray], spec: bundle.InputSpec) -> np.ndarray:
         # Bilinear weights are convex, but rounding may step a hair outside [0, 1].
         out[indices] = np.clip(resized.numpy(), 0.0, 1.0)
     return out
+
+
+def _to_tensor(images: np.ndarray) -> tf.Tensor:
+    """``images`` [N, H, W, C] as a tensor, copied in row slices when large (see
+    :data:`_CONVERT_SLICE_BYTES`); the values are the same either way."""
+    slices = min(images.shape[1], -(-images.nbytes // _CONVERT_SLICE_BYTES))
+    if slices < 2:
+        return tf.convert_to_tensor(images)
+    return tf.concat([tf.convert_to_tensor(part)
+                      for part in np.array_split(images, slices, axis=1)], axis=1)
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -353,6 +353,33 @@ def test_prepare_batch_mixes_bytes_and_arrays_of_any_size(rng: np.random.Generat
         np.testing.assert_allclose(row, expected, rtol=0, atol=1e-5)
 
 
+def test_a_large_image_is_handed_to_tensorflow_in_slices(rng: np.random.Generator,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The copy into a tensor holds the GIL (and so the event loop) for as long as it takes:
+    # a large image goes over in slices, and resizes to exactly what one copy gives.
+    images = rng.random((2, 1500, 1200, 1)).astype(np.float32)  # 14.4 MB
+    whole = tf.image.resize(tf.convert_to_tensor(images), (28, 28)).numpy()
+    sizes: list[int] = []
+    convert = tf.convert_to_tensor
+
+    def counting(value: object, *args: object, **kwargs: object) -> tf.Tensor:
+        if isinstance(value, np.ndarray):
+            sizes.append(value.nbytes)
+        return convert(value, *args, **kwargs)
+
+    monkeypatch.setattr(imagecodec.tf, "convert_to_tensor", counting)
+    sliced = imagecodec._to_tensor(images)
+    np.testing.assert_array_equal(sliced.numpy(), images)
+    assert len(sizes) == 4 and max(sizes) <= imagecodec._CONVERT_SLICE_BYTES
+    small = rng.random((1, 28, 28, 1)).astype(np.float32)
+    sizes.clear()
+    np.testing.assert_array_equal(imagecodec._to_tensor(small).numpy(), small)
+    assert sizes == [small.nbytes]  # one copy when small
+    batch = imagecodec.prepare_batch([ImageInput(array=image) for image in images],
+                                     spec(28, 28, "gray"), max_pixels=4_000_000)
+    np.testing.assert_array_equal(batch, np.clip(whole, 0.0, 1.0))
+
+
 def test_prepare_batch_of_nothing_is_invalid() -> None:
     with pytest.raises(errors.InvalidInput, match="at least one image"):
         imagecodec.prepare_batch([], spec(8, 8, "gray"), max_pixels=LIMIT)
