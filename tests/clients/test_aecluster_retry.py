@@ -88,6 +88,19 @@ def test_call_does_not_sleep_past_the_deadline() -> None:
     assert raised.value.attempts == 1 and raised.value.retry_after == 30.0
 
 
+def test_next_wait_reports_the_wait_or_raises_the_error_it_gives_up_on() -> None:
+    # The streams' reopen loops and the unary calls share this bookkeeping.
+    events: list[RetryEvent] = []
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0.001, max_backoff=0.001)
+    error = _retryable(0.01)
+    wait = retry.next_wait(error, 1, policy, retry.Deadline(None), events.append)
+    assert 0.01 <= wait <= 0.011 and error.attempts == 1
+    assert events == [RetryEvent(1, error, wait)]
+    with pytest.raises(ClusterError) as raised:
+        retry.next_wait(error, 2, policy, retry.Deadline(None), events.append)
+    assert raised.value is error and error.attempts == 2 and len(events) == 1
+
+
 def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert _http._retry_after("3") == 3.0
     in_ten = email.utils.formatdate(time.time() + 10, usegmt=True)

@@ -202,13 +202,8 @@ class GrpcClient(_Base, SyncAPI):
             with lock:
                 alive[0] = False
             failures += 1
-            error.attempts = failures
-            wait = self.retry_policy.wait(error, failures, deadline.remaining())
-            if wait is None:
-                raise error
-            if self.on_retry is not None:
-                self.on_retry(retry.RetryEvent(failures, error, wait))
-            time.sleep(wait)
+            time.sleep(retry.next_wait(error, failures, self.retry_policy, deadline,
+                                        self.on_retry))
 
 
 class AsyncGrpcClient(_Base, AsyncAPI):
@@ -301,10 +296,5 @@ class AsyncGrpcClient(_Base, AsyncAPI):
             async with lock:
                 alive[0] = False
             failures += 1
-            error.attempts = failures
-            wait = self.retry_policy.wait(error, failures, deadline.remaining())
-            if wait is None:
-                raise error
-            if self.on_retry is not None:
-                self.on_retry(retry.RetryEvent(failures, error, wait))
-            await asyncio.sleep(wait)
+            await asyncio.sleep(retry.next_wait(error, failures, self.retry_policy, deadline,
+                                                self.on_retry))

@@ -87,13 +87,7 @@ def call(attempt: Callable[[float | None], T], policy: RetryPolicy, deadline: De
         try:
             return attempt(_left(deadline, number))
         except ClusterError as error:
-            error.attempts = number
-            wait = policy.wait(error, number, deadline.remaining())
-            if wait is None:
-                raise
-            if on_retry is not None:
-                on_retry(RetryEvent(number, error, wait))
-            time.sleep(wait)
+            time.sleep(next_wait(error, number, policy, deadline, on_retry))
 
 
 async def call_async(attempt: Callable[[float | None], Awaitable[T]], policy: RetryPolicy,
@@ -105,13 +99,20 @@ async def call_async(attempt: Callable[[float | None], Awaitable[T]], policy: Re
         try:
             return await attempt(_left(deadline, number))
         except ClusterError as error:
-            error.attempts = number
-            wait = policy.wait(error, number, deadline.remaining())
-            if wait is None:
-                raise
-            if on_retry is not None:
-                on_retry(RetryEvent(number, error, wait))
-            await asyncio.sleep(wait)
+            await asyncio.sleep(next_wait(error, number, policy, deadline, on_retry))
+
+
+def next_wait(error: ClusterError, attempt: int, policy: RetryPolicy, deadline: Deadline,
+              on_retry: OnRetry | None) -> float:
+    """The wait before the attempt after ``attempt``, which failed with ``error``; tells
+    ``on_retry``. Raises ``error`` (its ``attempts`` set) when the policy gives up."""
+    error.attempts = attempt
+    wait = policy.wait(error, attempt, deadline.remaining())
+    if wait is None:
+        raise error
+    if on_retry is not None:
+        on_retry(RetryEvent(attempt, error, wait))
+    return wait
 
 
 def _left(deadline: Deadline, number: int) -> float | None:
