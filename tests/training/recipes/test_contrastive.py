@@ -244,15 +244,17 @@ def test_exported_encoder_matches_the_trained_one(trained: TrainResult) -> None:
     np.testing.assert_array_equal(ids, trained.kmeans.estimator.predict(keras_z))
 
 
-def test_the_tfserving_model_carries_the_fitted_layers(graph_whitened: TrainResult) -> None:
-    # The version root's SavedModel (training/tfserving.py) for a recipe with custom layers
-    # (edge histograms, whitening, community head): it answers as the service's runtime.
-    version = graph_whitened.out
+def test_the_tfserving_model_carries_the_fitted_layers(trained: TrainResult) -> None:
+    # The version root's SavedModel (training/tfserving.py) for the default recipe, whose
+    # encoder and decoder hold custom layers (unit norms, the scaled head beside the
+    # projector): it answers as the service's runtime. The K = 20 preset's layers (edge
+    # histograms, whitening, community head) are checked by the slow graph tests below.
+    version = trained.out
     manifest = bundle.read_manifest(version)
     runtime = ModelRuntime(version, manifest, bundle.load_centroids(version, manifest),
                            device="/CPU:0", batch_sizes=(1, 8))
-    assert graph_whitened.data.heldout is not None
-    held, _ = to_numpy(graph_whitened.data.heldout)
+    assert trained.data.heldout is not None
+    held, _ = to_numpy(trained.data.heldout)
     served = runtime.run(held[:8], with_reconstruction=True)
     answer = tf.saved_model.load(str(version)).signatures[bundle.SIGNATURE](
         images=tf.constant(held[:8]))
@@ -338,6 +340,9 @@ def graph(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     return run_training(job)
 
 
+# Slow (about 15-25 s each): the graph-communities options of the K = 20 preset, not the
+# default path; `make test-slow` runs them.
+@pytest.mark.slow
 def test_graph_communities_embed_as_community_probabilities(graph: TrainResult) -> None:
     encoder = graph.model.encoder
     names = {layer.name for layer in encoder.layers}
@@ -380,6 +385,9 @@ def test_graph_communities_embed_as_community_probabilities(graph: TrainResult) 
     assert 0.5 < report["head_agreement"] <= 1
 
 
+# Slow (about 15-25 s each): the graph-communities options of the K = 20 preset, not the
+# default path; `make test-slow` runs them.
+@pytest.mark.slow
 def test_graph_communities_repeat_from_the_seed(graph: TrainResult, tmp_path: Path) -> None:
     # The communities and the head come from the seed alone: a second run gives the same
     # bundle's embeddings and centroids.
@@ -401,6 +409,9 @@ def graph_hog(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     return run_training(job)
 
 
+# Slow (about 15-25 s each): the graph-communities options of the K = 20 preset, not the
+# default path; `make test-slow` runs them.
+@pytest.mark.slow
 def test_hog_weight_joins_edge_histograms_inside_the_encoder(graph_hog: TrainResult,
                                                              graph: TrainResult) -> None:
     encoder = graph_hog.model.encoder
@@ -450,6 +461,9 @@ def graph_whitened(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     return run_training(job)
 
 
+# Slow (about 15-25 s each): the graph-communities options of the K = 20 preset, not the
+# default path; `make test-slow` runs them.
+@pytest.mark.slow
 def test_graph_whitening_is_fitted_on_the_training_images_and_served_as_trained(
         graph_whitened: TrainResult, graph_hog: TrainResult) -> None:
     encoder = graph_whitened.model.encoder
@@ -485,8 +499,14 @@ def test_graph_whitening_is_fitted_on_the_training_images_and_served_as_trained(
                            bundle.load_centroids(graph_whitened.out, manifest),
                            device="/CPU:0", batch_sizes=(1, 8))
     runtime.warmup()
-    served = runtime.run(held[:8], with_reconstruction=False)
+    served = runtime.run(held[:8], with_reconstruction=True)
     np.testing.assert_allclose(served.embedding, expected[:8], atol=1e-5)
+    # So does the version root's SavedModel (training/tfserving.py), which TF Serving loads.
+    answer = tf.saved_model.load(str(graph_whitened.out)).signatures[bundle.SIGNATURE](
+        images=tf.constant(held[:8]))
+    np.testing.assert_array_equal(answer["cluster_id"].numpy(), served.cluster_id)
+    np.testing.assert_allclose(answer["reconstruction"].numpy(), served.reconstruction,
+                               rtol=0, atol=1e-5)
     # Whitening changes the graph, hence the communities.
     assert not np.allclose(load_bundle(graph_hog.out).centroids,
                            load_bundle(graph_whitened.out).centroids, atol=1e-3)
@@ -760,6 +780,9 @@ def _train_digits_logged(options: list[str], out: Path, capsys: pytest.CaptureFi
     assert code == 0, err
 
 
+# Slow (about 15-25 s each): the graph-communities options of the K = 20 preset, not the
+# default path; `make test-slow` runs them.
+@pytest.mark.slow
 def test_backbone_and_community_options_reach_the_recipe_and_the_manifest(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:
