@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.by_path import load_module
-from training.cli import PRESETS
-from training.config import ContrastiveConfig
+from training.cli import DEFAULT_MODEL, PRESETS, build_parser, model_options
+from training.config import ContrastiveConfig, model_config
 
 ROOT = Path(__file__).resolve().parents[2]
 quality = load_module(ROOT / "bench" / "quality.py", "bench_quality")
@@ -21,10 +21,29 @@ def test_every_row_is_a_model_config_training_accepts(quick: bool) -> None:
     assert len({row.name for row in rows}) == len(rows)
     for row in rows:
         config = quality.recipe_config(row)
-        assert (config.kind, config.latent_dim, config.epochs) == (row.model, row.latent,
-                                                                    row.epochs)
+        # A setting the row leaves out (None) is the recipe's own default.
+        default = model_config(row.model)
+        assert config.kind == row.model
+        assert config.latent_dim == (default.latent_dim if row.latent is None else row.latent)
+        assert config.epochs == (default.epochs if row.epochs is None else row.epochs)
         if isinstance(config, ContrastiveConfig):
-            assert config.backbone.batch_size == row.batch_size
+            assert isinstance(default, ContrastiveConfig)
+            assert config.backbone.batch_size == (
+                default.backbone.batch_size if row.batch_size is None else row.batch_size)
+
+
+@pytest.mark.parametrize("name, dataset", [("default", "fashion-mnist"),
+                                           ("digits-default", "digits")])
+def test_the_default_rows_train_what_train_does_without_model_options(name: str,
+                                                                       dataset: str) -> None:
+    rows = {row.name: row for row in quality.recipes(False)}
+    row = rows[name]
+    assert row.dataset == dataset and row.extra == {}
+    # `train --dataset D` with nothing else: the parser's model, its config from no flags.
+    args = build_parser().parse_args(["train", "--dataset", dataset, "--out", "x"])
+    assert row.model == args.model == DEFAULT_MODEL
+    assert quality.recipe_config(row) == model_config(args.model, model_options(args))
+    assert rows["default"] in quality.recipes(True)  # QUICK=1 runs it too
 
 
 def test_the_k20_row_trains_the_preset_training_declares() -> None:
