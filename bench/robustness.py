@@ -9,7 +9,10 @@ beside k-means on the raw pixels of the same split:
 - ``inverted``: 1 - x (white on black becomes black on white);
 - ``shifted``: every image rolled by a seeded random -1, 0 or +1 pixel each way (on 8x8
   digits that is an eighth of the image);
-- ``subsampled-half``: a seeded half of the images.
+- ``subsampled-half``: a seeded half of the images;
+- ``enlarged-28``: images smaller than 28x28 resized to 28x28 (bilinear), so the digits
+  come at MNIST's size, the shape of the unseen dataset of issue 41 (small grayscale
+  images, 10 classes); larger images are refused.
 
     .venv/bin/python bench/robustness.py                  # digits, every variant, seed 0
     .venv/bin/python bench/robustness.py --dataset fashion-mnist --variants inverted
@@ -36,7 +39,8 @@ from scipy.optimize import linear_sum_assignment
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-VARIANTS = ("plain", "inverted", "shifted", "subsampled-half")
+VARIANTS = ("plain", "inverted", "shifted", "subsampled-half", "enlarged-28")
+ENLARGED_SIDE = 28
 
 
 def _shifted(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -45,6 +49,18 @@ def _shifted(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         dy, dx = rng.integers(-1, 2, size=2)
         out[i] = np.roll(np.roll(image, dy, axis=0), dx, axis=1)
     return out
+
+
+def _enlarged(images: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import zoom
+
+    height, width = images.shape[1:3]
+    if height > ENLARGED_SIDE or width > ENLARGED_SIDE:
+        raise SystemExit(f"enlarged-28 needs images of at most {ENLARGED_SIDE}x{ENLARGED_SIDE}, "
+                         f"got {height}x{width}")
+    factors = (1, ENLARGED_SIDE / height, ENLARGED_SIDE / width)
+    # order=1: bilinear, which keeps the values inside [0, 1] without clipping.
+    return zoom(images, factors, order=1, grid_mode=True, mode="nearest").astype(images.dtype)
 
 
 def transform(name: str, images: np.ndarray, labels: np.ndarray, *, seed: int
@@ -57,6 +73,7 @@ def transform(name: str, images: np.ndarray, labels: np.ndarray, *, seed: int
         "shifted": lambda: (_shifted(images, rng), labels),
         "subsampled-half": lambda: (lambda keep: (images[keep], labels[keep]))(
             np.sort(rng.permutation(len(images))[: len(images) // 2])),
+        "enlarged-28": lambda: (_enlarged(images), labels),
     }
     if name not in transforms:
         raise SystemExit(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")

@@ -38,6 +38,25 @@ def test_variants_keep_images_and_labels_aligned(images: tuple[np.ndarray, np.nd
         robustness.transform("blurred", x, y, seed=0)
 
 
+def test_enlarged_brings_small_images_to_28_pixels(images: tuple[np.ndarray, np.ndarray]
+                                                  ) -> None:
+    x, y = images
+    enlarged, y_big = robustness.transform("enlarged-28", x, y, seed=0)
+    assert enlarged.shape == (40, 28, 28) and enlarged.dtype == x.dtype and y_big is y
+    assert enlarged.min() >= x.min() and enlarged.max() <= x.max()  # bilinear: no overshoot
+    # A lone bright pixel (i, j) lands in the 3.5x3.5 block of the result that covers it.
+    dots = np.zeros((3, 8, 8), np.float32)
+    for k, (i, j) in enumerate([(0, 0), (3, 5), (7, 2)]):
+        dots[k, i, j] = 1.0
+    big, _ = robustness.transform("enlarged-28", dots, y[:3], seed=0)
+    for k, (i, j) in enumerate([(0, 0), (3, 5), (7, 2)]):
+        row, col = np.unravel_index(int(np.argmax(big[k])), (28, 28))
+        assert 3.5 * i <= row < 3.5 * (i + 1) and 3.5 * j <= col < 3.5 * (j + 1), (i, j)
+        assert big[k].max() == pytest.approx(1.0, abs=0.15)
+    with pytest.raises(SystemExit, match="at most 28x28, got 32x32"):
+        robustness.transform("enlarged-28", np.zeros((2, 32, 32)), y[:2], seed=0)
+
+
 def test_hungarian_accuracy_matches_clusters_to_classes() -> None:
     truth = np.array([0, 0, 1, 1, 2, 2])
     assert robustness.hungarian_accuracy(truth, np.array([2, 2, 0, 0, 1, 1])) == 1.0
