@@ -314,6 +314,8 @@ def head_only(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     return run_training(job)
 
 
+# Slow (about 18 s): `--no-joint-embedding`, an option off the default path; `make test-slow`.
+@pytest.mark.slow
 def test_head_only_embedding_has_no_projector_part(head_only: TrainResult) -> None:
     names = {layer.name for layer in head_only.model.encoder.layers}
     assert "joint_embedding" not in names and "projector" not in names
