@@ -16,7 +16,7 @@ only and is logged and recorded in the manifest:
   values about 0 and clip at 1, so a dark background stays dark while the thing on it
   changes; on a light background the background itself turns a random grey and the clip
   flattens the light parts. Fashion-MNIST inverted (1 - x) scored ACC 0.645 where the plain
-  set scores 0.747 (docs/quality.md). Images whose border is light are therefore inverted
+  images score 0.683 on the same split; with this rule 0.679 (docs/quality.md). Images whose border is light are therefore inverted
   before anything is fitted, and the exported encoder and decoder invert on the way in and
   out, so callers send and get back images as they are. Light means that more than two
   thirds of a seeded sample's border pixels are above mid-grey
