@@ -67,6 +67,52 @@ def oip_router(dataplane: DataPlane, max_images: int) -> APIRouter:
     """Routes of the V2 REST API, bound to one data plane."""
     router = APIRouter(tags=["open-inference-protocol"])
 
+    # Inference first: routes are matched in order, and these are the ones called at rate.
+    async def infer(request: Request, name: str, version: str | None) -> Response:
+        model = params.model_ref(name, version)
+        deadline = params.deadline(request)
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            raise UnsupportedMediaType(f"/infer does not read {encoding}-compressed bodies: "
+                                       "send them uncompressed")
+        header_length = request.headers.get(HEADER_LENGTH)
+        if header_length is None:
+            check_json_media_type(media_type(request.headers.get("content-type")),
+                                  endpoint="/infer", alternatives="JSON and binary tensors "
+                                  "with Inference-Header-Content-Length")
+        with tracing.span("decode"):
+            body = await request.body()
+            parsed = await off_loop(len(body), lambda: parse_request(body, header_length,
+                                                                     max_images=max_images))
+        info, outputs = await dataplane.infer(model, parsed.inputs, parsed.outputs,
+                                              deadline=deadline)
+        # Rendering is CPU work on the event loop like parsing: off it past the same size
+        # (about 8 bytes of JSON per value).
+        size = sum(array.size for array in outputs.values())
+        with tracing.span("encode"):
+            content, json_length = await off_loop(size * 8, render_answer, info, outputs,
+                                                  parsed)
+        if json_length is None:
+            return Response(content, media_type=JSON_MEDIA_TYPE)
+        return Response(content, media_type=BINARY_MEDIA_TYPE,
+                        headers={"Inference-Header-Content-Length": str(json_length)})
+
+    @router.post("/v2/models/{name}/infer", name="v2_infer", responses=ERROR_RESPONSES,
+                 openapi_extra=INFER_BODY, summary="V2 inference (default version)")
+    async def infer_default(request: Request, name: str) -> Response:
+        """Input ``images`` (FP32 in [0, 1] or UINT8, [N, H, W, C]) or ``image_bytes``
+        (BYTES, PNG/JPEG, [N]); outputs ``cluster_id``, ``distance``, ``is_outlier``,
+        ``embedding`` and ``reconstruction``, or those asked for. JSON, or JSON and binary
+        tensors (the binary tensor data extension)."""
+        return await infer(request, name, None)
+
+    @router.post("/v2/models/{name}/versions/{version}/infer", name="v2_infer",
+                 responses=ERROR_RESPONSES, openapi_extra=INFER_BODY,
+                 summary="V2 inference (one version)")
+    async def infer_version(request: Request, name: str, version: VersionSegment) -> Response:
+        """As the default version's inference, answered by ``version``."""
+        return await infer(request, name, version)
+
     @router.get("/v2", name="v2_server_metadata", summary="V2 server metadata")
     async def server_metadata() -> Response:
         """Server name, version and the protocol extensions served."""
@@ -125,51 +171,6 @@ def oip_router(dataplane: DataPlane, max_images: int) -> APIRouter:
     async def ready_version(name: str, version: VersionSegment) -> Response:
         """As the default version's readiness, for ``version``."""
         return model_ready(name, version)
-
-    async def infer(request: Request, name: str, version: str | None) -> Response:
-        model = params.model_ref(name, version)
-        deadline = params.deadline(request)
-        encoding = request.headers.get("content-encoding", "identity").strip().lower()
-        if encoding != "identity":
-            raise UnsupportedMediaType(f"/infer does not read {encoding}-compressed bodies: "
-                                       "send them uncompressed")
-        header_length = request.headers.get(HEADER_LENGTH)
-        if header_length is None:
-            check_json_media_type(media_type(request.headers.get("content-type")),
-                                  endpoint="/infer", alternatives="JSON and binary tensors "
-                                  "with Inference-Header-Content-Length")
-        with tracing.span("decode"):
-            body = await request.body()
-            parsed = await off_loop(len(body), lambda: parse_request(body, header_length,
-                                                                     max_images=max_images))
-        info, outputs = await dataplane.infer(model, parsed.inputs, parsed.outputs,
-                                              deadline=deadline)
-        # Rendering is CPU work on the event loop like parsing: off it past the same size
-        # (about 8 bytes of JSON per value).
-        size = sum(array.size for array in outputs.values())
-        with tracing.span("encode"):
-            content, json_length = await off_loop(size * 8, render_answer, info, outputs,
-                                                  parsed)
-        if json_length is None:
-            return Response(content, media_type=JSON_MEDIA_TYPE)
-        return Response(content, media_type=BINARY_MEDIA_TYPE,
-                        headers={"Inference-Header-Content-Length": str(json_length)})
-
-    @router.post("/v2/models/{name}/infer", name="v2_infer", responses=ERROR_RESPONSES,
-                 openapi_extra=INFER_BODY, summary="V2 inference (default version)")
-    async def infer_default(request: Request, name: str) -> Response:
-        """Input ``images`` (FP32 in [0, 1] or UINT8, [N, H, W, C]) or ``image_bytes``
-        (BYTES, PNG/JPEG, [N]); outputs ``cluster_id``, ``distance``, ``is_outlier``,
-        ``embedding`` and ``reconstruction``, or those asked for. JSON, or JSON and binary
-        tensors (the binary tensor data extension)."""
-        return await infer(request, name, None)
-
-    @router.post("/v2/models/{name}/versions/{version}/infer", name="v2_infer",
-                 responses=ERROR_RESPONSES, openapi_extra=INFER_BODY,
-                 summary="V2 inference (one version)")
-    async def infer_version(request: Request, name: str, version: VersionSegment) -> Response:
-        """As the default version's inference, answered by ``version``."""
-        return await infer(request, name, version)
 
     return router
 

@@ -53,10 +53,10 @@ def health_router(dataplane: DataPlane, metrics: Metrics) -> APIRouter:
     return router
 
 
-def operations_router(dataplane: DataPlane, metrics: Metrics) -> APIRouter:
-    """The routes of :func:`health_router` and ``/v1/models``."""
+def operations_router(dataplane: DataPlane) -> APIRouter:
+    """``/v1/models``: the loaded model versions (the main port serves :func:`health_router`'s
+    routes beside it)."""
     router = APIRouter()
-    router.include_router(health_router(dataplane, metrics))
 
     @router.get("/v1/models", name="list_models", summary="Loaded model versions",
                 tags=["operations"])

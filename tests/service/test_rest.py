@@ -21,15 +21,18 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from PIL import Image
 from sklearn.datasets import load_digits
+from starlette.routing import Mount, Route
 
 from service import bundle
 from service.dataplane import DataPlane
 from service.metrics import Metrics
 from service.repository import ModelRepository
 from service.rest import create_app
+from service.rest.app import UNKNOWN_ROUTE, add_routes
 from service.runtime import runtime_factory
 from service.settings import Settings
 from service.types import ClusterOptions, ImageInput, ModelRef
@@ -177,6 +180,23 @@ def test_health_readiness_and_metrics(client: httpx.Client) -> None:
     assert 'aecluster_model_info{' in metrics.text
     models = client.get("/v1/models").json()["models"]
     assert [(m["name"], m["version"], m["n_clusters"]) for m in models] == [("digits", 1, 10)]
+
+
+def test_routes_sit_on_the_app_in_serving_order(live: LiveServer) -> None:
+    """No included-router nodes (FastAPI >= 0.137 walks each one twice per request: issue 38
+    measured 126 against 73 µs a request), inference routes first, the catch-all last."""
+    app = live.app
+    assert all(isinstance(route, (APIRoute, Route, Mount)) for route in app.router.routes), \
+        [type(route).__name__ for route in app.router.routes]
+    names = [route.name for route in app.router.routes if isinstance(route, APIRoute)]
+    # The first of the V2, native and TF Serving routes answers inference; "unknown" (every
+    # other /v1/models path) comes after all of them, or it would answer their requests.
+    model_routes = [i for i, name in enumerate(names)
+                    if name.startswith(("v2_", "cluster", "predict", "model_"))]
+    assert names[model_routes[0]] == "v2_infer"
+    assert names.index(UNKNOWN_ROUTE) > model_routes[-1]
+    with pytest.raises(ValueError, match="prefix"):
+        add_routes(FastAPI(), [APIRouter(prefix="/x")])
 
 
 def test_openapi_documents_the_native_endpoint(client: httpx.Client) -> None:
