@@ -425,14 +425,19 @@ def _check_float_images(inputs: Mapping[str, np.ndarray], spec: bundle.InputSpec
             f"got {list(raw.shape)}; send encoded images to signature {BYTES_SIGNATURE} to have "
             "them resized"
         )
-    images = raw.astype(np.float32)
-    if not np.all(np.isfinite(images)):
-        raise InvalidInput("input 'images' contains NaN or infinite values")
-    if images.size and (images.min() < 0.0 or images.max() > 1.0):
-        raise InvalidInput(
-            f"input 'images' must be scaled to [0, 1], got values in "
-            f"[{images.min():.3g}, {images.max():.3g}]; divide 8-bit pixels by 255"
-        )
+    images = raw.astype(np.float32, copy=False)
+    if images.size:
+        # Two passes, not four: NaN carries into min and max, and NaN or an infinity fails
+        # the range test like any value out of [0, 1] (profiled, issue 38: the separate
+        # isfinite pass and the copy were 9 % of the V2 JSON request's samples).
+        low, high = float(images.min()), float(images.max())
+        if not (low >= 0.0 and high <= 1.0):
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise InvalidInput("input 'images' contains NaN or infinite values")
+            raise InvalidInput(
+                f"input 'images' must be scaled to [0, 1], got values in "
+                f"[{low:.3g}, {high:.3g}]; divide 8-bit pixels by 255"
+            )
     return images
 
 

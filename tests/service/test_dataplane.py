@@ -156,6 +156,12 @@ async def test_predict_signatures_and_output_filter(plane: DataPlane, model_repo
         (None, {"images": np.zeros((1, 8, 8))}, None, InvalidInput, r"shape \[N, 8, 8, 1\]"),
         (None, {"images": np.zeros((1, 8, 8, 3))}, None, InvalidInput, r"shape \[N, 8, 8, 1\]"),
         (None, {"images": np.full((1, 8, 8, 1), np.inf)}, None, InvalidInput, "infinite"),
+        # One NaN among valid pixels: min and max carry it, the range test must not pass it.
+        (None, {"images": np.pad(np.full((1, 1, 1, 1), np.nan, np.float32),
+                                 ((0, 0), (0, 7), (0, 7), (0, 0)), constant_values=0.5)},
+         None, InvalidInput, "NaN"),
+        (None, {"images": np.full((1, 8, 8, 1), -0.5, np.float32)}, None, InvalidInput,
+         r"\[-0.5, -0.5\]"),
         (None, {"images": np.full((1, 8, 8, 1), 255.0)}, None, InvalidInput, "divide 8-bit"),
         (None, {"images": np.array([["a"]])}, None, InvalidInput, "numeric"),
         (None, {"images": np.zeros((0, 8, 8, 1))}, None, InvalidInput, "no images"),
