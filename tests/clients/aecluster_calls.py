@@ -68,7 +68,8 @@ class Recorder:
         with self._lock:
             self.events.append({"attempt": event.attempt, "code": event.error.code,
                                 "http_status": event.error.http_status,
-                                "retry_after": event.error.retry_after, "wait": event.wait})
+                                "retry_after": event.error.retry_after, "wait": event.wait,
+                                "reason": event.error.reason})
 
 
 def sync_calls(http: str, target: str, images: list[Any]) -> dict[str, Any]:

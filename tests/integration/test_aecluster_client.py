@@ -28,6 +28,8 @@ CALLS = ROOT / "tests" / "clients" / "aecluster_calls.py"
 IMAGES = [ROOT / "examples" / f"digit-{n}.png" for n in (8, 9, 0, 5)]
 # The default policy's backoff (aecluster_client.retry.RetryPolicy): the jitter's ceiling.
 INITIAL_BACKOFF, MAX_BACKOFF = 0.1, 5.0
+# What the client says when grpc.aio lost a stream's status (its _grpc._error).
+LOST_STATUS = "grpc/grpc#36066"
 TRANSPORTS = ("grpc", "http", "grpc_async", "http_async")
 
 
@@ -165,9 +167,16 @@ def test_an_overloaded_server_answers_every_call_after_retries(seen: dict[str, A
         retries = load[name]["retries"]
         print(f"overloaded {name}: {len(retries)} retries, waits "
               f"{[round(e['wait'], 3) for e in retries]} s after retry_after "
-              f"{sorted({e['retry_after'] for e in retries})} s")
+              f"{[e['retry_after'] for e in retries]} s")
         assert retries, f"{name}: four callers at a queue of two, and no call was retried"
         for event in retries:
+            if name == "stream_async" and LOST_STATUS in event["reason"]:
+                # grpc.aio can lose a stream's status (grpc/grpc#36066): the full queue's
+                # RESOURCE_EXHAUSTED then reaches the client as INTERNAL without its
+                # pushback, and the client retries it as UNAVAILABLE (aecluster_client's
+                # _grpc._error). Seen once in a fresh-clone CI run, 2026-12-07.
+                assert event["code"] == "UNAVAILABLE" and event["retry_after"] is None, event
+                continue
             assert event["code"] == "RESOURCE_EXHAUSTED", event
             assert event["http_status"] == (503 if name == "http" else None), event
             # Honoured: never sooner than the server asked, at most the jitter's ceiling later.
