@@ -3,6 +3,8 @@ the ceiling of a server that does the job, not of one that skips it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +50,21 @@ def _model_and_images(version_dir: Path) -> tuple[ModelRuntime, np.ndarray]:
     return model, images
 
 
+@contextmanager
+def _child(mode: str, version_dir: Path, tmp_path: Path) -> Iterator[int]:
+    """One of ceiling.py's stripped servers on a free port; its port, stopped on exit."""
+    port = run.free_port()
+    proc = ceiling._start_child(mode, port, version_dir, tmp_path / f"{mode}.log")
+    try:
+        yield port
+    finally:
+        ceiling._stop_child(proc)
+
+
 def test_the_minimal_server_answers_as_the_model_does(digits_bundle: Path,
                                                        tmp_path: Path) -> None:
     model, images = _model_and_images(digits_bundle)
-    port = run.free_port()
-    proc = ceiling._start_child("minimal", port, digits_bundle, tmp_path / "minimal.log")
-    try:
+    with _child("minimal", digits_bundle, tmp_path) as port:
         for image in images:
             expected = model.run(image[None], with_reconstruction=True)
             assert expected.reconstruction is not None
@@ -63,28 +74,19 @@ def test_the_minimal_server_answers_as_the_model_does(digits_bundle: Path,
             recon = np.frombuffer(answer.reconstruction_array.data, np.float32)
             assert recon.shape == (expected.reconstruction[0].size,)
             assert not _call(port, image, False).predictions[0].HasField("reconstruction_array")
-    finally:
-        ceiling._stop_child(proc)
 
 
 def test_the_bare_server_answers_a_canned_prediction(digits_bundle: Path,
                                                      tmp_path: Path) -> None:
-    port = run.free_port()
-    proc = ceiling._start_child("bare", port, digits_bundle, tmp_path / "bare.log")
-    try:
+    with _child("bare", digits_bundle, tmp_path) as port:
         answer = _call(port, np.zeros((8, 8, 1), np.float32), True)
         assert [p.cluster_id for p in answer.predictions] == [3]
-    finally:
-        ceiling._stop_child(proc)
 
 
 def test_the_minimal_http_server_answers_as_the_model_does(digits_bundle: Path,
                                                             tmp_path: Path) -> None:
     model, images = _model_and_images(digits_bundle)
-    port = run.free_port()
-    proc = ceiling._start_child("minimal-http", port, digits_bundle,
-                                tmp_path / "minimal-http.log")
-    try:
+    with _child("minimal-http", digits_bundle, tmp_path) as port:
         for image in images:
             expected = model.run(image[None], with_reconstruction=True)
             assert expected.reconstruction is not None
@@ -102,22 +104,16 @@ def test_the_minimal_http_server_answers_as_the_model_does(digits_bundle: Path,
             assert len(recon["data"]) == expected.reconstruction[0].size
             without = _post(port, image, False)
             assert [t["name"] for t in without["outputs"]] == ["cluster_id", "distance"]
-    finally:
-        ceiling._stop_child(proc)
 
 
 def test_the_bare_http_server_answers_a_canned_prediction(digits_bundle: Path,
                                                           tmp_path: Path) -> None:
-    port = run.free_port()
-    proc = ceiling._start_child("bare-http", port, digits_bundle, tmp_path / "bare-http.log")
-    try:
+    with _child("bare-http", digits_bundle, tmp_path) as port:
         answer = _post(port, np.zeros((8, 8, 1), np.float32), False)
         outputs = {tensor["name"]: tensor["data"] for tensor in answer["outputs"]}
         assert outputs["cluster_id"] == [3]
         assert outputs["distance"] == [1.5]
         assert len(outputs["reconstruction"]) == 28 * 28
-    finally:
-        ceiling._stop_child(proc)
 
 
 def test_the_markdown_has_a_protocol_column() -> None:
