@@ -12,10 +12,12 @@ import contextvars
 import datetime as dt
 import json
 import logging
+import random
 import re
 import sys
-import uuid
 from typing import Any
+
+import orjson
 
 from service import tracing
 
@@ -48,8 +50,14 @@ def escape_controls(text: str, *, keep_newlines: bool = False) -> str:
 
 
 def new_request_id() -> str:
-    """A fresh request id (uuid4, 32 hex digits)."""
-    return uuid.uuid4().hex
+    """A fresh request id: 128 random bits as 32 hex digits.
+
+    From Python's Mersenne Twister, as OpenTelemetry's trace ids are, not the OS's entropy:
+    an id names a request in the logs and is no secret, and ``uuid.uuid4()`` took 2.1 µs
+    against 0.3 µs, on every request's event loop (issue 38). ``random`` re-seeds itself in a
+    forked child, so server processes do not repeat each other's ids.
+    """
+    return f"{random.getrandbits(128):032x}"
 
 
 class RequestIdFilter(logging.Filter):
@@ -96,9 +104,15 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             entry["stack_info"] = self.formatStack(record.stack_info)
         # default=str: an extra field that JSON cannot hold (a Path, a numpy scalar) must
-        # never make a log call fail. JSON escapes C0 controls itself; the rest are escaped
-        # here (as JSON \\u escapes, so the value reads back unchanged).
-        line = json.dumps(entry, default=str, ensure_ascii=False)
+        # never make a log call fail. orjson writes an access-log line in 0.3 µs against
+        # the standard library's 3.7 µs (issue 38: one per request); what orjson
+        # refuses even so (an integer past 64 bits) goes through the standard library. JSON
+        # escapes C0 controls itself; the rest are escaped here (as JSON \\u escapes, so the
+        # value reads back unchanged).
+        try:
+            line = orjson.dumps(entry, default=str).decode("utf-8")
+        except orjson.JSONEncodeError:
+            line = json.dumps(entry, default=str, ensure_ascii=False)
         return _CONTROL.sub(lambda match: f"\\u{ord(match.group()):04x}", line)
 
 

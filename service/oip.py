@@ -35,6 +35,12 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
     "BYTES": np.dtype(object),
 }
+# Each numeric datatype by its dtype in either byte order: an output's datatype is one
+# lookup (issue 38: the loop over DATATYPES took about 5 µs a request).
+_DATATYPE_OF_DTYPE: dict[np.dtype[Any], str] = {
+    dtype.newbyteorder(order): name for name, dtype in DATATYPES.items() if dtype.kind != "O"
+    for order in ("<", ">")
+}
 # The data plane's TensorInfo dtype names -> V2 datatypes (model metadata).
 _METADATA_TYPES = {"float32": "FP32", "int64": "INT64", "bool": "BOOL", "string": "BYTES"}
 # A BYTES element's length prefix in the raw layout: 4 bytes, little-endian.
@@ -112,10 +118,10 @@ def datatype_of(array: np.ndarray) -> str:
     """The V2 datatype of an output array."""
     if array.dtype.kind in "OSU":
         return "BYTES"
-    for datatype, dtype in DATATYPES.items():
-        if dtype.kind != "O" and dtype == array.dtype.newbyteorder("<"):
-            return datatype
-    raise TypeError(f"no V2 datatype for {array.dtype}")
+    datatype = _DATATYPE_OF_DTYPE.get(array.dtype)
+    if datatype is None:
+        raise TypeError(f"no V2 datatype for {array.dtype}")
+    return datatype
 
 
 def check_shape(shape: Any, name: str, *, max_images: int) -> tuple[int, ...]:

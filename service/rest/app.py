@@ -24,18 +24,19 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from service.dataplane import DataPlane
-from service.errors import InternalError, ServiceError
+from service.errors import ServiceError
 from service.metrics import Metrics
 from service.oip import server_version
 from service.rest.clusters import clusters_router
-from service.rest.encoding import error_response, service_error_response
+from service.rest.direct import DirectRoutes
+from service.rest.encoding import error_response, logged_error_response
 from service.rest.middleware import AuthMiddleware, RequestContextMiddleware
 from service.rest.native import cluster_router
-from service.rest.oip import oip_router
+from service.rest.oip import oip_inference_router, oip_router
 from service.rest.operations import health_router, operations_router
 from service.rest.page import add_page
 from service.rest.schemas import ClusterRequest, PredictRequest
-from service.rest.tfserving import tfserving_router
+from service.rest.tfserving import tfserving_inference_router, tfserving_router
 from service.security import Security
 from service.settings import Settings
 from service.traffic import Traffic
@@ -129,24 +130,30 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics,
     _add_offline_docs(app)
     # app.state.traffic: when the last request came, for the server's drain (server.py).
     app.state.traffic = Traffic()
-    # Inside the request context (added last, so outermost): a refusal has a request id, is
-    # counted and logged like any other answer.
-    if security.tokens is not None:
-        app.add_middleware(AuthMiddleware, tokens=security.tokens)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics,
-                       max_body_bytes=settings.max_body_bytes,
-                       draining=lambda: dataplane.draining, traffic=app.state.traffic)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     # Inference first: a request is matched against the routes in order, and these are
     # the ones called at rate. Their paths overlap no other router's (/v2/..., ":cluster",
     # ":predict"), so the order changes nothing else.
-    routers = [oip_router(dataplane, settings.max_images_per_request),
-               cluster_router(dataplane, settings), tfserving_router(dataplane),
+    inference = [oip_inference_router(dataplane, settings.max_images_per_request),
+                 cluster_router(dataplane, settings), tfserving_inference_router(dataplane)]
+    routers = [*inference, oip_router(dataplane), tfserving_router(dataplane),
                clusters_router(dataplane), health_router(dataplane, metrics),
                operations_router(dataplane)]
     add_routes(app, routers)
+    # Middlewares, innermost first (add_middleware puts each outside the ones before it):
+    # the inference routes served without FastAPI's per-request machinery; then the token
+    # check; then the request context, so that a refusal has a request id and is counted
+    # and logged like any other answer.
+    app.add_middleware(DirectRoutes, routes=[route for router in inference
+                                             for route in router.routes
+                                             if isinstance(route, APIRoute)])
+    if security.tokens is not None:
+        app.add_middleware(AuthMiddleware, tokens=security.tokens)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics,
+                       max_body_bytes=settings.max_body_bytes,
+                       draining=lambda: dataplane.draining, traffic=app.state.traffic)
     add_page(app)
     # Last: anything else under /v1/models is answered here: 405 with Allow when another
     # method serves the path, else 404 with the valid endpoints.
@@ -192,12 +199,7 @@ def add_routes(app: FastAPI, routers: list[APIRouter]) -> None:
 async def _service_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, ServiceError):  # pragma: no cover - registered for ServiceError
         raise exc
-    if isinstance(exc, InternalError) or exc.http_status == HTTPStatus.INTERNAL_SERVER_ERROR:
-        logger.error("internal error: %s", exc.message, exc_info=exc)
-    else:
-        logger.info("request refused (%d): %s", exc.http_status, exc.message,
-                    extra={"error_class": type(exc).__name__})
-    return service_error_response(exc)
+    return logged_error_response(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

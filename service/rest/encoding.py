@@ -10,8 +10,10 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 import math
 from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 import numpy as np
@@ -28,6 +30,8 @@ from service.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
+
+logger = logging.getLogger(__name__)
 
 # What a caller sees of a 500: the details are in the server's log only.
 INTERNAL_MESSAGE = "internal server error; the server log has the details"
@@ -212,6 +216,18 @@ def error_response(message: str, status_code: int,
                    headers: Mapping[str, str] | None = None) -> Response:
     """The body every error has: ``{"error": message}``."""
     return json_response({"error": message}, status_code=status_code, headers=headers)
+
+
+def logged_error_response(exc: ServiceError) -> Response:
+    """:func:`service_error_response`, with the refusal logged: at INFO with its class, or
+    with its traceback at ERROR for an internal error. What every REST path answers a
+    :class:`ServiceError` with."""
+    if isinstance(exc, InternalError) or exc.http_status == HTTPStatus.INTERNAL_SERVER_ERROR:
+        logger.error("internal error: %s", exc.message, exc_info=exc)
+    else:
+        logger.info("request refused (%d): %s", exc.http_status, exc.message,
+                    extra={"error_class": type(exc).__name__})
+    return service_error_response(exc)
 
 
 def service_error_response(exc: ServiceError) -> Response:

@@ -63,11 +63,11 @@ INFER_BODY: dict[str, Any] = {
 }
 
 
-def oip_router(dataplane: DataPlane, max_images: int) -> APIRouter:
-    """Routes of the V2 REST API, bound to one data plane."""
+def oip_inference_router(dataplane: DataPlane, max_images: int) -> APIRouter:
+    """The V2 ``/infer`` routes, bound to one data plane (served directly:
+    ``service/rest/direct.py``)."""
     router = APIRouter(tags=["open-inference-protocol"])
 
-    # Inference first: routes are matched in order, and these are the ones called at rate.
     async def infer(request: Request, name: str, version: str | None) -> Response:
         model = params.model_ref(name, version)
         deadline = params.deadline(request)
@@ -112,6 +112,14 @@ def oip_router(dataplane: DataPlane, max_images: int) -> APIRouter:
     async def infer_version(request: Request, name: str, version: VersionSegment) -> Response:
         """As the default version's inference, answered by ``version``."""
         return await infer(request, name, version)
+
+    return router
+
+
+def oip_router(dataplane: DataPlane) -> APIRouter:
+    """The V2 REST API's server and model metadata, health and readiness routes, bound to
+    one data plane."""
+    router = APIRouter(tags=["open-inference-protocol"])
 
     @router.get("/v2", name="v2_server_metadata", summary="V2 server metadata")
     async def server_metadata() -> Response:

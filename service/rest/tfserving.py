@@ -45,8 +45,9 @@ STATUS_EXAMPLE = {"model_version_status": [
 ]}
 
 
-def tfserving_router(dataplane: DataPlane) -> APIRouter:
-    """Routes of TF Serving's REST API, bound to one data plane."""
+def tfserving_inference_router(dataplane: DataPlane) -> APIRouter:
+    """TF Serving's ``:predict`` routes, bound to one data plane (served directly:
+    ``service/rest/direct.py``)."""
     router = APIRouter(tags=["tensorflow-serving"])
 
     async def predict(request: Request, name: str, version: str | None) -> Response:
@@ -83,6 +84,13 @@ def tfserving_router(dataplane: DataPlane) -> APIRouter:
     async def predict_version(request: Request, name: str, version: VersionSegment) -> Response:
         """TF Serving's ``:predict`` answered by ``version``."""
         return await predict(request, name, version)
+
+    return router
+
+
+def tfserving_router(dataplane: DataPlane) -> APIRouter:
+    """TF Serving's model status and metadata routes, bound to one data plane."""
+    router = APIRouter(tags=["tensorflow-serving"])
 
     def status(name: str, version: str | None) -> Response:
         rows = dataplane.model_status(params.model_name(name), params.model_version(version))

@@ -31,9 +31,24 @@ def _lines(text: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def test_new_request_id_is_uuid4_hex() -> None:
-    first, second = logs.new_request_id(), logs.new_request_id()
-    assert re.fullmatch(r"[0-9a-f]{32}", first) and first != second
+def test_new_request_ids_are_32_hex_digits_and_do_not_repeat() -> None:
+    ids = [logs.new_request_id() for _ in range(10_000)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in ids)
+    assert len(set(ids)) == len(ids)
+    # Leading zeros are kept: every id has the same length.
+    assert any(rid.startswith("0") for rid in ids)
+
+
+def test_json_lines_hold_values_that_orjson_refuses_or_changes(
+        capsys: pytest.CaptureFixture[str], restore_root: None) -> None:
+    logs.configure_logging("INFO", json_format=True)
+    log = logging.getLogger("aecluster.test")
+    log.info("big", extra={"count": 2**70, "ratio": float("nan"), "where": Path("/m")})
+    log.info("keys", extra={"by_version": {1: "ready"}})
+    big, keys = _lines(capsys.readouterr().err)
+    # An integer past 64 bits or a non-string key: the standard library writes the line.
+    assert big["count"] == 2**70 and big["where"] == "/m"
+    assert keys["by_version"] == {"1": "ready"}
 
 
 def test_json_lines_carry_request_id_extras_and_tracebacks(

@@ -16,13 +16,14 @@ only and is logged and recorded in the manifest:
   values about 0 and clip at 1, so a dark background stays dark while the thing on it
   changes; on a light background the background itself turns a random grey and the clip
   flattens the light parts. Fashion-MNIST inverted (1 - x) scored ACC 0.645 where the plain
-  images score 0.683 on the same split; with this rule 0.679 (docs/quality.md). Images whose border is light are therefore inverted
-  before anything is fitted, and the exported encoder and decoder invert on the way in and
-  out, so callers send and get back images as they are. Light means that more than two
-  thirds of a seeded sample's border pixels are above mid-grey
-  (:data:`LIGHT_BORDER_SHARE`). Measured on the training images: Fashion-MNIST 0.04 and
-  the digits 0.15 (their ink reaches the edge), their inversions 0.96 and 0.84; uniform
-  noise 0.5. Images without one light background (most photographs) are left as they are.
+  images score 0.683 on the same split; with this rule 0.679 (docs/quality.md). Images
+  whose border is light are therefore inverted before anything is fitted, and the exported
+  encoder and decoder invert on the way in and out, so callers send and get back images
+  as they are. Light means that more than two thirds of a seeded sample's border pixels are
+  above mid-grey (:data:`LIGHT_BORDER_SHARE`). Measured on the training images:
+  Fashion-MNIST 0.04 and the digits 0.15 (their ink reaches the edge), their inversions
+  0.96 and 0.84; uniform noise 0.5. Images without one light background (most
+  photographs) are left as they are.
 - **Backbone epochs** (:func:`backbone_epochs`): 15 epochs are 3,500 steps on 60,000 images
   but about 100 on digits' 1,617; the backbone trains for at least
   :data:`MIN_BACKBONE_STEPS` steps, as the head and decoder already do.
