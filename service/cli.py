@@ -57,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env = "AEC_" + name.upper()
-        help_text = f"{field.description} [env {env}; default: {field.default}]"
+        # argparse %-formats help text: a literal "%" in a description ("+20 %") must be
+        # doubled, or --help fails.
+        help_text = f"{field.description} [env {env}; default: {field.default}]".replace(
+            "%", "%%")
         if _is_flag(field.annotation):
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
