@@ -3,7 +3,7 @@
 FastAPI's per-request machinery - its exception and exit-stack middlewares, the router's
 walk, dependency solving and the endpoint wrapper - cost about 100 µs of event-loop CPU per
 request, a quarter of a V2 JSON inference request's (issue 38, measured in-process with the
-real model at 32 concurrent requests: 365 → 265 µs). The inference endpoints need none of it:
+real model at 32 concurrent requests, three alternating pairs: 353-375 → 250-282 µs). The inference endpoints need none of it:
 they take the request and their path segments as strings, read and check the body
 themselves, and return a finished :class:`Response`. :class:`DirectRoutes` sits inside the
 request-context and token middlewares, matches those routes itself and calls their endpoints;
