@@ -2,13 +2,14 @@
 
 FastAPI's per-request machinery - its exception and exit-stack middlewares, the router's
 walk, dependency solving and the endpoint wrapper - cost about 100 µs of event-loop CPU per
-request, a quarter of a V2 JSON inference request's (issue 38, measured in-process with the
-real model at 32 concurrent requests, three alternating pairs: 353-375 → 250-282 µs). The inference endpoints need none of it:
-they take the request and their path segments as strings, read and check the body
-themselves, and return a finished :class:`Response`. :class:`DirectRoutes` sits inside the
-request-context and token middlewares, matches those routes itself and calls their endpoints;
-every other request goes on to FastAPI. The routes stay registered on the app as well, so
-``/docs`` and the OpenAPI document describe them as before.
+request, a quarter of a V2 JSON inference request's (issue 38, measured in-process with
+the real model at 32 concurrent requests, three alternating pairs: 353-375 → 250-282 µs).
+The inference endpoints need none of it: they take the request and their path segments as
+strings, read and check the body themselves, and return a finished :class:`Response`.
+:class:`DirectRoutes` sits inside the request-context and token middlewares, matches those
+routes itself and calls their endpoints; every other request goes on to FastAPI. The routes
+stay registered on the app as well, so ``/docs`` and the OpenAPI document describe them as
+before.
 """
 
 from __future__ import annotations
