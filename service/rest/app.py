@@ -8,7 +8,6 @@ traceback and answered 500 with a generic message (see :mod:`service.rest.middle
 
 from __future__ import annotations
 
-import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -40,8 +39,6 @@ from service.rest.tfserving import tfserving_inference_router, tfserving_router
 from service.security import Security
 from service.settings import Settings
 from service.traffic import Traffic
-
-logger = logging.getLogger(__name__)
 
 # FastAPI's built-in OpenTelemetry spans, metrics and logs, off: the service traces,
 # counts and logs each request itself (service/tracing.py, metrics.py, middleware.py), and

@@ -74,16 +74,16 @@ class DirectRoutes:
         for route in routes:
             check_direct(route)
         self.app = app
-        self._routes = [(route, route.endpoint) for route in routes]
+        self._routes = list(routes)
         self._methods = frozenset(m for route in routes for m in (route.methods or ()))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in self._methods:
-            for route, endpoint in self._routes:
+            for route in self._routes:
                 match, child = route.matches(scope)
                 if match is Match.FULL:
                     scope.update(child)
-                    response = await _answer(endpoint, Request(scope, receive),
+                    response = await _answer(route.endpoint, Request(scope, receive),
                                              child["path_params"])
                     await response(scope, receive, send)
                     return
