@@ -63,7 +63,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check training service tests bench scripts clients
+	$(PY) -m ruff check .
 	$(PY) -m mypy training service clients/python/aecluster_client
 
 ## make bench: the serving benchmark, against the in-process model and MLServer, with h2load

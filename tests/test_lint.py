@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# The folders `make lint` checks.
-CHECKED = ("training", "service", "tests", "bench", "scripts", "clients")
 
 
 def test_ruff_finds_nothing() -> None:
-    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", *CHECKED],
+    # The whole tree, as `make lint`: pyproject.toml's exclusions and .gitignore (the venvs)
+    # say what is left out, so a new folder is checked without being listed here.
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."],
                           cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
     assert "All checks passed" in done.stdout
