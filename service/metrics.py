@@ -18,6 +18,7 @@ an unknown model or version, a 404 route) counts under :data:`NO_MODEL`.
 from __future__ import annotations
 
 import threading
+import weakref
 from contextvars import ContextVar
 
 import numpy as np
@@ -160,6 +161,30 @@ class Metrics:
             "Model versions refused because verification or loading failed.",
             ("model",), registry=reg,
         )
+        # The metrics labelled by version, whose series go when the version is unloaded.
+        self._by_version = (
+            self.requests_total, self.request_duration_seconds, self.queue_depth,
+            self.batch_size, self.inference_duration_seconds, self.cluster_assignments_total,
+            self.distance, self.outliers_total, self.reconstruction_error, self.model_info,
+        )
+        # RequestMetrics that cache label children; they drop an unloaded version's too.
+        self._request_caches: weakref.WeakSet[RequestMetrics] = weakref.WeakSet()
+
+    def forget_version(self, model: str, version: int) -> None:
+        """Remove every series of an unloaded version from the exposition.
+
+        Without this, each version a long-running server ever loaded kept its few hundred
+        series (request counts and latency buckets per method and code, one counter per
+        cluster, the per-image histograms) until the process ended, and a model retrained
+        hourly added them every hour. Increments made after the last scrape before the
+        unload are not seen; the version's series simply stop, as Prometheus expects of a
+        target's series that go away. A version loaded again starts from zero.
+        """
+        labels = {"model": model, "version": str(version)}
+        for metric in self._by_version:
+            metric.remove_by_labels(labels)
+        for cache in list(self._request_caches):
+            cache.forget((model, str(version)))
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """The exposition text of every metric and the content type to send it with.
@@ -186,6 +211,7 @@ class RequestMetrics:
         self._metrics = metrics
         self._protocol = protocol
         self._children: dict[tuple[str, object, tuple[str, str]], tuple[Counter, Histogram]] = {}
+        metrics._request_caches.add(self)
 
     def record(self, method: str, code: object, model: tuple[str, str],
                seconds: float, exemplar: dict[str, str] | None = None) -> None:
@@ -200,6 +226,17 @@ class RequestMetrics:
             )
         children[0].inc()
         children[1].observe(seconds, exemplar)
+
+    def forget(self, model: tuple[str, str]) -> None:
+        """Drop the cached children of ``model`` (name, version) after its series went.
+
+        A cached child outlives its removal from the metric: counting on it again would
+        count where no scrape looks. The items are copied in one step and the dict is
+        replaced, not changed in place: a ``record`` that adds a key meanwhile cannot break
+        the loop, and at worst looks its children up again.
+        """
+        self._children = {key: children for key, children in list(self._children.items())
+                          if key[2] != model}
 
 
 class VersionMetrics:

@@ -322,8 +322,7 @@ class ModelRepository:
         await lv.batcher.stop(self._settings.drain_seconds)
         lv.state = "END"
         self._unloaded[(lv.name, lv.version)] = VersionStatus(lv.version, "END")
-        with contextlib.suppress(KeyError):
-            self._metrics.model_info.remove(*_info_labels(lv.manifest).values())
+        self._metrics.forget_version(lv.name, lv.version)
 
     # ---- lookups ---------------------------------------------------------------------
 

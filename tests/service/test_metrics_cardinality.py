@@ -1,10 +1,11 @@
 """Model labels come only from loaded versions: 500 requests naming random models, over the
 real FastAPI app (httpx) and the real gRPC server on one data plane and a real digits bundle,
-leave the number of series in /metrics unchanged."""
+leave the number of series in /metrics unchanged, and an unloaded version's series go."""
 
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from service.repository import ModelRepository
 from service.rest import create_app
 from service.runtime import runtime_factory
 from service.settings import Settings
+from tests.service.bundles import clone_version
 
 pytestmark = pytest.mark.anyio
 
@@ -47,6 +49,8 @@ class Stack:
     http: httpx.AsyncClient
     channel: grpc.aio.Channel
     metrics: Metrics
+    repository: ModelRepository
+    repo: Path
 
 
 @pytest.fixture
@@ -62,7 +66,7 @@ async def stack(model_repo: Path) -> AsyncIterator[Stack]:
     transport = httpx.ASGITransport(app=create_app(dataplane, settings, metrics))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http, \
             grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield Stack(http, channel, metrics)
+        yield Stack(http, channel, metrics, repository, model_repo)
     await server.stop(0)
     await repository.stop(1)
 
@@ -181,3 +185,51 @@ async def test_random_model_names_do_not_grow_the_series(stack: Stack) -> None:
     assert _requests_counted(after) - _requests_counted(before) == RANDOM_NAMES + 1  # + scrape
     models = {dict(labels).get("model") for _, labels in series_after}
     assert models == {None, "_none", "digits"}, models
+
+
+async def _serve_every_kind(stack: Stack) -> None:
+    """One answered request of each inference kind on digits, over HTTP and gRPC."""
+    instances = {"instances": DIGIT.tolist()}
+    for path in ("/v1/models/digits:cluster", "/v1/models/digits:predict"):
+        assert (await stack.http.post(path, json=instances)).status_code == 200
+    v2_body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 8, 8, 1],
+                           "data": DIGIT.ravel().tolist()}]}
+    assert (await stack.http.post("/v2/models/digits/infer", json=v2_body)).status_code == 200
+    await _grpc_calls(stack.channel)[0]("digits")  # native Cluster
+    await _grpc_calls(stack.channel)[1]("digits")  # TF Serving Predict
+
+
+def _versions(text: str) -> Counter[str]:
+    """Series per version label (of the digits model) in an exposition."""
+    return Counter(dict(labels).get("version", "") for _, labels in _series(text)
+                   if dict(labels).get("model") == "digits")
+
+
+async def test_an_unloaded_versions_series_leave_the_exposition(stack: Stack) -> None:
+    await _serve_every_kind(stack)
+    first = (await stack.http.get("/metrics")).text
+    assert _versions(first)["1"] > 100, _versions(first)  # requests, clusters, histograms
+
+    # Version 2 replaces version 1 (hot reload): version 1's series go, 2's come with traffic.
+    clone_version(stack.repo / "digits" / "1", stack.repo, "digits", 2)
+    await stack.repository.poll_once()
+    await _serve_every_kind(stack)
+    second = (await stack.http.get("/metrics")).text
+    assert _versions(second)["1"] == 0, sorted(
+        name for name, labels in _series(second) if ("version", "1") in labels)[:5]
+    assert _versions(second)["2"] == _versions(first)["1"], (_versions(first),
+                                                             _versions(second))
+    assert any(name == "aecluster_model_info" and ("version", "2") in labels
+               for name, labels in _series(second))
+
+    # Version 2 removed: the server falls back to version 1, which counts from zero again,
+    # through the same transports' cached label children.
+    shutil.rmtree(stack.repo / "digits" / "2")
+    await stack.repository.poll_once()
+    await _serve_every_kind(stack)
+    third = (await stack.http.get("/metrics")).text
+    assert _versions(third)["2"] == 0
+    assert _versions(third)["1"] == _versions(first)["1"]
+    counted = {labels: value for (name, labels), value in _values(third).items()
+               if name == "aecluster_requests_total" and ("version", "1") in labels}
+    assert counted and all(value == 1 for value in counted.values()), counted
