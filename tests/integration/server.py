@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
@@ -57,9 +58,12 @@ class Server:
         raise AssertionError("no VmRSS")
 
 
-def start_server(python: str, repo: Path, tmp_path: Path, cwd: Path, **settings: str) -> Server:
+def start_server(python: str, repo: Path, tmp_path: Path, cwd: Path, *,
+                 tls: ssl.SSLContext | None = None, **settings: str) -> Server:
     """Start ``python -m service`` in ``cwd`` serving ``repo`` (settings as AEC_* variables)
-    and wait until /readyz answers 200; its output goes to ``tmp_path/server.log``."""
+    and wait until /readyz answers 200; its output goes to ``tmp_path/server.log``. With
+    ``tls`` (the server's TLS settings among ``settings``) the URL is https:// and readiness
+    is asked over that client context."""
     http_port, grpc_port = free_port(), free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "AEC_MODEL_REPO": str(repo),
            "AEC_HOST": "127.0.0.1", "AEC_HTTP_PORT": str(http_port),
@@ -69,12 +73,15 @@ def start_server(python: str, repo: Path, tmp_path: Path, cwd: Path, **settings:
     with log.open("wb") as sink:
         proc = subprocess.Popen([python, "-m", "service"], cwd=cwd, env=env,
                                 stdout=sink, stderr=subprocess.STDOUT)
-    server = Server(proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", repo, log)
+    scheme = "http" if tls is None else "https"
+    server = Server(proc, f"{scheme}://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", repo,
+                    log)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{server.url}/readyz", timeout=1,
+                         verify=True if tls is None else tls).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass

@@ -10,6 +10,7 @@ seen, including the server's own count of the requests it refused.
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,9 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.clients.aecluster_venv import VENV, ensure_aecluster_client_venv, site_packages
 from tests.integration.server import Server, start_server
 from tests.service.bundles import clone_version
+from tests.service.certs import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLS = ROOT / "tests" / "clients" / "aecluster_calls.py"
+TLS_CALLS = ROOT / "tests" / "clients" / "aecluster_tls_calls.py"
 IMAGES = [ROOT / "examples" / f"digit-{n}.png" for n in (8, 9, 0, 5)]
 # The default policy's backoff (aecluster_client.retry.RetryPolicy): the jitter's ceiling.
 INITIAL_BACKOFF, MAX_BACKOFF = 0.1, 5.0
@@ -194,3 +197,64 @@ def test_the_server_refused_exactly_the_attempts_that_were_retried(seen: dict[st
                                for name in ("grpc", "stream", "stream_async"))
     assert http_refused == len(load["http"]["retries"])
     assert _count(after, "grpc", "INVALID_ARGUMENT") == _count(before, "grpc", "INVALID_ARGUMENT")
+
+
+TOKEN = "tok-3f9a61d2c07b8e45"
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory,
+               digits_bundle: Path) -> Iterator[tuple[Server, Path, Path, Path]]:
+    """A server requiring TLS, a client certificate of its CA and a token; with the CA's
+    certificate and a client's certificate and key as files."""
+    tmp = tmp_path_factory.mktemp("client-tls")
+    repo = tmp / "repo"
+    clone_version(digits_bundle, repo, "digits", 1)
+    ca = CertificateAuthority("aecluster client test CA")
+    server_cert, server_key = ca.server().write(tmp, "server")
+    client_cert, client_key = ca.client("client test").write(tmp, "client")
+    ca_file = tmp / "ca.crt"
+    ca_file.write_bytes(ca.pem)
+    tokens = tmp / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    ready = ssl.create_default_context(cafile=str(ca_file))
+    ready.load_cert_chain(client_cert, client_key)
+    started = start_server(sys.executable, repo, tmp, ROOT, tls=ready,
+                           tls_cert_file=str(server_cert), tls_key_file=str(server_key),
+                           tls_client_ca_file=str(ca_file), auth_tokens_file=str(tokens))
+    yield started, ca_file, client_cert, client_key
+    started.proc.terminate()
+    started.proc.wait(timeout=60)
+
+
+def test_the_http_clients_take_a_tls_context_and_say_when_tls_fails(
+        tls_server: tuple[Server, Path, Path, Path], client_python: Path) -> None:
+    server, ca, cert, key = tls_server
+    result = subprocess.run(
+        [str(client_python), str(TLS_CALLS), server.url, server.grpc_target, str(ca),
+         str(cert), str(key), TOKEN, str(IMAGES[0])],
+        capture_output=True, text=True, timeout=300, check=False, cwd=CALLS.parent.parent)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
+    seen = json.loads(result.stdout)
+    # The same image, the same cluster, over HTTPS (blocking and asyncio) and gRPC with TLS.
+    assert seen["http"] == seen["http_async"] == seen["grpc"], seen
+    assert 0 <= seen["http"] < 10
+    # A server certificate the client does not trust: said at once, naming TLS, not retried.
+    untrusted = seen["untrusted"]
+    assert untrusted["code"] == "UNAVAILABLE" and untrusted["retryable"] is False, untrusted
+    assert untrusted["attempts"] == 1, untrusted
+    assert "TLS with https://" in untrusted["reason"], untrusted
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted["reason"], untrusted
+    # No client certificate: the server refuses the handshake; one attempt, an error.
+    refused = seen["no_client_cert"]
+    assert refused["code"] is not None and refused["retryable"] is False, refused
+    assert refused["attempts"] == 1, refused
+    assert seen["retries"] == [], seen["retries"]
+    # Misuse is refused where the client is made, naming the argument.
+    assert seen["plain_url"] == {"code": "ValueError",
+                                 "reason": f"tls= needs an https:// url, got "
+                                           f"'{server.url.replace('https://', 'http://')}'"}
+    assert seen["not_a_context"]["code"] == "TypeError"
+    assert "ssl.SSLContext" in seen["not_a_context"]["reason"]
+    assert seen["with_transport"]["code"] == "ValueError"
+    assert "not both" in seen["with_transport"]["reason"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import email.utils
+import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -58,7 +59,26 @@ def _error(response: httpx.Response) -> ClusterError:
                         request_id=response.headers.get(REQUEST_ID_HEADER))
 
 
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error under an httpx error, if the handshake is what failed."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _transport_error(url: str, exc: httpx.HTTPError) -> ClusterError:
+    failure = _tls_failure(exc)
+    if failure is not None:
+        # An untrusted certificate, or a server that wants a client certificate, refuses
+        # every attempt alike: said at once, not retried until the deadline.
+        return ClusterError("UNAVAILABLE", f"TLS with {url} failed: {failure}; pass tls= an "
+                            "ssl.SSLContext that trusts the server's CA (and holds the client "
+                            "certificate when the server asks for one)", retryable=False)
     if isinstance(exc, httpx.ConnectError):
         # Nothing reached the server: as gRPC's UNAVAILABLE, worth another try.
         return ClusterError("UNAVAILABLE", f"cannot connect to {url}: {exc}", retryable=True)
@@ -70,9 +90,19 @@ def _transport_error(url: str, exc: httpx.HTTPError) -> ClusterError:
 class _Base:
     def __init__(self, url: str, model: str, version: int | None, timeout: float | None,
                  retry_policy: retry.RetryPolicy | None, headers: Mapping[str, str],
-                 on_retry: retry.OnRetry | None) -> None:
+                 on_retry: retry.OnRetry | None, tls: ssl.SSLContext | None = None,
+                 transport: object | None = None) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        if tls is not None:
+            if not isinstance(tls, ssl.SSLContext):
+                raise TypeError(f"tls must be an ssl.SSLContext, got {type(tls).__name__}")
+            if not url.startswith("https://"):
+                raise ValueError(f"tls= needs an https:// url, got {url!r}")
+            if transport is not None:
+                raise ValueError("pass tls= or transport=, not both: a transport brings its "
+                                 "own TLS settings")
+        self._verify: ssl.SSLContext | bool = tls if tls is not None else True
         self.url = url.rstrip("/")
         self.model = model
         self.version = version
@@ -98,15 +128,19 @@ class HttpClient(_Base, SyncAPI):
     """Blocking client of ``POST /v1/models/{model}[/versions/{v}]:cluster``; one
     ``httpx.Client`` (a pool of kept-alive connections) reused by every call. ``timeout`` is
     each call's deadline, retries and waits included, and is sent to the server as
-    ``X-Request-Timeout-Ms``; ``headers`` go with every call (``Authorization``, say)."""
+    ``X-Request-Timeout-Ms``; ``headers`` go with every call (``Authorization``, say).
+    ``tls``: an ``ssl.SSLContext`` for an https:// url, to trust a private CA or present a
+    client certificate (the default trusts the system's CAs)."""
 
     def __init__(self, url: str, *, model: str, version: int | None = None,
                  timeout: float | None = DEFAULT_TIMEOUT_S,
                  retry_policy: retry.RetryPolicy | None = None,
                  headers: Mapping[str, str] | None = None, on_retry: retry.OnRetry | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(url, model, version, timeout, retry_policy, headers or {}, on_retry)
-        self._http = httpx.Client(transport=transport)
+                 transport: httpx.BaseTransport | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(url, model, version, timeout, retry_policy, headers or {}, on_retry,
+                         tls, transport)
+        self._http = httpx.Client(transport=transport, verify=self._verify)
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -152,9 +186,11 @@ class AsyncHttpClient(_Base, AsyncAPI):
                  timeout: float | None = DEFAULT_TIMEOUT_S,
                  retry_policy: retry.RetryPolicy | None = None,
                  headers: Mapping[str, str] | None = None, on_retry: retry.OnRetry | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(url, model, version, timeout, retry_policy, headers or {}, on_retry)
-        self._http = httpx.AsyncClient(transport=transport)
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(url, model, version, timeout, retry_policy, headers or {}, on_retry,
+                         tls, transport)
+        self._http = httpx.AsyncClient(transport=transport, verify=self._verify)
 
     async def close(self) -> None:
         """Close the connection pool."""
