@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from service import chunked
 from service.dataplane import ModelMetadata
 from service.errors import InvalidInput, PayloadTooLarge
 from service.repository import VersionStatus
@@ -179,7 +180,8 @@ def from_values(values: Sequence[Any], datatype: str, shape: tuple[int, ...],
     """A tensor from its values (JSON ``data``, flat or nested, or gRPC ``contents``)."""
     dtype = dtype_of(datatype, name)
     try:
-        flat = np.asarray(values, dtype=dtype if dtype.kind != "O" else object).ravel()
+        flat = (np.asarray(values, dtype=object) if dtype.kind == "O"
+                else chunked.asarray_in_slices(values, dtype)).ravel()
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInput(f"input {name!r}: data is not an array of {datatype} values: "
                            f"{exc}") from exc

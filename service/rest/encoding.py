@@ -21,6 +21,7 @@ import orjson
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from service import chunked
 from service.errors import (
     InternalError,
     InvalidInput,
@@ -42,6 +43,10 @@ JSON_LABELS = ("", JSON_MEDIA_TYPE, "application/x-www-form-urlencoded")
 # Parsing a body and turning nested lists into arrays is CPU work that holds the event
 # loop; past this many bytes it runs on a worker thread so other requests keep flowing.
 INLINE_PARSE_BYTES = 256 * 1024
+# Past this many bytes a body is parsed in pieces (service/chunked.py): one orjson call
+# holds the GIL, so even on the worker thread it held every other request, 1.3 s for 30 MB.
+# Callers pause the garbage collector for such bodies until the parsed lists are released.
+CHUNKED_PARSE_BYTES = 1024 * 1024
 
 T = TypeVar("T")
 
@@ -73,6 +78,12 @@ def check_json_media_type(media: str, *, endpoint: str, alternatives: str = "") 
     )
 
 
+def in_pieces(size: int) -> bool:
+    """Whether a body of ``size`` bytes is parsed, converted and freed in pieces, with the
+    garbage collector paused until its lists are freed (service/chunked.py)."""
+    return size > CHUNKED_PARSE_BYTES
+
+
 def parse_json(body: bytes) -> Any:
     """Decode a request body as JSON (NaN/Infinity literals are accepted, as TF Serving does).
 
@@ -83,6 +94,10 @@ def parse_json(body: bytes) -> Any:
     """
     if not body.strip():
         raise InvalidInput("the request body is empty: send a JSON object")
+    if in_pieces(len(body)):
+        parsed = chunked.loads_in_chunks(body)
+        if parsed is not None:
+            return parsed
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -152,7 +167,7 @@ def numeric_array(value: Any, *, where: str) -> np.ndarray:
     Ranges, NaN/inf, rank and channels are the data plane's to check: it knows the model.
     """
     try:
-        array = np.asarray(value)
+        array = chunked.asarray_in_slices(value)
     except (ValueError, TypeError) as exc:
         # numpy raises for ragged nesting ("inhomogeneous shape after 2 dimensions").
         raise InvalidInput(f"{where} is not a rectangular array of numbers: {exc}") from exc

@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import Response
 
-from service import tracing
+from service import chunked, tracing
 from service.dataplane import DataPlane, VersionInfo
 from service.errors import InvalidInput, PayloadTooLarge
 from service.imagecodec import encode_png
@@ -35,6 +35,7 @@ from service.rest.encoding import (
     dumps,
     expect_object,
     finite_or_none,
+    in_pieces,
     json_type,
     media_type,
     numeric_array,
@@ -168,8 +169,13 @@ async def read_cluster_request(
 def _json_request(body: bytes, content_type: str,
                   settings: Settings) -> tuple[list[ImageInput], dict[str, Any]]:
     """Images and the remaining (option) fields of a JSON body."""
-    document = expect_object(_parse_json(body, content_type), what="the request body")
-    return _json_instances(document.pop("instances", None), settings), document
+    with chunked.collector_paused(in_pieces(len(body))):
+        document = expect_object(_parse_json(body, content_type), what="the request body")
+        instances = document.pop("instances", None)
+        try:
+            return _json_instances(instances, settings), document
+        finally:
+            chunked.release(instances)  # here, in pieces, not all at once later
 
 
 def _parse_json(body: bytes, content_type: str) -> Any:

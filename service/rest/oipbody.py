@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from service import oip
+from service import chunked, oip
 from service.dataplane import VersionInfo
 from service.errors import InvalidInput
-from service.rest.encoding import dumps, expect_object, json_type, parse_json
+from service.rest.encoding import dumps, expect_object, in_pieces, json_type, parse_json
 
 HEADER_LENGTH = "inference-header-content-length"
 BINARY_MEDIA_TYPE = "application/octet-stream"
@@ -52,7 +52,16 @@ def parse_request(body: bytes, header_length: str | None, *, max_images: int) ->
                 f"the body (at most {len(body)}), got {header_length!r}")
         split = int(header_length)
         body, binary = body[:split], body[split:]
-    document = expect_object(parse_json(body), what="the inference request")
+    with chunked.collector_paused(in_pieces(len(body))):
+        document = expect_object(parse_json(body), what="the inference request")
+        try:
+            return _request(document, binary, max_images=max_images)
+        finally:
+            chunked.release(document)  # here, in pieces, not all at once later
+
+
+def _request(document: dict[str, Any], binary: bytes, *, max_images: int) -> InferBody:
+    """The request of a parsed JSON part and its binary part."""
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f'"id" must be a string, got {json_type(request_id)}')

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service import tracing
+from service import chunked, tracing
 from service.dataplane import DEFAULT_SIGNATURE, DataPlane, SignatureInfo
 from service.errors import InvalidInput, NotFound
 from service.rest import params, tfjson
@@ -21,6 +21,7 @@ from service.rest.encoding import (
     check_json_media_type,
     dumps,
     expect_object,
+    in_pieces,
     json_response,
     json_type,
     media_type,
@@ -57,11 +58,17 @@ def tfserving_inference_router(dataplane: DataPlane) -> APIRouter:
                               endpoint=":predict")
         with tracing.span("decode"):
             body = await request.body()
-            document = await off_loop(len(body), _json_object, body)
-            signature_name, signature = _signature(dataplane, model, document)
-            inputs, row = await off_loop(len(body), _predict_inputs, document, signature_name,
-                                         signature)
-            output_filter = _output_filter(document.get("output_filter"))
+            large = in_pieces(len(body))
+            with chunked.collector_paused(large):
+                document = await off_loop(len(body), _json_object, body)
+                try:
+                    signature_name, signature = _signature(dataplane, model, document)
+                    inputs, row = await off_loop(len(body), _predict_inputs, document,
+                                                 signature_name, signature)
+                    output_filter = _output_filter(document.get("output_filter"))
+                finally:
+                    if large:  # freed in pieces on the worker thread, not here at once
+                        await off_loop(len(body), chunked.release, document)
         _, outputs = await dataplane.predict(model, signature_name, inputs, output_filter,
                                              deadline=deadline)
         render = tfjson.row_answer if row else tfjson.columnar_answer
