@@ -45,6 +45,10 @@ SLICE_ITEMS = 512
 # Deeper documents are left to the whole-body parser (orjson and the standard library
 # refuse some deep documents that pieces of them would not): image requests nest about 6.
 MAX_DEPTH = 64
+# The array split is looked for this deep at most (V2's "data" is at 4, TF Serving's and
+# the native "instances" at 2): each level is a few passes over the brackets, and a
+# hostile body nested 64 deep would otherwise cost 64 rounds of them.
+MAX_SPLIT_LEVEL = 8
 
 _QUOTE, _BACKSLASH, _COMMA, _OPEN_ARRAY = ord('"'), ord("\\"), ord(","), ord("[")
 # Per byte value: +1 opens, -1 closes a bracket, 0 for a comma; what is not structural is
@@ -109,7 +113,7 @@ def _largest_array(body: bytes) -> tuple[int, int, list[tuple[int, int]]] | None
     commas = np.flatnonzero(step == 0)
     comma_depth = depth[commas]
     best: tuple[int, int, int] | None = None  # (span, open index, close index)
-    for level in range(1, int(depth.max()) + 1):
+    for level in range(1, min(int(depth.max()), MAX_SPLIT_LEVEL) + 1):
         # At one depth, brackets alternate open, close, open...: in position order the
         # k-th open at this depth is closed by the k-th close back below it.
         level_opens, level_closes = opens[open_depth == level], closes[close_depth == level]

@@ -75,6 +75,7 @@ def test_a_large_body_splits_at_the_default_piece_size() -> None:
     b'{"a": "' + b"x" * 500 + b', "b": [1, 2]}',  # an unterminated string
     b'{"a": [' + b"1, " * 300 + b"2]} trailing",  # text after the document
     b'{"a": ' + b"[" * 70 + b"1, 2" + b"]" * 70 + b"}",  # past MAX_DEPTH
+    b"[" * 9 + b"1, " * 300 + b"2" + b"]" * 9,  # the only long array past MAX_SPLIT_LEVEL
     b'{"a": "' + b"x" * 500 + b'"}',  # no array at all
     b'{"a": [' + b"{" + b'"k": 1, ' * 100 + b'"z": 0}]}',  # an array of one element
     b"  ",
