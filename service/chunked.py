@@ -38,10 +38,10 @@ import orjson
 
 # Elements parsed per orjson call: about 10 ms of work on the 2-core machine of the docs.
 PIECE_BYTES = 256 * 1024
-# Numbers per slice when a list is converted (a few milliseconds), and list items per slice
-# when one is emptied.
+# Numbers per slice when a list is converted, and when one is freed: a few milliseconds
+# each on the 2-core machine of the docs.
 SLICE_NUMBERS = 32_768
-SLICE_ITEMS = 512
+FREE_NUMBERS = 131_072
 # Deeper documents are left to the whole-body parser (orjson and the standard library
 # refuse some deep documents that pieces of them would not): image requests nest about 6.
 MAX_DEPTH = 64
@@ -183,13 +183,9 @@ def asarray_in_slices(value: Any, dtype: Any = None) -> np.ndarray:
     """
     if not isinstance(value, list) or len(value) < 2:
         return np.asarray(value, dtype=dtype)
-    # Numbers per element, read along the first elements (a few list lookups: this runs
-    # for every JSON image, so it must cost next to nothing when the list is small).
-    numbers, first = 1, value[0]
-    while isinstance(first, list) and first:
-        numbers *= len(first)
-        first = first[0]
-    step = max(1, SLICE_NUMBERS // numbers)
+    # A few list lookups: this runs for every JSON image, so it must cost next to nothing
+    # when the list is small.
+    step = max(1, SLICE_NUMBERS // _numbers_per_item(value))
     if len(value) <= step:
         return np.asarray(value, dtype=dtype)
     try:
@@ -204,17 +200,39 @@ def asarray_in_slices(value: Any, dtype: Any = None) -> np.ndarray:
 
 
 def release(value: Any) -> None:
-    """Empty the long lists in ``value`` slice by slice, so that freeing them is short."""
+    """Empty the large lists in ``value`` slice by slice, so that freeing them is short.
+
+    Lists of up to :data:`FREE_NUMBERS` numbers are left to be freed at once (about 5 ms);
+    walking into them would cost more than it saves.
+    """
     if isinstance(value, dict):
         for child in value.values():
             release(child)
-    elif isinstance(value, list):
-        if len(value) > SLICE_ITEMS:
-            while value:  # each slice frees its elements, nested lists included
-                del value[-SLICE_ITEMS:]
-        else:
-            for child in value:
-                release(child)
+        return
+    if not isinstance(value, list) or not value:
+        return
+    if isinstance(value[0], dict):  # V2's inputs: a few objects that hold the data
+        for child in value:
+            release(child)
+        return
+    numbers = _numbers_per_item(value)
+    if len(value) * numbers <= FREE_NUMBERS:
+        return
+    if len(value) == 1:
+        release(value[0])
+        return
+    step = max(1, FREE_NUMBERS // numbers)
+    while value:  # each slice frees its elements, nested lists included
+        del value[-step:]
+
+
+def _numbers_per_item(value: list[Any]) -> int:
+    """Numbers in each element of a nested list, read along the first elements."""
+    numbers, first = 1, value[0]
+    while isinstance(first, list) and first:
+        numbers *= len(first)
+        first = first[0]
+    return numbers
 
 
 _paused_lock = threading.Lock()

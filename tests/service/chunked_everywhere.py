@@ -30,7 +30,7 @@ def _every_body_in_pieces(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(encoding, "CHUNKED_PARSE_BYTES", 0)
     monkeypatch.setattr(chunked, "PIECE_BYTES", 32)
     monkeypatch.setattr(chunked, "SLICE_NUMBERS", 3)
-    monkeypatch.setattr(chunked, "SLICE_ITEMS", 2)
+    monkeypatch.setattr(chunked, "FREE_NUMBERS", 2)
     monkeypatch.setattr(chunked, "loads_in_chunks", _counted)
     yield
 

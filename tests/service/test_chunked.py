@@ -142,12 +142,18 @@ def test_errors_are_the_whole_conversions(value: list[Any], dtype: Any,
     assert str(sliced.value) == str(whole.value)
 
 
-def test_release_empties_long_lists_wherever_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chunked, "SLICE_ITEMS", 7)
-    inner = list(range(100))
-    document: dict[str, Any] = {"a": [{"data": inner}], "b": list(range(50)), "c": "x"}
+def test_release_empties_large_lists_wherever_they_are(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunked, "FREE_NUMBERS", 40)
+    data = list(range(100))
+    images = [[[0.5] * 4] * 4] * 10  # 160 numbers
+    few = [1, 2, 3]
+    document: dict[str, Any] = {"inputs": [{"name": "x", "data": data}], "instances": images,
+                                "one": [list(range(50))], "few": few, "c": "x"}
+    inner = document["one"][0]
     chunked.release(document)
-    assert inner == [] and document["b"] == [] and document["c"] == "x"
+    assert data == [] and images == [] and inner == []
+    assert few == [1, 2, 3] and document["c"] == "x"  # small: freed at once, later
 
 
 # ---- the collector ----------------------------------------------------------------------
