@@ -244,17 +244,26 @@ def test_large_json_bodies_do_not_stall_the_event_loop(digits_server: Server) ->
     report = []
     for name, path, body, expected in cases:
         assert len(body) < 32 * 1024 * 1024
-        with HealthWatch(digits_server) as watch:
-            time.sleep(0.05)
-            started = time.perf_counter()
-            answer = _post_json(digits_server, path, body)
-            took = time.perf_counter() - started
-            time.sleep(0.05)
-        report.append(f"{name} ({len(body) / 1e6:.1f} MB): {answer.status_code} in "
-                      f"{took * 1000:.0f} ms, /healthz worst {watch.worst_s * 1000:.1f} ms "
-                      f"over {watch.answers} answers")
-        assert answer.status_code == expected, (name, answer.text[:300])
-        assert not watch.failures, (name, watch.failures)
-        assert watch.answers >= 3, "\n".join(report)
-        assert watch.worst_s < LAG_LIMIT_S, "\n".join(report)
+        # A body is sent again when its worst answer is over the limit, and fails only if
+        # both are: on CI's two shared cores a single gap of about 120 ms was seen once (the
+        # 31.4 MB :predict; 15-47 ms in every other run), while a parse that holds the loop
+        # holds it every time (1,031-1,069 ms on these bodies before the pieces).
+        worst = []
+        for _ in range(2):
+            with HealthWatch(digits_server) as watch:
+                time.sleep(0.05)
+                started = time.perf_counter()
+                answer = _post_json(digits_server, path, body)
+                took = time.perf_counter() - started
+                time.sleep(0.05)
+            report.append(f"{name} ({len(body) / 1e6:.1f} MB): {answer.status_code} in "
+                          f"{took * 1000:.0f} ms, /healthz worst {watch.worst_s * 1000:.1f} "
+                          f"ms over {watch.answers} answers")
+            assert answer.status_code == expected, (name, answer.text[:300])
+            assert not watch.failures, (name, watch.failures)
+            assert watch.answers >= 3, "\n".join(report)
+            worst.append(watch.worst_s)
+            if watch.worst_s < LAG_LIMIT_S:
+                break
+        assert min(worst) < LAG_LIMIT_S, "\n".join(report)
     print("\n".join(report))
