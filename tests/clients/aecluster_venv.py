@@ -1,10 +1,11 @@
 """The installable client's own venv (tests/clients/.venv-aecluster-client): its hashed lock,
 then the wheel built from clients/python, as a caller would install it.
 
-``python -m venv``; ``pip install --require-hashes --no-deps -r clients/python/requirements.txt``
-(the client's lock: grpcio, protobuf, httpx, numpy and theirs, nothing else); the wheel of
+``python -m venv --without-pip``; ``uv pip install --require-hashes --no-deps -r
+clients/python/requirements.txt`` (the client's lock: grpcio, protobuf, httpx, numpy and
+theirs, nothing else; uv rather than pip for speed, see tests/clients/venv.py); the wheel of
 clients/python, built by the project's venv from a copy of the folder (no build files left
-in the work tree), installed with ``--no-deps --no-index``; then ``pip check``, which fails
+in the work tree), installed with ``--no-deps --no-index``; then ``uv pip check``, which fails
 when the client declares a dependency its lock does not hold. A stamp holds the SHA-256 of
 the lock and of every file of clients/python, so a current venv is reused and any change
 rebuilds it. Like tests/clients/venv.py, a venv that cannot be built is an error, never a
@@ -19,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.clients.venv import ClientVenvError, run_steps
+from tests.clients.venv import ClientVenvError, run_steps, uv_pip
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "clients" / "python"
@@ -59,17 +60,16 @@ def ensure_aecluster_client_venv(python: str = sys.executable, *, venv: Path = V
     with tempfile.TemporaryDirectory() as scratch:
         copy, wheels = Path(scratch) / "src", Path(scratch) / "wheels"
         shutil.copytree(source, copy, ignore=_IGNORED)
-        pip = [str(venv_python), "-m", "pip", "--disable-pip-version-check", "--no-input"]
         steps = [
-            [python, "-m", "venv", str(venv)],
-            [*pip, "install", "--quiet", "--require-hashes", "--no-deps", "-r",
-             str(source / "requirements.txt")],
+            [python, "-m", "venv", "--without-pip", str(venv)],
+            uv_pip("install", venv_python, "--quiet", "--require-hashes", "--no-deps", "-r",
+                   str(source / "requirements.txt")),
             # Built by the project's setuptools (the dev lock's): no index needed for it.
             [python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
              "--wheel-dir", str(wheels), str(copy)],
-            [*pip, "install", "--quiet", "--no-deps", "--no-index", "--find-links",
-             str(wheels), "aecluster-client"],
-            [*pip, "check"],
+            uv_pip("install", venv_python, "--quiet", "--no-deps", "--no-index",
+                   "--find-links", str(wheels), "aecluster-client"),
+            uv_pip("check", venv_python),
         ]
         run_steps(steps, f"the aecluster-client venv {venv}")
     stamp.write_text(digest + "\n")

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.clients.aecluster_venv import VENV, ensure_aecluster_client_venv, site_packages
+from tests.clients.venv import uv_pip
 from tests.integration.server import Server, start_server
 from tests.service.bundles import clone_version
 from tests.service.certs import CertificateAuthority
@@ -78,7 +79,7 @@ def _count(text: str, protocol: str, code: str) -> float:
 
 def test_the_client_venv_holds_the_client_and_its_four_dependencies_only(
         client_python: Path, seen: dict[str, Any]) -> None:
-    listed = subprocess.run([str(client_python), "-m", "pip", "list", "--format", "json"],
+    listed = subprocess.run(uv_pip("list", client_python, "--format", "json"),
                             capture_output=True, text=True, timeout=120, check=True)
     names = {entry["name"].lower() for entry in json.loads(listed.stdout)}
     assert {"aecluster-client", "grpcio", "protobuf", "httpx", "numpy"} <= names
