@@ -200,7 +200,7 @@ class ModelRepository:
     async def poll_once(self) -> None:
         """One scan: load new highest versions, unload replaced or removed ones."""
         async with self._scan_lock:
-            changed = False
+            changed = unloaded = False
             wanted = self._wanted()
             for name, version in wanted.items():
                 current = self._loaded.get(name, {})
@@ -214,10 +214,10 @@ class ModelRepository:
                     default = self._default_version(name)
                     if not on_disk or (keep is not None and version != keep and default != version):
                         await self._unload(lv, reason="removed" if not on_disk else "replaced")
-                        changed = True
+                        changed = unloaded = True
             if changed:
                 # Once per change of the loaded set, not per request: see service/heap.py.
-                heap.settle()
+                heap.settle(reclaim=unloaded)
 
     async def _load(self, name: str, version: int) -> None:
         path = self._root / name / str(version)
