@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Sequence
 from contextvars import ContextVar
+from typing import Any, TypeVar
 
 import numpy as np
 from prometheus_client import (
@@ -34,8 +36,11 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics import MetricWrapperBase
 
 from service.types import BatchOutput
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 # Measured on a 2-core CPU host with the digits bundle (docs/serving.md, "Metrics"): one
 # HTTP cluster request takes 1.6 ms at the server at c = 1 (p1 1.05, p99 2.1 ms), 2.3 ms
@@ -99,76 +104,95 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         reg = self.registry
+        # The metrics labelled by version (filled by _new), whose series go when the version
+        # is unloaded, and the RequestMetrics that cache their label children.
+        self._by_version: list[MetricWrapperBase] = []
+        self._request_caches: weakref.WeakSet[RequestMetrics] = weakref.WeakSet()
         # Collectors of our own (the module's instances sit on the global registry). They
         # read /proc/self and the interpreter at scrape time, so several registries in one
         # process (tests) each report the same process, as they should.
         ProcessCollector(registry=reg)
         PlatformCollector(registry=reg)
         GCCollector(registry=reg)
-        self.requests_total = Counter(
+        self.requests_total = self._new(
+            Counter,
             "aecluster_requests_total",
             "Requests answered, by protocol (http, grpc), method, status code (HTTP status "
             "or gRPC code name) and the model and version they resolved to (_none: none).",
-            ("protocol", "method", "code", *MODEL_LABELS), registry=reg,
+            ("protocol", "method", "code", *MODEL_LABELS),
         )
-        self.request_duration_seconds = Histogram(
+        self.request_duration_seconds = self._new(
+            Histogram,
             "aecluster_request_duration_seconds",
             "Time from receiving a request to sending its answer.",
-            ("protocol", "method", *MODEL_LABELS), buckets=LATENCY_BUCKETS, registry=reg,
+            ("protocol", "method", *MODEL_LABELS), buckets=LATENCY_BUCKETS,
         )
-        self.queue_depth = Gauge(
+        self.queue_depth = self._new(
+            Gauge,
             "aecluster_queue_depth",
             "Images waiting in the batcher of a model version.",
-            MODEL_LABELS, registry=reg,
+            MODEL_LABELS,
         )
-        self.batch_size = Histogram(
+        self.batch_size = self._new(
+            Histogram,
             "aecluster_batch_size",
             "Images per model call (before padding to an allowed size).",
-            MODEL_LABELS, buckets=BATCH_SIZE_BUCKETS, registry=reg,
+            MODEL_LABELS, buckets=BATCH_SIZE_BUCKETS,
         )
-        self.inference_duration_seconds = Histogram(
+        self.inference_duration_seconds = self._new(
+            Histogram,
             "aecluster_inference_duration_seconds",
             "Time of one model call on the worker thread.",
-            MODEL_LABELS, buckets=LATENCY_BUCKETS, registry=reg,
+            MODEL_LABELS, buckets=LATENCY_BUCKETS,
         )
-        self.cluster_assignments_total = Counter(
+        self.cluster_assignments_total = self._new(
+            Counter,
             "aecluster_cluster_assignments_total",
             "Images assigned to each cluster.",
-            (*MODEL_LABELS, "cluster"), registry=reg,
+            (*MODEL_LABELS, "cluster"),
         )
-        self.distance = Histogram(
+        self.distance = self._new(
+            Histogram,
             "aecluster_distance",
             "Euclidean distance of each image to its assigned centroid.",
-            MODEL_LABELS, buckets=DISTANCE_BUCKETS, registry=reg,
+            MODEL_LABELS, buckets=DISTANCE_BUCKETS,
         )
-        self.outliers_total = Counter(
+        self.outliers_total = self._new(
+            Counter,
             "aecluster_outliers_total",
             "Images farther from their centroid than the cluster's outlier threshold.",
-            MODEL_LABELS, registry=reg,
+            MODEL_LABELS,
         )
-        self.reconstruction_error = Histogram(
+        self.reconstruction_error = self._new(
+            Histogram,
             "aecluster_reconstruction_error",
             "Mean squared error between an image and its reconstruction (values in [0, 1]).",
-            MODEL_LABELS, buckets=RECONSTRUCTION_ERROR_BUCKETS, registry=reg,
+            MODEL_LABELS, buckets=RECONSTRUCTION_ERROR_BUCKETS,
         )
-        self.model_info = Gauge(
+        self.model_info = self._new(
+            Gauge,
             "aecluster_model_info",
             "1 for every loaded model version, with what it is in its labels.",
-            (*MODEL_LABELS, "latent_dim", "n_clusters", "input", "model_kind"), registry=reg,
+            (*MODEL_LABELS, "latent_dim", "n_clusters", "input", "model_kind"),
         )
-        self.model_load_failures_total = Counter(
+        self.model_load_failures_total = self._new(
+            Counter,
             "aecluster_model_load_failures_total",
             "Model versions refused because verification or loading failed.",
-            ("model",), registry=reg,
+            ("model",),
         )
-        # The metrics labelled by version, whose series go when the version is unloaded.
-        self._by_version = (
-            self.requests_total, self.request_duration_seconds, self.queue_depth,
-            self.batch_size, self.inference_duration_seconds, self.cluster_assignments_total,
-            self.distance, self.outliers_total, self.reconstruction_error, self.model_info,
-        )
-        # RequestMetrics that cache label children; they drop an unloaded version's too.
-        self._request_caches: weakref.WeakSet[RequestMetrics] = weakref.WeakSet()
+
+    def _new(self, kind: type[M], name: str, documentation: str, labels: Sequence[str],
+             **options: Any) -> M:
+        """A metric on this registry; one labelled by version is forgotten with the version."""
+        metric = kind(name, documentation, labels, registry=self.registry, **options)
+        if "version" in labels:
+            self._by_version.append(metric)
+        return metric
+
+    def add_request_cache(self, cache: RequestMetrics) -> None:
+        """Have ``cache`` drop an unloaded version's label children (held weakly)."""
+        self._request_caches.add(cache)
 
     def forget_version(self, model: str, version: int) -> None:
         """Remove every series of an unloaded version from the exposition.
@@ -211,7 +235,7 @@ class RequestMetrics:
         self._metrics = metrics
         self._protocol = protocol
         self._children: dict[tuple[str, object, tuple[str, str]], tuple[Counter, Histogram]] = {}
-        metrics._request_caches.add(self)
+        metrics.add_request_cache(self)
 
     def record(self, method: str, code: object, model: tuple[str, str],
                seconds: float, exemplar: dict[str, str] | None = None) -> None:
