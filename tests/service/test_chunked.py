@@ -285,11 +285,6 @@ async def test_the_rest_routes_answer_alike_with_every_body_in_pieces(
         name: name not in PARSED_WHOLE for name in ROUTE_BODIES}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.slow
 def test_the_rest_suites_answer_alike_with_every_body_in_pieces() -> None:
     """The JSON protocols' test modules, with every body parsed, converted and freed in
