@@ -11,21 +11,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import promql_parser
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
-from service.dataplane import DataPlane
-from service.metrics import Metrics
-from service.repository import ModelRepository
-from service.rest import create_app
-from service.runtime import runtime_factory
-from service.settings import Settings
 from tests.deploy import manifests
 from tests.service.bundles import clone_version
+from tests.service.stacks import in_process
 
 DASHBOARD = manifests.K8S / "monitoring" / "grafana" / "aecluster-dashboard.json"
 # Grafana's variables, replaced by values that keep the query valid PromQL.
@@ -84,27 +78,18 @@ async def exported(tmp_path_factory: pytest.TempPathFactory,
     broken = repo / "broken" / "1"
     broken.mkdir(parents=True)
     (broken / "manifest.json").write_text("{}")
-    settings = Settings(model_repo=repo, poll_seconds=0, max_batch_delay_ms=1)
-    metrics = Metrics()
-    repository = ModelRepository(settings, metrics,
-                                 runtime_factory("/CPU:0", settings.batch_sizes()))
-    await repository.start()
-    dataplane = DataPlane(repository, settings, metrics)
-    transport = httpx.ASGITransport(app=create_app(dataplane, settings, metrics))
     digits = (load_digits().images[:4] / 16.0)[..., None]
     noise = np.random.default_rng(0).random((8, 8, 8, 1))  # far from every centroid
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://pod") as http:
-            for images in (digits, noise):
-                answer = await http.post("/v1/models/digits:cluster",
-                                         params={"return_reconstruction": "array"},
-                                         json={"instances": images.tolist()})
-                assert answer.status_code == 200, answer.text
-            assert (await http.post("/v1/models/nope:cluster",
-                                    json={"instances": digits.tolist()})).status_code == 404
-            text = (await http.get("/metrics")).text
-    finally:
-        await repository.stop(1)
+    async with in_process(repo, max_batch_delay_ms=1) as served, \
+            served.client("http://pod") as http:
+        for images in (digits, noise):
+            answer = await http.post("/v1/models/digits:cluster",
+                                     params={"return_reconstruction": "array"},
+                                     json={"instances": images.tolist()})
+            assert answer.status_code == 200, answer.text
+        assert (await http.post("/v1/models/nope:cluster",
+                                json={"instances": digits.tolist()})).status_code == 404
+        text = (await http.get("/metrics")).text
     series: Exported = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

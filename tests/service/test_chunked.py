@@ -14,19 +14,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import orjson
 import pytest
 from sklearn.datasets import load_digits
 
 from service import chunked
-from service.dataplane import DataPlane
-from service.metrics import Metrics
-from service.repository import ModelRepository
-from service.rest import create_app, encoding
-from service.runtime import runtime_factory
-from service.settings import Settings
+from service.rest import encoding
+from tests.service.stacks import in_process
 
 ROOT = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(0)
@@ -235,23 +230,13 @@ PARSED_WHOLE = {"native, malformed", "TF Serving, NaN"}
 
 
 async def _answers(model_repo: Path) -> dict[str, tuple[int, Any]]:
-    settings = Settings(model_repo=model_repo, poll_seconds=0, max_batch_size=8,
-                        max_batch_delay_ms=2)
-    metrics = Metrics()
-    repository = ModelRepository(settings, metrics,
-                                 runtime_factory("/CPU:0", settings.batch_sizes()))
-    await repository.start()
-    app = create_app(DataPlane(repository, settings, metrics), settings, metrics)
     answers: dict[str, tuple[int, Any]] = {}
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://test") as http:
-            for name, (path, body) in ROUTE_BODIES.items():
-                response = await http.post(path, content=body,
-                                           headers={"Content-Type": "application/json"})
-                answers[name] = (response.status_code, response.json())
-    finally:
-        await repository.stop(1)
+    async with in_process(model_repo, max_batch_size=8, max_batch_delay_ms=2) as served, \
+            served.client() as http:
+        for name, (path, body) in ROUTE_BODIES.items():
+            response = await http.post(path, content=body,
+                                       headers={"Content-Type": "application/json"})
+            answers[name] = (response.status_code, response.json())
     return answers
 
 

@@ -18,12 +18,7 @@ import pytest
 import tensorflow as tf
 
 from service import bundle
-from service.dataplane import DataPlane
-from service.metrics import Metrics
-from service.repository import ModelRepository
-from service.rest import create_app
-from service.runtime import runtime_factory
-from service.settings import Settings
+from tests.service.stacks import in_process
 from training.data import DataOptions, load_dataset, to_numpy
 from training.exemplars import decode_png, to_uint8
 
@@ -35,20 +30,9 @@ BASE = "/v1/models/digits/versions/1"
 @asynccontextmanager
 async def _client(repo: Path) -> AsyncIterator[httpx.AsyncClient]:
     """The REST app over ``repo`` (loaded once, no polling), as an httpx client."""
-    settings = Settings(model_repo=repo, poll_seconds=0, max_batch_size=1, drain_seconds=1)
-    metrics = Metrics()
-
-    factory = runtime_factory("/CPU:0", settings.batch_sizes())
-
-    repository = ModelRepository(settings, metrics, factory)
-    await repository.start()
-    app = create_app(DataPlane(repository, settings, metrics), settings, metrics)
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://aecluster") as client:
-            yield client
-    finally:
-        await repository.stop(1)
+    async with in_process(repo, max_batch_size=1, drain_seconds=1) as served, \
+            served.client("http://aecluster") as client:
+        yield client
 
 
 def _nearest_reference(version_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

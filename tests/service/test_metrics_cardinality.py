@@ -28,14 +28,11 @@ from service._generated.aecluster.v1 import cluster_service_pb2 as pb
 from service._generated.aecluster.v1 import cluster_service_pb2_grpc as pb_grpc
 from service._generated.inference import grpc_predict_v2_pb2 as v2
 from service._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
-from service.dataplane import DataPlane
 from service.grpc import start_grpc_server
 from service.metrics import Metrics
 from service.repository import ModelRepository
-from service.rest import create_app
-from service.runtime import runtime_factory
-from service.settings import Settings
 from tests.service.bundles import clone_version
+from tests.service.stacks import in_process
 
 pytestmark = pytest.mark.anyio
 
@@ -55,20 +52,13 @@ class Stack:
 
 @pytest.fixture
 async def stack(model_repo: Path) -> AsyncIterator[Stack]:
-    settings = Settings(model_repo=model_repo, host="127.0.0.1", grpc_port=0, poll_seconds=0,
-                        max_batch_size=8, max_batch_delay_ms=1, drain_seconds=2)
-    metrics = Metrics()
-    repository = ModelRepository(settings, metrics,
-                                 runtime_factory("/CPU:0", settings.batch_sizes()))
-    await repository.start()
-    dataplane = DataPlane(repository, settings, metrics)
-    server = await start_grpc_server(dataplane, settings, metrics)
-    transport = httpx.ASGITransport(app=create_app(dataplane, settings, metrics))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http, \
-            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield Stack(http, channel, metrics, repository, model_repo)
-    await server.stop(0)
-    await repository.stop(1)
+    async with in_process(model_repo, host="127.0.0.1", grpc_port=0, max_batch_size=8,
+                          max_batch_delay_ms=1, drain_seconds=2) as served:
+        server = await start_grpc_server(served.dataplane, served.settings, served.metrics)
+        async with served.client() as http, \
+                grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield Stack(http, channel, served.metrics, served.repository, model_repo)
+        await server.stop(0)
 
 
 def _http_calls(http: httpx.AsyncClient) -> list[Callable[[str], Awaitable[httpx.Response]]]:

@@ -29,6 +29,7 @@ from service.rest import create_app
 from service.rest.direct import DirectRoutes, check_direct
 from service.runtime import runtime_factory
 from service.settings import Settings
+from tests.service.stacks import in_process
 
 pytestmark = pytest.mark.anyio
 
@@ -77,20 +78,14 @@ CASES: list[tuple[str, str, dict[str, str], bytes]] = [
 
 
 async def _stack(model_repo: Path, *, direct: bool) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(model_repo=model_repo, poll_seconds=0, max_batch_size=8,
-                        max_batch_delay_ms=2, max_body_bytes=MAX_BODY)
-    metrics = Metrics()
-    repository = ModelRepository(settings, metrics, runtime_factory("/CPU:0",
-                                                                    settings.batch_sizes()))
-    await repository.start()
-    app = create_app(DataPlane(repository, settings, metrics), settings, metrics)
-    if not direct:
-        # The same app with every request going through FastAPI's routing: the reference.
-        app.user_middleware = [m for m in app.user_middleware if m.cls is not DirectRoutes]
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        yield http
-    await repository.stop(1)
+    async with in_process(model_repo, max_batch_size=8, max_batch_delay_ms=2,
+                          max_body_bytes=MAX_BODY) as served:
+        if not direct:
+            # The same app with every request going through FastAPI's routing: the reference.
+            served.app.user_middleware = [m for m in served.app.user_middleware
+                                          if m.cls is not DirectRoutes]
+        async with served.client() as http:
+            yield http
 
 
 @pytest.fixture

@@ -20,11 +20,8 @@ from sklearn.datasets import load_digits
 
 from service.dataplane import DataPlane
 from service.metrics import Metrics
-from service.repository import ModelRepository
-from service.rest import create_app
-from service.runtime import runtime_factory
-from service.settings import Settings
 from service.types import ModelRef
+from tests.service.stacks import in_process
 
 pytestmark = pytest.mark.anyio
 
@@ -42,18 +39,10 @@ class Stack:
 
 @pytest.fixture
 async def stack(model_repo: Path) -> AsyncIterator[Stack]:
-    settings = Settings(model_repo=model_repo, poll_seconds=0, max_batch_size=8,
-                        max_batch_delay_ms=2, max_images_per_request=MAX_IMAGES,
-                        max_image_pixels=10_000, max_body_bytes=256 * 1024)
-    metrics = Metrics()
-    repository = ModelRepository(settings, metrics, runtime_factory("/CPU:0",
-                                                                    settings.batch_sizes()))
-    await repository.start()
-    dataplane = DataPlane(repository, settings, metrics)
-    transport = httpx.ASGITransport(app=create_app(dataplane, settings, metrics))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        yield Stack(http, dataplane, metrics)
-    await repository.stop(1)
+    async with in_process(model_repo, max_batch_size=8, max_batch_delay_ms=2,
+                          max_images_per_request=MAX_IMAGES, max_image_pixels=10_000,
+                          max_body_bytes=256 * 1024) as served, served.client() as http:
+        yield Stack(http, served.dataplane, served.metrics)
 
 
 def _png(image: np.ndarray) -> bytes:

@@ -36,15 +36,12 @@ from service._generated.aecluster.v1 import cluster_service_pb2 as pb
 from service._generated.aecluster.v1 import cluster_service_pb2_grpc as pb_grpc
 from service._generated.inference import grpc_predict_v2_pb2 as v2
 from service._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
-from service.dataplane import DataPlane
 from service.grpc import GrpcServer, start_grpc_server
 from service.grpc.converters import array_to_tensor_proto
 from service.metrics import Metrics
-from service.repository import ModelRepository
-from service.rest import create_app
-from service.runtime import runtime_factory
-from service.settings import ConfigError, Settings
+from service.settings import ConfigError
 from tests.otlp_receiver import Collector, running_collector
+from tests.service.stacks import in_process
 
 pytestmark = pytest.mark.anyio
 
@@ -78,23 +75,15 @@ class Stack:
 
 @pytest.fixture
 async def stack(model_repo: Path) -> AsyncIterator[Stack]:
-    settings = Settings(model_repo=model_repo, host="127.0.0.1", grpc_port=0, poll_seconds=0,
-                        max_batch_size=8, max_batch_delay_ms=BATCH_DELAY_MS, drain_seconds=2)
-    metrics = Metrics()
-    repository = ModelRepository(settings, metrics,
-                                 runtime_factory("/CPU:0", settings.batch_sizes()))
-    await repository.start()
-    dataplane = DataPlane(repository, settings, metrics)
-    server = await start_grpc_server(dataplane, settings, metrics)
-    app = create_app(dataplane, settings, metrics)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://aecluster") as http, \
-            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield Stack(http, metrics, pb_grpc.ClusterServiceStub(channel),
-                    prediction_service_pb2_grpc.PredictionServiceStub(channel),
-                    v2_grpc.GRPCInferenceServiceStub(channel), server)
-    await server.stop(0)
-    await repository.stop(1)
+    async with in_process(model_repo, host="127.0.0.1", grpc_port=0, max_batch_size=8,
+                          max_batch_delay_ms=BATCH_DELAY_MS, drain_seconds=2) as served:
+        server = await start_grpc_server(served.dataplane, served.settings, served.metrics)
+        async with served.client("http://aecluster") as http, \
+                grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield Stack(http, served.metrics, pb_grpc.ClusterServiceStub(channel),
+                        prediction_service_pb2_grpc.PredictionServiceStub(channel),
+                        v2_grpc.GRPCInferenceServiceStub(channel), server)
+        await server.stop(0)
 
 
 class StartCounter(SpanProcessor):
