@@ -7,8 +7,12 @@ beside k-means on the raw pixels of the same split:
 
 - ``plain``: the images as they are;
 - ``inverted``: 1 - x (white on black becomes black on white);
-- ``shifted``: every image rolled by a seeded random -1, 0 or +1 pixel each way (on 8x8
-  digits that is an eighth of the image);
+- ``shifted``: every image moved by a seeded random -1, 0 or +1 pixel each way (on 8x8
+  digits that is an eighth of the image), the uncovered row and column filled with the
+  image's background (the median of its border pixels);
+- ``rolled``: the same moves as rolls, so what leaves one side comes back on the other
+  (the ``shifted`` of the first rows: on 8x8 digits whose strokes touch the border the roll
+  puts a stroke on the opposite edge);
 - ``subsampled-half``: a seeded half of the images;
 - ``enlarged-28``: images smaller than 28x28 resized to 28x28 (bilinear), so the digits
   come at MNIST's size, the shape of the unseen dataset of issue 41 (small grayscale
@@ -39,15 +43,28 @@ from scipy.optimize import linear_sum_assignment
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-VARIANTS = ("plain", "inverted", "shifted", "subsampled-half", "enlarged-28")
+VARIANTS = ("plain", "inverted", "shifted", "rolled", "subsampled-half", "enlarged-28")
 ENLARGED_SIDE = 28
 
 
-def _shifted(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _rolled(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     out = np.empty_like(images)
     for i, image in enumerate(images):
         dy, dx = rng.integers(-1, 2, size=2)
         out[i] = np.roll(np.roll(image, dy, axis=0), dx, axis=1)
+    return out
+
+
+def _shifted(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The moves of :func:`_rolled` (same draws), with the background coming in instead."""
+    height, width = images.shape[1:3]
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        dy, dx = (int(d) for d in rng.integers(-1, 2, size=2))
+        border = np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
+        out[i] = np.median(border)
+        out[i, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
+            image[max(-dy, 0):height + min(-dy, 0), max(-dx, 0):width + min(-dx, 0)]
     return out
 
 
@@ -71,6 +88,7 @@ def transform(name: str, images: np.ndarray, labels: np.ndarray, *, seed: int
         "plain": lambda: (images, labels),
         "inverted": lambda: (1.0 - images, labels),
         "shifted": lambda: (_shifted(images, rng), labels),
+        "rolled": lambda: (_rolled(images, rng), labels),
         "subsampled-half": lambda: (lambda keep: (images[keep], labels[keep]))(
             np.sort(rng.permutation(len(images))[: len(images) // 2])),
         "enlarged-28": lambda: (_enlarged(images), labels),

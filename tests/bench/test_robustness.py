@@ -24,11 +24,12 @@ def test_variants_keep_images_and_labels_aligned(images: tuple[np.ndarray, np.nd
     inverted, y_inv = robustness.transform("inverted", x, y, seed=0)
     np.testing.assert_allclose(inverted, 1 - x)
     assert y_inv is y
-    shifted, _ = robustness.transform("shifted", x, y, seed=0)
+    rolled, _ = robustness.transform("rolled", x, y, seed=0)
     # Each image is a roll of its own by at most one pixel each way: the same pixel values.
     assert all(np.array_equal(np.sort(a, axis=None), np.sort(b, axis=None))
-               for a, b in zip(shifted, x, strict=True))
-    assert not np.array_equal(shifted, x)
+               for a, b in zip(rolled, x, strict=True))
+    assert not np.array_equal(rolled, x)
+    shifted, _ = robustness.transform("shifted", x, y, seed=0)
     half, y_half = robustness.transform("subsampled-half", x, y, seed=0)
     assert len(half) == len(y_half) == 20
     rows = [int(np.flatnonzero((x == image).all(axis=(1, 2)))[0]) for image in half]
@@ -36,6 +37,33 @@ def test_variants_keep_images_and_labels_aligned(images: tuple[np.ndarray, np.nd
     assert np.array_equal(robustness.transform("shifted", x, y, seed=0)[0], shifted)
     with pytest.raises(SystemExit, match="unknown variant 'blurred'"):
         robustness.transform("blurred", x, y, seed=0)
+
+
+def test_shifted_moves_the_content_and_brings_in_the_background() -> None:
+    """Not a roll: what leaves one side is gone, the border's median comes in."""
+    dots = np.zeros((40, 8, 8), np.float32)
+    dots[:, 0, 3] = 1.0  # on the top edge
+    dots[:, 4, 4] = 0.5  # inside
+    labels = np.arange(40) % 10
+    shifted, same_labels = robustness.transform("shifted", dots, labels, seed=0)
+    rolled, _ = robustness.transform("rolled", dots, labels, seed=0)
+    assert same_labels is labels and shifted.dtype == dots.dtype
+    moves = set()
+    for image, roll in zip(shifted, rolled, strict=True):
+        # The same draws as the roll: the inner dot lands where the roll put it.
+        dy, dx = (int(v[0]) - 4 for v in np.nonzero(roll == 0.5))
+        moves.add((dy, dx))
+        assert image[4 + dy, 4 + dx] == 0.5
+        # The edge dot: moved with the rest, or gone off the top; never wrapped around.
+        if dy == -1:
+            assert image.max() == 0.5 and roll[7, 3 + dx] == 1.0
+        else:
+            assert image[dy, 3 + dx] == 1.0
+        assert (image == 0).sum() == 64 - 2 + (dy == -1)
+    assert {(-1, -1), (0, 0), (1, 1)} <= moves  # every move drawn, over 40 images
+    # A light background comes in light: the fill is the border's median, not zero.
+    light, _ = robustness.transform("shifted", 1.0 - dots, labels, seed=0)
+    assert light.min() == 0.0 and (light == 1.0).sum() > 40 * 60
 
 
 def test_enlarged_brings_small_images_to_28_pixels(images: tuple[np.ndarray, np.ndarray]
