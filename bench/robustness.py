@@ -153,11 +153,18 @@ def _known(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _order(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Dataset, then the variants in VARIANTS' order, then seed: a variant's seeds together."""
+    variant = row["variant"]
+    rank = VARIANTS.index(variant) if variant in VARIANTS else len(VARIANTS)
+    return row["dataset"], rank, variant, row["seed"]
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| dataset | variant | seed | ACC (default) | NMI | ACC (raw-pixel k-means) | "
              "mirrored | mirror ratio | inverted | light border | epochs | time |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in sorted(rows, key=_order):
         lines.append(f"| {r['dataset']} | {r['variant']} | {r['seed']} | {r['acc']:.3f} | "
                      f"{r['nmi']:.3f} | {r['raw_kmeans_acc']:.3f} | {r['view_flip']} | "
                      f"{r['mirror_ratio']} | {_known(r.get('invert'))} | "

@@ -102,3 +102,12 @@ def test_the_table_has_a_row_per_result() -> None:
     assert "| 1.86 | True | 0.8414 | 143 |" in text
     # Rows from before the recipe decided inversion say so with a dash.
     assert "| 1.86 | - | - | 143 |" in text
+    # A variant's seeds stand together, in the bench's order of variants, whatever the
+    # order the runs finished in.
+    runs = [{**row, "dataset": d, "variant": v, "seed": s} for d, v, s in
+            [("digits", "rolled", 1), ("digits", "plain", 1), ("digits", "rolled", 0),
+             ("fashion-mnist", "plain", 0), ("digits", "plain", 0)]]
+    order = [line.split(" | ")[:3] for line in robustness.markdown(runs).splitlines()[2:]]
+    assert order == [["| digits", "plain", "0"], ["| digits", "plain", "1"],
+                     ["| digits", "rolled", "0"], ["| digits", "rolled", "1"],
+                     ["| fashion-mnist", "plain", "0"]]
