@@ -22,7 +22,9 @@ beside k-means on the raw pixels of the same split:
     .venv/bin/python bench/robustness.py --dataset fashion-mnist --variants inverted
 
 Results go to bench/results/robustness.{json,md}; rows of other datasets and variants
-already there are kept.
+already there are kept. The bundles are trained in a temporary folder and dropped, unless
+``--keep DIR`` is given: then each stays in ``DIR/<dataset>-seed<S>/<variant>/m/1`` beside
+the variant's archive, to read what decided a partition afterwards.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +176,20 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextmanager
+def workdir(keep: Path | None, dataset: str, seed: int) -> Iterator[Path]:
+    """Where the variants' archives and bundles go: a temporary folder, or one under ``keep``."""
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="aecluster-robustness-") as work:
+            yield Path(work)
+        return
+    # The dataset's name may be a source spec (``npz:/a/b.npz``): keep only a file-safe form.
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset)
+    kept = keep / f"{safe}-seed{seed}"
+    kept.mkdir(parents=True, exist_ok=True)
+    yield kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,12 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="keep the archives and bundles under DIR instead of dropping them")
     args = parser.parse_args(argv)
     path = args.results / "robustness.json"
     rows = json.loads(path.read_text())["rows"] if path.exists() else []
-    with tempfile.TemporaryDirectory(prefix="aecluster-robustness-") as work:
+    with workdir(args.keep, args.dataset, args.seed) as work:
         for variant in args.variants.split(","):
-            row = run_variant(args.dataset, variant, args.seed, Path(work))
+            row = run_variant(args.dataset, variant, args.seed, work)
             print(json.dumps(row), flush=True)
             rows = [r for r in rows if (r["dataset"], r["variant"], r["seed"])
                     != (row["dataset"], row["variant"], row["seed"])] + [row]

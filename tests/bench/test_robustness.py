@@ -111,3 +111,19 @@ def test_the_table_has_a_row_per_result() -> None:
     assert order == [["| digits", "plain", "0"], ["| digits", "plain", "1"],
                      ["| digits", "rolled", "0"], ["| digits", "rolled", "1"],
                      ["| fashion-mnist", "plain", "0"]]
+
+
+def test_bundles_go_to_a_temporary_folder_unless_kept(tmp_path: Path) -> None:
+    with robustness.workdir(None, "digits", 0) as work:
+        (work / "plain.npz").write_bytes(b"x")
+        dropped = work
+    assert not dropped.exists()
+    # Kept runs land under one folder per dataset and seed, named safely even when the
+    # dataset is a source spec with slashes, and survive the run.
+    with robustness.workdir(tmp_path, "npz:/data/a b.npz", 2) as work:
+        (work / "plain.npz").write_bytes(b"x")
+    assert work == tmp_path / "npz__data_a_b.npz-seed2"
+    assert (work / "plain.npz").read_bytes() == b"x"
+    # A second run of the same dataset and seed reuses the folder.
+    with robustness.workdir(tmp_path, "npz:/data/a b.npz", 2) as again:
+        assert (again / "plain.npz").exists()
