@@ -257,9 +257,11 @@ def score_bundle(recipe: Recipe, seed: int, out: Path, *, train_seconds: float) 
     test = embed(loaded.encode, batches(data.heldout, 512, shuffle=False, seed=0),
                  total=data.heldout.size, what="embedding test (exported encoder)")
     ids10, _ = bundle.assign(test.embeddings, loaded.centroids)
-    k20 = clustering.fit_kmeans(train.embeddings, 20, seed=seed)
+    # K = 20 with the restarts the bundle's own k-means ran (runs before the setting: 10).
+    restarts = int(loaded.manifest.training.hyperparameters.get("kmeans_restarts", 10))
+    k20 = clustering.fit_kmeans(train.embeddings, 20, seed=seed, n_init=restarts)
     ids20, _ = bundle.assign(test.embeddings, k20.centroids)
-    tutorial = clustering.fit_kmeans(test.embeddings, 20, seed=seed)
+    tutorial = clustering.fit_kmeans(test.embeddings, 20, seed=seed, n_init=restarts)
     y = test.labels
     return {
         "recipe": recipe.name, "dataset": recipe.dataset, "seed": seed,

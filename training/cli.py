@@ -262,6 +262,9 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                       help="K values tried by --clusters auto")
     clus.add_argument("--minibatch-threshold", type=_positive_int, default=100_000,
                       help="use mini-batch k-means above this many embeddings")
+    clus.add_argument("--kmeans-restarts", type=_positive_int, default=40, metavar="N",
+                      help="k-means runs from different seeded starts; the one with the "
+                           "lowest inertia is kept")
     out = train.add_argument_group("output")
     out.add_argument("--out", type=Path, required=True, metavar="REPO/NAME/VERSION",
                      help="version directory to create, e.g. models/fashion/1")
@@ -357,6 +360,7 @@ def _train(args: argparse.Namespace) -> int:
         clusters=args.clusters,
         k_range=args.k_range,
         minibatch_threshold=args.minibatch_threshold,
+        kmeans_restarts=args.kmeans_restarts,
         exemplars=args.exemplars,
         overwrite=args.overwrite,
         tensorboard_dir=args.tensorboard,

@@ -45,6 +45,9 @@ class TrainJob:
     clusters: int | tuple[int, ...] | None = 10
     k_range: tuple[int, int] = (2, 20)
     minibatch_threshold: int = 100_000
+    # k-means restarts (the lowest inertia is kept): at K = 10 on Fashion-MNIST 10 restarts
+    # land on a partition 0.01 ACC worse on average than 40 do (docs/quality.md).
+    kmeans_restarts: int = 40
     exemplars: int = 8  # thumbnails per cluster stored in the bundle; 0: none
     overwrite: bool = False
     tensorboard_dir: Path | None = None
@@ -72,6 +75,7 @@ class TrainJob:
                          else self.clusters if self.clusters is not None else "auto"),
             "k_range": list(self.k_range),
             "minibatch_threshold": self.minibatch_threshold,
+            "kmeans_restarts": self.kmeans_restarts,
             "exemplars": self.exemplars,
             "val_fraction": self.data.val_fraction,
             "image_size": list(self.data.image_size) if self.data.image_size else None,
@@ -202,6 +206,7 @@ def _cluster_and_export(job: TrainJob, n_clusters: int | None, out: Path, *, dat
         report_writers.append(lambda d: clustering.save_k_selection(selection, d))
 
     result = clustering.fit_kmeans(train_emb.embeddings, n_clusters, seed=job.seed,
+                                   n_init=job.kmeans_restarts,
                                    minibatch_threshold=job.minibatch_threshold)
     train_ids, train_dist = bundle.assign(train_emb.embeddings, result.centroids)
     stats = clustering.distance_stats(train_dist, train_ids, n_clusters)

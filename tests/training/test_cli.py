@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -33,8 +34,8 @@ def test_help_documents_every_train_option(capsys: pytest.CaptureFixture[str]) -
     for option in ["--dataset", "--data-dir", "--labels", "--strict", "--image-size", "--color",
                    "--val-fraction", "--model", "--latent", "--loss", "--kl-weight", "--denoise",
                    "--augment-flip", "--epochs", "--batch-size", "--learning-rate", "--seed",
-                   "--tensorboard", "--device", "--clusters", "--k-range", "--out",
-                   "--overwrite", "fashion-mnist", "idx:DIR", "images:DIR", "tfrecord:",
+                   "--tensorboard", "--device", "--clusters", "--k-range", "--kmeans-restarts",
+                   "--out", "--overwrite", "fashion-mnist", "idx:DIR", "images:DIR", "tfrecord:",
                    "csv:FILE", "cifar10:DIR", "npz:FILE"]:
         assert option in text, option
 
@@ -68,6 +69,7 @@ def test_a_serve_only_install_is_told_to_install_the_train_extra(
         (["--clusters", "0"], "at least 1"),
         (["--val-fraction", "1.5"], "must be in [0, 1)"),
         (["--model", "gan"], "invalid choice"),
+        (["--kmeans-restarts", "0"], "expected an integer >= 1"),
     ],
 )
 def test_bad_option_values_exit_2(args: list[str], message: str, tmp_path: Path,
@@ -182,13 +184,15 @@ def test_every_model_kind_exports_a_servable_bundle(model: str, tmp_path: Path,
     bundle.load_centroids(out, manifest)
 
 
-def test_several_k_from_one_training_run(tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_several_k_from_one_training_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        caplog: pytest.LogCaptureFixture) -> None:
     from service import bundle
 
     out = tmp_path / "repo" / "digits" / "1"
+    caplog.set_level(logging.INFO, logger="training.clustering")
     code, stdout, err = _run(["train", "--dataset", "digits", "--model", "conv", "--epochs", "1",
-                              "--clusters", "4,6", "--out", str(out)], capsys)
+                              "--clusters", "4,6", "--kmeans-restarts", "3", "--out", str(out)],
+                             capsys)
     assert code == 0, err
     summary = json.loads(stdout)["bundles"]
     assert [(s["model"], s["n_clusters"]) for s in summary] == [("digits-k4", 4),
@@ -202,6 +206,10 @@ def test_several_k_from_one_training_run(tmp_path: Path,
         assert manifest.n_clusters == k and bundle.load_centroids(version, manifest).shape[0] == k
         assert manifest.training.hyperparameters["clusters"] == [4, 6]
         assert manifest.training.hyperparameters["clusters_chosen"] == k
+        assert manifest.training.hyperparameters["kmeans_restarts"] == 3
+    # Each K's k-means ran the restarts asked for.
+    runs = [r.getMessage() for r in caplog.records if "k-means (kmeans): K=" in r.getMessage()]
+    assert len(runs) == 2 and all("n_init=3," in m for m in runs)
     # One training run: the same encoder and decoder in both, clustered twice.
     networks = {name: digest for name, digest in manifests[4].files.items()
                 if name.startswith(("encoder/variables", "decoder/variables"))}
